@@ -1,0 +1,14 @@
+"""Fused, memory-lean kernels for contrastive losses.
+
+Every loss is a masked log-sum-exp over normalized similarities (the core op,
+:func:`contrastive_kernels.ops.lse`) plus O((N + M) d) algebra, so no N x M matrix is held.
+"""
+
+from . import _extension  # noqa: F401  (loads the C++ ops, or warns)
+from . import functional, ops
+from .backends import BackendError, available_backends
+from .losses import SupConLoss
+
+__version__ = "0.1.0"
+
+__all__ = ["SupConLoss", "functional", "ops", "available_backends", "BackendError", "__version__"]
