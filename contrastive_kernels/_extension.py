@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import warnings
 
+import torch  # noqa: F401  (loads libtorch, which _C links against)
+
 _C = None
 LOAD_ERROR = None
 
