@@ -38,9 +38,13 @@ def excluded_mask(n, m, self_offset, q_labels, k_labels, exclude_positives, devi
 
 
 def lse_reference(q, k, scale, bias, q_labels, k_labels, self_offset, normalize, eps,
-                  exclude_positives, return_o):
-    """Core op, naively: lse [N] and o [N, d] (or an empty tensor), in float32 / float64."""
-    acc = torch.float64 if q.dtype == torch.float64 else torch.float32
+                  exclude_positives, return_o, compute_dtype=None):
+    """Core op, naively: lse [N] and o [N, d] (or an empty tensor), in float32 / float64.
+
+    ``compute_dtype`` runs every step in that dtype instead (the naive low-precision
+    baseline that sets test tolerances).
+    """
+    acc = compute_dtype or (torch.float64 if q.dtype == torch.float64 else torch.float32)
     qh, kh = q.to(acc), k.to(acc)
     if normalize:
         qh, kh = _normalize(qh, eps), _normalize(kh, eps)
@@ -51,12 +55,12 @@ def lse_reference(q, k, scale, bias, q_labels, k_labels, self_offset, normalize,
                              exclude_positives, q.device)
     s = s.masked_fill(excluded, -math.inf)
     # rows whose every key is excluded: lse = -inf, o = 0, and no NaN in the gradient
-    empty = torch.isneginf(s).all(dim=1) if s.shape[1] else torch.ones(s.shape[0], dtype=torch.bool, device=s.device)
-    s = s.masked_fill(empty[:, None], 0.0)
-    lse = torch.logsumexp(s, dim=1).masked_fill(empty, -math.inf) if s.shape[1] else \
-        torch.full((s.shape[0],), -math.inf, dtype=acc, device=q.device)
+    empty = torch.isneginf(s).all(dim=1)
+    s = torch.cat([s.masked_fill(empty[:, None], 0.0), s.new_zeros(s.shape[0], 1)], dim=1)
+    s_keys = s[:, :-1]  # the zero column keeps logsumexp defined when M = 0
+    lse = torch.logsumexp(s_keys if s_keys.shape[1] else s, dim=1).masked_fill(empty, -math.inf)
     if return_o:
-        p = torch.softmax(s, dim=1) if s.shape[1] else s
+        p = torch.softmax(s_keys, dim=1) if s_keys.shape[1] else s_keys
         o = (p @ kh).masked_fill(empty[:, None], 0.0).detach()
     else:
         o = q.new_empty((0,), dtype=acc)

@@ -1,0 +1,27 @@
+"""Shared pytest setup: fixed seeds, the Triton interpreter on CPU-only machines.
+
+TRITON_INTERPRET must be set before any Triton kernel module is imported, so it is set
+here, at collection time. Set CK_TRITON_NATIVE=1 on a GPU machine to test compiled Triton.
+No CUDA query happens at import: GPU tests ask torch.cuda.is_available() in a fixture.
+"""
+
+import os
+
+if os.environ.get("CK_TRITON_NATIVE") != "1":
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _fixed_seed():
+    torch.manual_seed(0)
+    yield
+
+
+@pytest.fixture
+def cuda_device():
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    return torch.device("cuda")

@@ -1,0 +1,55 @@
+"""Shared parameter tables for the core-op tests of every backend."""
+
+import dataclasses
+from typing import Optional
+
+import torch
+
+# (N, M, d): tiny, odd, and tails that straddle tile sizes.
+SHAPES = [(1, 1, 1), (3, 3, 3), (1, 5, 130), (97, 97, 130), (97, 61, 3), (130, 257, 64)]
+DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+    id: str
+    normalize: bool = False
+    self_offset: Optional[int] = None
+    bias: bool = False
+    labels: bool = False  # exclude_positives with random labels
+    return_o: bool = False
+    scale: float = 2.5
+
+    def kwargs(self, n, m, device, acc_dtype, gen):
+        kw = dict(normalize=self.normalize, self_offset=self.self_offset, return_o=self.return_o)
+        if self.bias:
+            bias = torch.randn(m, generator=gen, dtype=torch.float64).to(acc_dtype)
+            if m > 2:
+                bias[1] = float("-inf")  # a dropped key
+            kw["bias"] = bias.to(device)
+        if self.labels:
+            kw["q_labels"] = torch.randint(0, 3, (n,), generator=gen).to(device)
+            kw["k_labels"] = torch.randint(0, 3, (m,), generator=gen).to(device)
+            kw["exclude_positives"] = True
+        return kw
+
+
+OPTIONS = [
+    Options("plain"),
+    Options("normalize", normalize=True, scale=14.0),
+    Options("self", self_offset=0),
+    Options("self_shifted", self_offset=-2, normalize=True),
+    Options("bias", bias=True),
+    Options("labels", labels=True, self_offset=1),
+    Options("o", return_o=True, normalize=True),
+    Options("all", normalize=True, self_offset=0, bias=True, labels=True, return_o=True, scale=7.0),
+]
+
+
+def make_inputs(n, m, d, dtype, device="cpu", seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    q = torch.randn(n, d, generator=gen, dtype=torch.float64)
+    k = torch.randn(m, d, generator=gen, dtype=torch.float64)
+    # unnormalized rows of unit-ish norm keep logits O(scale) without normalize
+    q, k = q / d ** 0.5, k / d ** 0.5
+    return q.to(dtype).to(device), k.to(dtype).to(device), gen
