@@ -45,6 +45,31 @@ class CoreOptions:
 
 
 @dataclasses.dataclass(frozen=True)
+class TensorSpec:
+    """What backends may look at when deciding to take a tensor: no data, so that the
+    decision can run once while torch.compile traces and stay a constant in the graph."""
+
+    device: torch.device
+    dtype: torch.dtype
+    shape: tuple
+
+    @classmethod
+    def of(cls, t: torch.Tensor) -> "TensorSpec":
+        return cls(t.device, t.dtype, tuple(int(s) for s in t.shape))
+
+    @property
+    def is_cuda(self) -> bool:
+        return self.device.type == "cuda"
+
+    @property
+    def is_cpu(self) -> bool:
+        return self.device.type == "cpu"
+
+    def dim(self) -> int:
+        return len(self.shape)
+
+
+@dataclasses.dataclass(frozen=True)
 class Backend:
     """One implementation of the core ops.
 
@@ -57,8 +82,8 @@ class Backend:
     forward: Callable
     # None when the backend can run in this process, else why it cannot.
     unavailable_reason: Callable[[], Optional[str]]
-    # None when the backend takes these inputs, else why not.
-    rejects: Callable[[torch.Tensor, torch.Tensor, CoreOptions], Optional[str]]
+    # None when the backend takes inputs like these (TensorSpec of q, k), else why not.
+    rejects: Callable[[TensorSpec, TensorSpec, CoreOptions], Optional[str]]
     # Device types for which "auto" may pick this backend.
     auto_devices: tuple = ()
     description: str = ""
@@ -111,14 +136,29 @@ def requested_backend(backend: Optional[str]) -> str:
 
 
 def select(backend: Optional[str], q: torch.Tensor, k: torch.Tensor, opts: CoreOptions) -> Backend:
-    """Pick the backend for one call, or raise BackendError listing every reason."""
+    """Pick the backend for one call, or raise BackendError listing every reason.
+
+    The choice depends only on metadata, so under torch.compile it is made once while
+    tracing (the environment variable is read then, too) and is a constant of the graph.
+    """
+    name = _select_name(backend, str(q.device), q.dtype, tuple(int(s) for s in q.shape),
+                        tuple(int(s) for s in k.shape), *dataclasses.astuple(opts))
+    return _loaded[name][0]
+
+
+@torch.compiler.assume_constant_result
+def _select_name(backend, device, dtype, q_shape, k_shape, *options) -> str:
+    # plain values in, a string out: what torch.compile can treat as a constant
+    device = torch.device(device)
+    q, k = TensorSpec(device, dtype, q_shape), TensorSpec(device, dtype, k_shape)
+    opts = CoreOptions(*options)
     name = requested_backend(backend)
     if name != "auto":
         chosen = get_backend(name)
         reason = chosen.unavailable_reason() or chosen.rejects(q, k, opts)
         if reason:
             raise BackendError(f"backend {name!r} cannot run this call: {reason}")
-        return chosen
+        return name
     reasons = []
     for candidate in AUTO_ORDER:
         chosen, reason = _load(candidate)
@@ -128,6 +168,6 @@ def select(backend: Optional[str], q: torch.Tensor, k: torch.Tensor, opts: CoreO
             else:
                 reason = chosen.unavailable_reason() or chosen.rejects(q, k, opts)
             if reason is None:
-                return chosen
+                return candidate
         reasons.append(f"  {candidate}: {reason}")
     raise BackendError("no backend can run this call:\n" + "\n".join(reasons))
