@@ -110,3 +110,65 @@ def test_no_keys(backend):
     k = torch.empty(0, 8)
     lse, o = ck.ops.lse(q, k, 1.0, backend=backend, return_o=True)
     assert torch.isneginf(lse).all() and (o == 0).all()
+
+
+def _opcheck_args(opt, n=6, m=9, d=5, dtype=torch.float32):
+    q, k, gen = make_inputs(n, m, d, dtype)
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    kw = opt.kwargs(n, m, "cpu", acc, gen)
+    fwd = (q.requires_grad_(), k.requires_grad_(), torch.tensor(opt.scale, dtype=acc, requires_grad=True),
+           kw.get("bias"), kw.get("q_labels"), kw.get("k_labels"), kw.get("self_offset"),
+           kw.get("normalize", False), 1e-12, kw.get("exclude_positives", False),
+           kw.get("return_o", False))
+    return fwd
+
+
+@pytest.mark.parametrize("opt", OPTIONS, ids=lambda o: o.id)
+def test_opcheck_torch_ops(opt):
+    from contrastive_kernels import _torch_tiled
+
+    args = _opcheck_args(opt)
+    torch.library.opcheck(_torch_tiled.lse_op, args)
+    lse, _ = _torch_tiled.lse_op(*args)
+    bwd = (torch.randn_like(lse),) + tuple(a.detach() if isinstance(a, torch.Tensor) else a
+                                           for a in args[:-1]) + (lse.detach(), True, True, True)
+    torch.library.opcheck(_torch_tiled.lse_backward_op, bwd)
+
+
+def test_auto_picks_a_fused_backend_and_env_override(monkeypatch):
+    q, k, _ = make_inputs(5, 6, 4, torch.float32)
+    from contrastive_kernels import backends
+
+    chosen = backends.select("auto", q, k, backends.CoreOptions(False, False, False, False, False))
+    assert chosen.name in ("cpu", "torch")
+    monkeypatch.setenv(backends.ENV_VAR, "reference")
+    assert backends.select(None, q, k, backends.CoreOptions(False, False, False, False, False)).name == "reference"
+    monkeypatch.setenv(backends.ENV_VAR, "bogus")
+    with pytest.raises(ValueError, match="CONTRASTIVE_KERNELS_BACKEND"):
+        ck.ops.lse(q, k)
+
+
+def test_available_backends_reports_reasons():
+    avail = ck.available_backends()
+    assert set(avail) == {"triton", "cuda", "cpu", "torch", "reference"}
+    assert avail["torch"] is None and avail["reference"] is None
+    for name, reason in avail.items():
+        assert reason is None or (isinstance(reason, str) and reason)
+
+
+@pytest.mark.parametrize("bad,match", [
+    (dict(q=torch.randn(3)), "q must be 2-D"),
+    (dict(k=torch.randn(4, 6)), "same feature size"),
+    (dict(k=torch.randn(4, 5, dtype=torch.float64)), "share a dtype"),
+    (dict(bias=torch.randn(3)), "bias must have shape"),
+    (dict(q_labels=torch.zeros(3, dtype=torch.long), exclude_positives=True), "needs both"),
+    (dict(q_labels=torch.zeros(3), k_labels=torch.zeros(4), exclude_positives=True), "integer"),
+    (dict(scale=torch.ones(2)), "scale must be"),
+    (dict(eps=0.0), "eps must be"),
+])
+def test_bad_inputs_raise_clear_errors(bad, match):
+    args = dict(q=torch.randn(3, 5), k=torch.randn(4, 5))
+    args.update(bad)
+    q, k = args.pop("q"), args.pop("k")
+    with pytest.raises((ValueError, TypeError), match=match):
+        ck.ops.lse(q, k, **args)
