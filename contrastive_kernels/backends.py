@@ -24,12 +24,11 @@ ENV_VAR = "CONTRASTIVE_KERNELS_BACKEND"
 # name -> module defining BACKEND. The order is the preference of "auto".
 _MODULES = {
     "triton": "contrastive_kernels.triton",
-    "cuda": "contrastive_kernels._cuda",
     "cpu": "contrastive_kernels._cpu",
     "torch": "contrastive_kernels._torch_tiled",
     "reference": "contrastive_kernels.reference",
 }
-AUTO_ORDER = ("triton", "cuda", "cpu", "torch")
+AUTO_ORDER = ("triton", "cpu", "torch")
 NAMES = tuple(_MODULES)
 
 
