@@ -7,8 +7,11 @@ Every loss is a masked log-sum-exp over normalized similarities (the core op,
 from . import _extension  # noqa: F401  (loads the C++ ops, or warns)
 from . import functional, ops
 from .backends import BackendError, available_backends
-from .losses import SupConLoss
+from .losses import (BingoLoss, ClipLoss, CLSALoss, DCLLoss, DCLWLoss, GPaCoLoss, HCLLoss,
+                     InfoNCE, MoCoLoss, NTXentLoss, PaCoLoss, SupConLoss)
 
 __version__ = "0.1.0"
 
-__all__ = ["SupConLoss", "functional", "ops", "available_backends", "BackendError", "__version__"]
+__all__ = ["SupConLoss", "PaCoLoss", "GPaCoLoss", "NTXentLoss", "ClipLoss", "InfoNCE", "MoCoLoss",
+           "CLSALoss", "BingoLoss", "DCLLoss", "DCLWLoss", "HCLLoss",
+           "functional", "ops", "available_backends", "BackendError", "__version__"]

@@ -1,0 +1,416 @@
+"""The nn.Module drop-ins of the loss family: constructors and forwards as published,
+stateful parts (PaCo's class prior, lightly's memory bank), errors that name the bad
+argument, and the memory invariant (no N x M tensor on the fused path)."""
+
+import inspect
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import contrastive_kernels as ck
+from contrastive_kernels import functional as fn
+from contrastive_kernels import reference as R
+from loss_cases import LOSS_BACKENDS
+
+MODULE_BACKENDS = [b for b in LOSS_BACKENDS if b != "triton"] or ["torch"]
+
+
+def _unit(*shape, dtype=torch.float64):
+    return F.normalize(torch.randn(*shape, dtype=dtype), dim=-1)
+
+
+def _close(a, b, rtol=1e-12):
+    torch.testing.assert_close(a.double(), b.double(), rtol=rtol, atol=rtol)
+
+
+# --------------------------------------------------------------------------- signatures
+
+PUBLISHED_SIGNATURES = {
+    # PaCo LT/losses.py (alpha required, as the issue states the API)
+    ck.PaCoLoss: dict(alpha=inspect.Parameter.empty, beta=1.0, gamma=1.0, supt=1.0,
+                      temperature=1.0, base_temperature=None, K=128, num_classes=1000),
+    # GPaCo LT/losses.py
+    ck.GPaCoLoss: dict(alpha=inspect.Parameter.empty, beta=1.0, gamma=1.0, supt=1.0,
+                       temperature=1.0, base_temperature=None, K=8192, num_classes=1000,
+                       smooth=0.0),
+    # lightly
+    ck.NTXentLoss: dict(temperature=0.5, memory_bank_size=0, gather_distributed=False),
+    ck.DCLLoss: dict(temperature=0.1, weight_fn=None, gather_distributed=False),
+    ck.DCLWLoss: dict(temperature=0.1, sigma=0.5, gather_distributed=False),
+    # open_clip
+    ck.ClipLoss: dict(local_loss=False, gather_with_grad=False, cache_labels=False, rank=0,
+                      world_size=1, use_horovod=False),
+}
+
+
+@pytest.mark.parametrize("cls", list(PUBLISHED_SIGNATURES), ids=lambda c: c.__name__)
+def test_constructor_matches_published(cls):
+    params = inspect.signature(cls.__init__).parameters
+    positional = [p for p in params.values()
+                  if p.name != "self" and p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD]
+    expected = PUBLISHED_SIGNATURES[cls]
+    assert [p.name for p in positional] == list(expected)
+    for p in positional:
+        assert p.default == expected[p.name], (p.name, p.default)
+    assert params["backend"].kind is inspect.Parameter.KEYWORD_ONLY
+
+
+@pytest.mark.parametrize("name", ["SupConLoss", "PaCoLoss", "GPaCoLoss", "NTXentLoss", "ClipLoss",
+                                  "InfoNCE", "MoCoLoss", "CLSALoss", "BingoLoss", "DCLLoss",
+                                  "DCLWLoss", "HCLLoss"])
+def test_exported_with_backend_keyword(name):
+    cls = getattr(ck, name)
+    assert name in ck.__all__
+    assert inspect.signature(cls.__init__).parameters["backend"].default == "auto"
+
+
+def test_forward_signatures():
+    assert list(inspect.signature(ck.PaCoLoss.forward).parameters)[1:4] == [
+        "features", "labels", "sup_logits"]
+    assert list(inspect.signature(ck.GPaCoLoss.forward).parameters)[1:] == [
+        "features", "labels", "sup_logits"]
+    assert list(inspect.signature(ck.NTXentLoss.forward).parameters)[1:] == ["out0", "out1"]
+    assert list(inspect.signature(ck.ClipLoss.forward).parameters)[1:] == [
+        "image_features", "text_features", "logit_scale", "logit_bias", "output_dict"]
+    assert list(inspect.signature(fn.info_nce).parameters)[:5] == [
+        "query", "positive_key", "negative_keys", "temperature", "symmetric"]
+
+
+# --------------------------------------------------------------------------- PaCo / GPaCo
+
+
+@pytest.mark.parametrize("backend", MODULE_BACKENDS)
+def test_paco_module(backend):
+    b, k, c = 8, 12, 5
+    feats = _unit(2 * b + k, 16).requires_grad_()
+    labels = torch.randint(0, c, (2 * b + k,))
+    sup = torch.randn(b, c, dtype=torch.float64)
+    counts = [10, 6, 3, 2, 1]
+    loss_fn = ck.PaCoLoss(alpha=0.05, temperature=0.07, K=k, num_classes=c, backend=backend)
+    with pytest.raises(RuntimeError, match="cal_weight_for_classes"):
+        loss_fn(feats, labels, sup)
+    loss_fn.cal_weight_for_classes(counts)
+    prior = torch.tensor(counts, dtype=torch.float64) / sum(counts)
+    _close(loss_fn.weight, prior)
+    ours = loss_fn(feats, labels, sup)
+    ref = R.paco_loss_reference(feats, labels, sup, prior, alpha=0.05, temperature=0.07, K=k,
+                                num_classes=c)
+    _close(ours, ref)
+    with pytest.raises(ValueError, match="cls_num_list"):
+        loss_fn.cal_weight_for_classes([1, 2, 3])
+
+
+@pytest.mark.parametrize("backend", MODULE_BACKENDS)
+def test_gpaco_module_prior_only_after_cal_weight(backend):
+    b, k, c = 9, 7, 6
+    feats = _unit(b + k, 8)
+    labels = torch.randint(0, c, (b + k,))
+    sup = torch.randn(b, c, dtype=torch.float64)
+    loss_fn = ck.GPaCoLoss(alpha=0.1, temperature=0.2, K=k, num_classes=c, smooth=0.2,
+                           backend=backend)
+    kw = dict(alpha=0.1, temperature=0.2, K=k, num_classes=c, smooth=0.2)
+    _close(loss_fn(feats, labels, sup), R.gpaco_loss_reference(feats, labels, sup, None, **kw))
+    loss_fn.cal_weight_for_classes([5, 4, 3, 3, 2, 1])
+    prior = torch.tensor([5, 4, 3, 3, 2, 1], dtype=torch.float64) / 18
+    _close(loss_fn(feats, labels, sup), R.gpaco_loss_reference(feats, labels, sup, prior, **kw))
+
+
+def test_paco_prior_follows_features_device_and_dtype():
+    loss_fn = ck.PaCoLoss(alpha=0.05, K=4, num_classes=3)
+    loss_fn.cal_weight_for_classes([3, 2, 1])
+    feats = _unit(10, 4, dtype=torch.float32)
+    out = loss_fn(feats, torch.tensor([0, 1, 2, 0, 1, 2, 0, 1, 2, 0]), torch.randn(3, 3))
+    assert out.dtype == torch.float32 and out.device == feats.device
+
+
+def test_paco_errors_name_the_argument():
+    loss_fn = ck.PaCoLoss(alpha=0.05, K=4, num_classes=3)
+    loss_fn.cal_weight_for_classes([3, 2, 1])
+    feats = _unit(10, 4)
+    labels = torch.zeros(10, dtype=torch.long)
+    with pytest.raises(ValueError, match="labels"):
+        loss_fn(feats, labels[:9], torch.randn(3, 3, dtype=torch.float64))
+    with pytest.raises(ValueError, match="sup_logits"):
+        loss_fn(feats, labels, torch.randn(4, 3, dtype=torch.float64))
+    with pytest.raises(ValueError, match="sup_logits"):
+        loss_fn(feats, labels, torch.randn(3, 5, dtype=torch.float64))
+    with pytest.raises(ValueError, match="K"):
+        fn.paco_loss(feats, labels, torch.randn(3, 3), loss_fn.weight, alpha=1.0, K=20)
+    with pytest.raises(ValueError, match="features"):
+        loss_fn(feats[None], labels, torch.randn(3, 3, dtype=torch.float64))
+
+
+# --------------------------------------------------------------------------- NT-Xent
+
+
+@pytest.mark.parametrize("backend", MODULE_BACKENDS)
+def test_ntxent_module_without_bank(backend):
+    out0, out1 = torch.randn(10, 7, dtype=torch.float64), torch.randn(10, 7, dtype=torch.float64)
+    _close(ck.NTXentLoss(0.3, backend=backend)(out0, out1), R.ntxent_loss_reference(out0, out1, 0.3))
+
+
+@pytest.mark.parametrize("backend", MODULE_BACKENDS)
+def test_ntxent_memory_bank_follows_lightly(backend):
+    size, b, d = 12, 5, 6
+    loss_fn = ck.NTXentLoss(0.2, memory_bank_size=size, backend=backend)
+    batches = [(torch.randn(b, d, dtype=torch.float64, requires_grad=True),
+                torch.randn(b, d, dtype=torch.float64)) for _ in range(4)]
+    # lightly: the bank starts as randn(d, size) normalized per column, drawn on first use
+    torch.manual_seed(123)
+    bank = F.normalize(torch.randn(d, size, dtype=torch.float64), dim=0).T.clone()
+    ptr = 0
+    torch.manual_seed(123)
+    for out0, out1 in batches:
+        ours = loss_fn(out0, out1)
+        _close(ours, R.ntxent_loss_reference(out0, out1, 0.2, bank))
+        # lightly's FIFO: the bank wraps to 0 once ptr + batch reaches its size
+        unit1 = F.normalize(out1, dim=1)
+        if ptr + b >= size:
+            bank[ptr:] = unit1[: size - ptr]
+            ptr = 0
+        else:
+            bank[ptr:ptr + b] = unit1
+            ptr += b
+    _close(loss_fn.memory_bank.bank, bank)
+    # no update without a gradient (lightly keeps the bank constant at evaluation)
+    before = loss_fn.memory_bank.bank.clone()
+    loss_fn(batches[0][0].detach(), batches[0][1])
+    _close(loss_fn.memory_bank.bank, before)
+
+
+def test_ntxent_errors():
+    with pytest.raises(ValueError, match="temperature"):
+        ck.NTXentLoss(temperature=0.0)
+    with pytest.raises(ValueError, match="out0 and out1"):
+        ck.NTXentLoss()(torch.randn(4, 3), torch.randn(5, 3))
+    with pytest.raises(TypeError, match="out1"):
+        ck.NTXentLoss()(torch.randn(4, 3), torch.randn(4, 3).long())
+    with pytest.raises(ValueError, match="negatives"):
+        fn.ntxent_loss(torch.randn(4, 3), torch.randn(4, 3), 0.5, torch.randn(6, 4))
+
+
+# --------------------------------------------------------------------------- CLIP / InfoNCE
+
+
+@pytest.mark.parametrize("backend", MODULE_BACKENDS)
+def test_clip_module(backend):
+    img, txt = _unit(11, 8).requires_grad_(), _unit(11, 8).requires_grad_()
+    scale = torch.tensor(math.log(1 / 0.07), dtype=torch.float64, requires_grad=True)
+    loss_fn = ck.ClipLoss(cache_labels=True, backend=backend)
+    out = loss_fn(img, txt, scale.exp(), output_dict=True)
+    assert set(out) == {"contrastive_loss"}
+    ref = R.clip_loss_reference(img, txt, scale.exp())
+    _close(out["contrastive_loss"], ref)
+    g_ours = torch.autograd.grad(out["contrastive_loss"], (img, txt, scale))
+    g_ref = torch.autograd.grad(ref, (img, txt, scale))
+    for a, b in zip(g_ours, g_ref):
+        _close(a, b)
+    assert float(g_ours[2].abs()) > 0  # the learnable temperature gets its gradient
+    with pytest.raises(NotImplementedError, match="horovod"):
+        ck.ClipLoss(use_horovod=True)
+    with pytest.raises(ValueError, match="logit_bias"):
+        loss_fn(img, txt, 10.0, torch.zeros(11, 11, dtype=torch.float64))
+    with pytest.raises(ValueError, match="batch size"):
+        loss_fn(img, txt[:5], 10.0)
+
+
+@pytest.mark.parametrize("backend", MODULE_BACKENDS)
+def test_info_nce_module(backend):
+    q, p, n = torch.randn(6, 5, dtype=torch.float64), torch.randn(6, 5, dtype=torch.float64), \
+        torch.randn(9, 5, dtype=torch.float64)
+    for reduction in ("mean", "sum", "none"):
+        loss_fn = ck.InfoNCE(temperature=0.3, reduction=reduction, backend=backend)
+        _close(loss_fn(q, p), R.info_nce_reference(q, p, None, 0.3, reduction))
+        _close(loss_fn(q, p, n), R.info_nce_reference(q, p, n, 0.3, reduction))
+    with pytest.raises(ValueError, match="negative_mode"):
+        ck.InfoNCE(negative_mode="paired")
+    with pytest.raises(ValueError, match="negative_keys"):
+        fn.info_nce(q, p, torch.randn(6, 3, 5, dtype=torch.float64))
+    with pytest.raises(ValueError, match="symmetric"):
+        fn.info_nce(q, p, n, symmetric=True)
+    with pytest.raises(ValueError, match="positive_key"):
+        fn.info_nce(q, p[:4])
+
+
+# --------------------------------------------------------------------------- queue-based
+
+
+@pytest.mark.parametrize("backend", MODULE_BACKENDS)
+def test_queue_modules(backend):
+    b, k, d = 7, 13, 6
+    q, key, queue = _unit(b, d), _unit(b, d), _unit(k, d)
+    strong = [_unit(b, d), _unit(b, d)]
+    _close(ck.MoCoLoss(0.07, backend=backend)(q, key, queue), R.moco_loss_reference(q, key, queue, 0.07))
+    _close(ck.MoCoLoss(0.1, in_batch_negatives=True, backend=backend)(q, key, queue),
+           R.moco_loss_reference(q, key, queue, 0.1, in_batch_negatives=True))
+    _close(ck.CLSALoss(T=0.2, clsa_t=0.3, alpha=0.5, backend=backend)(q, strong, key, queue),
+           R.clsa_loss_reference(q, strong, key, queue, 0.2, 0.3, 0.5))
+    pos = _unit(b, 2, d)
+    bingo = ck.BingoLoss(0.2, lam=(0.7, 0.3), backend=backend)
+    _close(bingo(q, pos, queue), R.bingo_loss_reference(q, pos, queue, (0.7, 0.3), 0.2))
+    _close(bingo(q, pos, queue, lam=[1.0, 0.0]), R.bingo_loss_reference(q, pos, queue, [1.0, 0.0], 0.2))
+    with pytest.raises(ValueError, match="lam"):
+        bingo(q, pos, queue, lam=[1.0])
+    with pytest.raises(ValueError, match="queue"):
+        ck.MoCoLoss()(q, key, _unit(k, d + 1))
+
+
+def test_clsa_teacher_and_keys_get_no_gradient_from_ddm():
+    b, k, d = 5, 9, 4
+    q, qs = _unit(b, d).requires_grad_(), _unit(b, d).requires_grad_()
+    key, queue = _unit(b, d).requires_grad_(), _unit(k, d).requires_grad_()
+    loss = fn.clsa_ddm_loss(q, qs, key, queue, 0.2, backend="torch")
+    gq, gqs, gk, gqueue = torch.autograd.grad(loss, (q, qs, key, queue), allow_unused=True)
+    assert gq is None and gk is None and gqueue is None and gqs is not None
+
+
+# --------------------------------------------------------------------------- DCL / HCL
+
+
+@pytest.mark.parametrize("backend", MODULE_BACKENDS)
+def test_dcl_modules(backend):
+    out0, out1 = torch.randn(9, 5, dtype=torch.float64), torch.randn(9, 5, dtype=torch.float64)
+    _close(ck.DCLLoss(0.2, backend=backend)(out0, out1), R.dcl_loss_reference(out0, out1, 0.2))
+    _close(ck.DCLWLoss(0.2, sigma=0.3, backend=backend)(out0, out1),
+           R.dclw_loss_reference(out0, out1, 0.2, 0.3))
+
+    def weight_fn(a, b):  # lightly's docstring example, with a gradient
+        return torch.sum((a - b) ** 2, dim=1)
+
+    _close(ck.DCLLoss(0.2, weight_fn=weight_fn, backend=backend)(out0, out1),
+           R.dcl_loss_reference(out0, out1, 0.2, weight_fn))
+
+
+@pytest.mark.parametrize("backend", MODULE_BACKENDS)
+def test_hcl_module(backend):
+    a, b = _unit(8, 6), _unit(8, 6)
+    for est in ("hard", "easy"):
+        _close(ck.HCLLoss(0.5, 0.1, 1.0, est, backend=backend)(a, b),
+               R.hcl_loss_reference(a, b, 0.5, 0.1, 1.0, est))
+    raw_a, raw_b = 3 * a, 2 * b
+    _close(ck.HCLLoss(normalize=True, backend=backend)(raw_a, raw_b), R.hcl_loss_reference(a, b))
+    with pytest.raises(ValueError, match="estimator"):
+        ck.HCLLoss(estimator="medium")
+    with pytest.raises(ValueError, match="tau_plus"):
+        fn.hcl_loss(a, b, tau_plus=1.0)
+    with pytest.raises(ValueError, match="at least 2"):
+        fn.hcl_loss(a[:1], b[:1])
+
+
+def test_hcl_clamp_is_active_in_the_clamped_case():
+    # the table's hcl_hard_beta3_clamped case must exercise the clamp for some rows, and
+    # leave it inactive for others
+    from loss_cases import CASES
+
+    case = {c.id: c for c in CASES}["hcl_hard_beta3_clamped"]
+    x, _ = case.inputs(torch.float64)
+    a, b = x["out0"].detach(), x["out1"].detach()
+    batch, temperature, tau_plus, beta = a.shape[0], 0.3, 0.5, 3.0
+    out = torch.cat([a, b])
+    keep = torch.ones(2 * batch, 2 * batch, dtype=torch.bool)
+    idx = torch.arange(2 * batch)
+    keep[idx, idx] = False
+    keep[idx, (idx + batch) % (2 * batch)] = False
+    neg = torch.exp(out @ out.T / temperature)[keep].view(2 * batch, -1)
+    n = 2 * batch - 2
+    pos = torch.exp((a * b).sum(1) / temperature).repeat(2)
+    ng = (-tau_plus * n * pos + (neg ** (1 + beta)).sum(1) / (neg ** beta).mean(1)) / (1 - tau_plus)
+    clamped = ng < n * math.exp(-1 / temperature)
+    assert bool(clamped.any()) and not bool(clamped.all())
+
+
+# --------------------------------------------------------------------------- memory invariant
+
+
+def _largest_op_input(fn_):
+    """The most elements of any tensor an op (nested ones included) read while fn_ ran."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        fn_()
+    biggest = 0
+    for event in prof.events():
+        for shape in event.input_shapes or []:
+            if isinstance(shape, (list, tuple)) and shape and all(isinstance(v, int) for v in shape):
+                biggest = max(biggest, math.prod(shape))
+    return biggest
+
+
+def _memory_cases():
+    """Each loss at sizes where its smallest core-op call has N x M > 2 x the torch
+    backend's tile (2^20 elements), so a full N x M tensor would stand out."""
+    torch.manual_seed(0)
+    d = 8
+    f = lambda *s: torch.randn(*s).requires_grad_()  # noqa: E731
+    u = lambda *s: F.normalize(torch.randn(*s), dim=-1).requires_grad_()  # noqa: E731
+    b, k, c = 500, 3400, 10
+    feats, labels = u(2 * b + k, d), torch.randint(0, c, (2 * b + k,))
+    sup = f(b, c)
+    prior = fn.class_prior(list(range(1, c + 1)), c)
+    half, full = 760, 1500      # 2 x half rows (SimCLR-style) / full x full (CLIP-style)
+    h0, h1 = f(half, d), f(half, d)
+    x0, x1 = f(full, d), f(full, d)
+    q, key, queue, pos = u(1500, d), u(1500, d), u(2000, d), u(1500, 2, d)
+    bank = F.normalize(torch.randn(3000, d), dim=-1)
+    # (name, N x M of the loss's smallest core-op call, closure)
+    return [
+        ("paco", b * (2 * b + k), lambda be: fn.paco_loss(feats, labels, sup, prior, alpha=0.05,
+                                                          K=k, backend=be)),
+        ("gpaco", (2 * b) * (2 * b + k), lambda be: fn.gpaco_loss(feats, labels, sup.repeat(2, 1),
+                                                                  prior, alpha=0.05, K=k, smooth=0.1,
+                                                                  num_classes=c, backend=be)),
+        ("ntxent", (2 * half) ** 2, lambda be: fn.ntxent_loss(h0, h1, 0.5, backend=be)),
+        ("ntxent_bank", half * 3000, lambda be: fn.ntxent_loss(h0, h1, 0.5, bank, backend=be)),
+        ("clip", full * full, lambda be: fn.clip_loss(x0, x1, 10.0, backend=be)),
+        ("info_nce", full * full, lambda be: fn.info_nce(x0, x1, symmetric=True, backend=be)),
+        ("moco", 1500 * 2000, lambda be: fn.moco_loss(q, key, queue, backend=be)),
+        ("clsa", 1500 * 1500, lambda be: fn.clsa_loss(q, [key], key, queue, backend=be)),
+        ("bingo", 1500 * 2000, lambda be: fn.bingo_loss(q, pos, queue, (0.5, 0.5), backend=be)),
+        ("dclw", full * full, lambda be: fn.dclw_loss(x0, x1, backend=be)),
+        ("hcl", (2 * half) ** 2, lambda be: fn.hcl_loss(h0, h1, 0.5, 0.1, 1.0, backend=be)),
+    ]
+
+
+@pytest.mark.parametrize("backend", MODULE_BACKENDS)
+def test_no_n_by_m_tensor_on_the_fused_path(backend):
+    for name, n_by_m, loss_of in _memory_cases():
+        largest = _largest_op_input(lambda: loss_of(backend).backward())
+        assert largest <= n_by_m // 2, f"{name}: an op read a tensor of {largest} elements (N x M = {n_by_m})"
+
+
+# --------------------------------------------------------------------------- torch.compile
+
+
+def test_losses_compile_fullgraph():
+    """dynamo traces every loss without a graph break (the core op's fake implementation
+    and autograd registration included); aot_eager keeps CI fast (inductor compiles too, at
+    ~15 s per loss)."""
+    torch._dynamo.reset()
+    gen = torch.Generator().manual_seed(0)
+    r = lambda *s: torch.randn(*s, generator=gen).requires_grad_()  # noqa: E731
+    x0, x1, queue, pos = r(16, 8), r(16, 8), r(24, 8), r(16, 2, 8)
+    feats = F.normalize(torch.randn(40, 8, generator=gen), dim=-1).requires_grad_()
+    labels, sup = torch.randint(0, 5, (40,), generator=gen), r(12, 5)
+    prior = fn.class_prior([5, 4, 3, 2, 1], 5)
+    scale = torch.tensor(3.0, requires_grad=True)
+    losses = {
+        "paco": lambda: fn.paco_loss(feats, labels, sup, prior, alpha=0.05, K=16, backend="torch"),
+        "gpaco": lambda: fn.gpaco_loss(feats, labels, sup.repeat(2, 1), None, alpha=0.05, K=16,
+                                       smooth=0.1, backend="torch"),
+        "ntxent": lambda: fn.ntxent_loss(x0, x1, 0.5, backend="torch"),
+        "ntxent_bank": lambda: fn.ntxent_loss(x0, x1, 0.5, queue.detach(), backend="torch"),
+        "clip": lambda: fn.clip_loss(x0, x1, scale, backend="torch"),
+        "info_nce": lambda: fn.info_nce(x0, x1, queue, backend="torch"),
+        "moco": lambda: fn.moco_loss(x0, x1, queue, backend="torch"),
+        "clsa": lambda: fn.clsa_loss(x0, x1, x1, queue, backend="torch"),
+        "bingo": lambda: fn.bingo_loss(x0, pos, queue, (0.5, 0.5), backend="torch"),
+        "dclw": lambda: fn.dclw_loss(x0, x1, backend="torch"),
+        "hcl": lambda: fn.hcl_loss(x0, x1, backend="torch"),
+    }
+    for name, loss_of in losses.items():
+        compiled = torch.compile(loss_of, fullgraph=True, backend="aot_eager")
+        got = compiled()
+        got.backward()
+        torch.testing.assert_close(got, loss_of(), msg=name)
