@@ -1,0 +1,259 @@
+"""The Triton core ops: ``contrastive_kernels::lse_triton`` and its backward.
+
+Declared with ``torch.library.triton_op`` (schemas exactly ``ops.FORWARD_SCHEMA`` /
+``ops.BACKWARD_SCHEMA``), kernels launched through ``wrap_triton`` so torch.compile sees
+them; fake implementations and autograd come from
+:func:`contrastive_kernels.ops.register_core_ops`.
+
+Host side only allocates outputs, picks the fixed config and launches; no value is read
+back (the scale is loaded from its 0-dim tensor inside the kernels).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Optional, Tuple
+
+import torch
+import triton
+from torch.library import triton_op, wrap_triton
+
+from .. import ops
+from . import configs
+from ._common import inv_norm_kernel
+from .lse_backward import HEURISTICS as BWD_HEURISTICS
+from .lse_backward import lse_bwd_kernel, lse_bwd_kernel_py
+from .lse_forward import HEURISTICS as FWD_HEURISTICS
+from .lse_forward import lse_fwd_kernel, lse_fwd_kernel_py
+
+FORWARD_NAME = f"{ops.NAMESPACE}::lse_triton"
+BACKWARD_NAME = f"{ops.NAMESPACE}::lse_triton_backward"
+
+_FP32_TINY = 1.1754943508222875e-38  # eps is passed to the kernels as an fp32 scalar
+
+
+def interpreting() -> bool:
+    """Whether the kernels run under the Triton interpreter (read at call time)."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1" or _kernels_interpreted()
+
+
+def _kernels_interpreted() -> bool:
+    try:
+        from triton.runtime.interpreter import InterpretedFunction
+    except ImportError:  # pragma: no cover
+        return False
+    return isinstance(lse_fwd_kernel, InterpretedFunction)
+
+
+ARCH_ENV = "CK_TRITON_ARCH"  # "80" / "90": config family without asking the device
+
+
+def _arch(device: torch.device):
+    """Config family (80 / 90) for a CUDA device, None under the interpreter."""
+    if interpreting() or device.type != "cuda":
+        return None
+    forced = os.environ.get(ARCH_ENV)
+    if forced:
+        return configs.arch_of(divmod(int(forced), 10))
+    return configs.arch_of(torch.cuda.get_device_capability(device))
+
+
+def _allow_tf32(dtype: torch.dtype) -> bool:
+    """fp32 operands: tf32 unless torch asks for IEEE fp32 matmuls ("highest")."""
+    return dtype == torch.float32 and torch.get_float32_matmul_precision() != "highest"
+
+
+def _flags(dtype: torch.dtype) -> dict:
+    interp = interpreting()
+    return dict(TF32=_allow_tf32(dtype) and not interp,
+                UPCAST=interp and dtype == torch.bfloat16,
+                RESCALE=dtype == torch.float16)
+
+
+# --------------------------------------------------------------------------- launching
+
+_KERNELS = {"fwd": (lse_fwd_kernel, lse_fwd_kernel_py, FWD_HEURISTICS),
+            "bwd": (lse_bwd_kernel, lse_bwd_kernel_py, BWD_HEURISTICS)}
+_tuned: dict = {}
+
+
+def heuristic_flags(which: str, kwargs: dict) -> dict:
+    """The HAS_* / EVEN_* / SINGLE_D / INT64 constexprs of one launch (kwargs: every
+    runtime argument and the block sizes)."""
+    return {name: bool(fn(kwargs)) for name, fn in _KERNELS[which][2].items()}
+
+
+def _launch(which: str, n_rows: int, cfg: configs.Config, kwargs: dict, reset=()):
+    """Launch ``which`` ("fwd" / "bwd") over ceil(n_rows / BLOCK_O) programs.
+
+    Default: the fixed config, heuristics evaluated here (wrap_triton takes plain jit
+    functions). With CONTRASTIVE_KERNELS_TRITON_AUTOTUNE=1 (compiled mode only):
+    triton.autotune over the config's neighbours, heuristics applied per candidate.
+    """
+    plain, fn_py, heur = _KERNELS[which]
+    if configs.autotune_enabled() and not _kernels_interpreted():
+        key = (which, cfg, tuple(reset))
+        if key not in _tuned:
+            space = [triton.Config({"BLOCK_O": c.block_o, "BLOCK_I": c.block_i},
+                                   num_warps=c.num_warps, num_stages=c.num_stages)
+                     for c in configs.autotune_space(cfg)]
+            _tuned[key] = triton.autotune(space, key=["D"], reset_to_zero=list(reset) or None)(
+                triton.heuristics(heur)(triton.jit(fn_py)))
+        wrap_triton(_tuned[key])[lambda meta: (triton.cdiv(n_rows, meta["BLOCK_O"]),)](**kwargs)
+        return
+    blocks = dict(BLOCK_O=cfg.block_o, BLOCK_I=cfg.block_i)
+    flags = heuristic_flags(which, {**kwargs, **blocks})
+    wrap_triton(plain)[(triton.cdiv(n_rows, cfg.block_o),)](
+        **kwargs, **blocks, **flags, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _inv_norms(x: torch.Tensor, eps: float, acc: torch.dtype) -> torch.Tensor:
+    rows, d = x.shape
+    out = torch.empty(rows, dtype=acc, device=x.device)
+    if rows == 0:
+        return out
+    block_r = 16
+    block_d = min(max(16, configs.next_pow2(d)), 256)
+    int64 = rows * abs(x.stride(0)) + d * abs(x.stride(1)) >= 2 ** 31
+    wrap_triton(inv_norm_kernel)[(triton.cdiv(rows, block_r),)](
+        x, out, rows, d, x.stride(0), x.stride(1), max(eps, _FP32_TINY),
+        BLOCK_R=block_r, BLOCK_D=block_d, INT64=int64)
+    return out
+
+
+def _labels(q_labels, k_labels, exclude_positives):
+    if exclude_positives and q_labels is not None and k_labels is not None:
+        return q_labels, k_labels
+    return None, None
+
+
+# --------------------------------------------------------------------------- forward
+
+
+# The schemas are given explicitly: inferred from the type hints, ``Optional[int]`` would
+# read ``SymInt?`` where the core-op contract says ``int?`` (tests assert the exact text).
+@triton_op(FORWARD_NAME, mutates_args=(), schema=ops.FORWARD_SCHEMA)
+def lse_triton(q: torch.Tensor, k: torch.Tensor, scale: torch.Tensor, bias: Optional[torch.Tensor],
+               q_labels: Optional[torch.Tensor], k_labels: Optional[torch.Tensor],
+               self_offset: Optional[int], normalize: bool, eps: float,
+               exclude_positives: bool, return_o: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+    n, d = q.shape
+    m = k.shape[0]
+    acc = ops.accumulate_dtype(q.dtype)
+    lse = torch.empty(n, dtype=acc, device=q.device)
+    # o accumulates in place when d is chunked: zero-initialized
+    o = (torch.zeros((n, d), dtype=acc, device=q.device) if return_o
+         else torch.empty((0,), dtype=acc, device=q.device))
+    if n == 0:
+        return lse, o
+    scale = scale.to(acc)
+    q_labels, k_labels = _labels(q_labels, k_labels, exclude_positives)
+    inv_q = inv_k = None
+    if normalize:
+        inv_q = _inv_norms(q, eps, acc)
+        inv_k = _inv_norms(k, eps, acc)
+    cfg = configs.select("fwd_o" if return_o else "fwd", d, q.dtype, _arch(q.device))
+    block_d, _ = configs.block_d_for(cfg, d, q.dtype)
+    _launch("fwd", n, cfg, dict(
+        Q=q, K=k, SCALE=scale, BIAS=bias, QLAB=q_labels, KLAB=k_labels, INVQ=inv_q, INVK=inv_k,
+        LSE=lse, O=o if return_o else None, N=n, M=m, D=d,
+        SELF_OFFSET=0 if self_offset is None else int(self_offset),
+        stride_qn=q.stride(0), stride_qd=q.stride(1), stride_kn=k.stride(0),
+        stride_kd=k.stride(1), HAS_SELF=self_offset is not None, BLOCK_D=block_d,
+        **_flags(q.dtype)), reset=("O",) if return_o else ())
+    return lse, o
+
+
+# --------------------------------------------------------------------------- backward
+
+
+def _launch_bwd(dk_side, grad_lse, q, k, scale, bias, q_labels, k_labels, self_offset, eps,
+                lse, inv_q, inv_k, need_dx, need_ds):
+    """One backward grid; returns (dx or None, per-program dscale partials or None)."""
+    x, y = (k, q) if dk_side else (q, k)
+    x_lab, y_lab = (k_labels, q_labels) if dk_side else (q_labels, k_labels)
+    inv_x, inv_y = (inv_k, inv_q) if dk_side else (inv_q, inv_k)
+    nx, d = x.shape
+    ny = y.shape[0]
+    acc = ops.accumulate_dtype(q.dtype)
+    cfg = configs.select("bwd_dk" if dk_side else "bwd_dq", d, q.dtype, _arch(q.device))
+    block_d, single = configs.block_d_for(cfg, d, q.dtype)
+    flags = _flags(q.dtype)
+    # The interpreter rounds fp32 -> bf16 stores toward zero (compiled Triton rounds to
+    # nearest even): under it, bf16 gradients are stored in fp32 and rounded by torch.
+    dx_dtype = torch.float32 if flags["UPCAST"] else x.dtype
+    dx = torch.empty(x.shape, dtype=dx_dtype, device=x.device) if need_dx else None
+    acc_buf = (torch.zeros((nx, d), dtype=acc, device=x.device) if (need_dx and not single)
+               else None)
+    # one partial per program; sized for the smallest BLOCK_O the autotuner may pick
+    ds_part = (torch.zeros(triton.cdiv(nx, min(cfg.block_o, 64)), dtype=acc, device=x.device)
+               if need_ds else None)
+    _launch("bwd", nx, cfg, dict(
+        X=x, Y=y, SCALE=scale, BIAS=bias, XLAB=x_lab, YLAB=y_lab, INVX=inv_x, INVY=inv_y,
+        LSE=lse, G=grad_lse, DX=dx, ACC_BUF=acc_buf, DS_PART=ds_part, NX=nx, NY=ny, D=d,
+        SELF_OFFSET=0 if self_offset is None else int(self_offset),
+        EPS=max(eps, _FP32_TINY), stride_xn=x.stride(0), stride_xd=x.stride(1),
+        stride_yn=y.stride(0), stride_yd=y.stride(1), DK=dk_side,
+        HAS_SELF=self_offset is not None, BLOCK_D=block_d, **flags),
+        reset=tuple(name for name, buf in (("ACC_BUF", acc_buf), ("DS_PART", ds_part))
+                    if buf is not None))
+    if dx is not None and dx.dtype != x.dtype:
+        dx = dx.to(x.dtype)
+    return dx, ds_part
+
+
+@triton_op(BACKWARD_NAME, mutates_args=(), schema=ops.BACKWARD_SCHEMA)
+def lse_triton_backward(grad_lse: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
+                        scale: torch.Tensor, bias: Optional[torch.Tensor],
+                        q_labels: Optional[torch.Tensor], k_labels: Optional[torch.Tensor],
+                        self_offset: Optional[int], normalize: bool, eps: float,
+                        exclude_positives: bool, lse: torch.Tensor, need_dq: bool,
+                        need_dk: bool, need_dscale: bool
+                        ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    acc = ops.accumulate_dtype(q.dtype)
+    dq = q.new_empty((0,))
+    dk = k.new_empty((0,))
+    if q.shape[0] == 0 or k.shape[0] == 0:
+        # no pair (i, j): every gradient is zero
+        dq = torch.zeros_like(q, memory_format=torch.contiguous_format) if need_dq else dq
+        dk = torch.zeros_like(k, memory_format=torch.contiguous_format) if need_dk else dk
+        return dq, dk, torch.zeros((), dtype=scale.dtype, device=scale.device)
+    scale_acc = scale.to(acc)
+    q_labels, k_labels = _labels(q_labels, k_labels, exclude_positives)
+    inv_q = inv_k = None
+    if normalize:
+        inv_q = _inv_norms(q, eps, acc)
+        inv_k = _inv_norms(k, eps, acc)
+    grad_lse = grad_lse.contiguous()
+    lse = lse.contiguous()
+    args = (grad_lse, q, k, scale_acc, bias, q_labels, k_labels, self_offset, eps, lse,
+            inv_q, inv_k)
+    ds_parts = []
+    # dscale rides on whichever grid runs (the row grid when both do)
+    if need_dq or (need_dscale and not need_dk):
+        dq_out, part = _launch_bwd(False, *args, need_dx=need_dq, need_ds=need_dscale)
+        dq = dq_out if need_dq else dq
+        ds_parts.append(part)
+    if need_dk:
+        dk_out, part = _launch_bwd(True, *args, need_dx=True,
+                                   need_ds=need_dscale and not ds_parts)
+        dk = dk_out
+        ds_parts.append(part)
+    ds_parts = [p for p in ds_parts if p is not None]
+    if need_dscale and ds_parts:
+        dscale = ds_parts[0].sum().to(scale.dtype)
+    else:
+        dscale = torch.zeros((), dtype=scale.dtype, device=scale.device)
+    return dq, dk, dscale
+
+
+lse_op = torch.ops.contrastive_kernels.lse_triton.default
+lse_backward_op = torch.ops.contrastive_kernels.lse_triton_backward.default
+# The shared fake implementations replace the traced launcher triton_op registers as fake:
+# same outputs, and they need no kernel (under the interpreter a launch on fake tensors
+# would read data pointers). torch.compile still sees the kernels: triton_op decomposes
+# the op into its wrap_triton calls under functionalization.
+ops.register_core_ops(lse_op, lse_backward_op, fake=True)

@@ -1,0 +1,365 @@
+"""Ahead-of-time compilation of every shipped config, without a GPU.
+
+    python -m contrastive_kernels.triton.aot [--out docs/triton_compile_report.md] [--jobs 2]
+
+compiles each entry of :data:`configs.TABLE` for its arch (sm_80 / sm_90a) with
+``triton.compile(ASTSource(...), target=GPUTarget("cuda", arch, 32))`` and reads:
+
+- registers and spill stores / loads from ptxas' ``-v`` log (the ptxas run of the
+  compile itself, captured with TRITON_DUMP_PTXAS_LOG), cross-checked with
+  ``cuobjdump -res-usage`` on the cubin;
+- shared memory: Triton's dynamic allocation (``metadata.shared``) plus ptxas' static one;
+- whether the PTX issues wgmma (Hopper warp-group MMA).
+
+Each config is compiled in its heaviest specialization: every feature on (bias, labels,
+self-exclusion, normalization; o for ``fwd_o``; dx and dscale for the backward), no
+EVEN_* shortcut (masked tails), 32-bit offsets, 16-byte aligned pointers and row strides,
+unit column strides, and the largest d tile of its range. fp16 / bf16 share a config
+but are compiled separately.
+
+The Triton kernels must be importable in compiled mode: run this with TRITON_INTERPRET
+unset (the tests start it in a subprocess).
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import contextlib
+import dataclasses
+import io
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+
+# Max shared memory per block (bytes). The "80" family also runs on sm_86 / sm_89 (the
+# configs are picked by capability < 9.0), whose limit (99 KiB) is below A100's 163 KiB:
+# check against the smaller one. sm_90: 227 KiB.
+SMEM_LIMIT = {80: 101376, 90: 232448}
+REG_LIMIT = 255
+DTYPES = {"16": ("fp16", "bf16"), "32": ("fp32",), "64": ("fp64",)}
+_ACC = {"fp16": "fp32", "bf16": "fp32", "fp32": "fp32", "fp64": "fp64"}
+
+
+@dataclasses.dataclass
+class Row:
+    kernel: str
+    dtype: str
+    arch: int
+    d_range: str
+    config: str
+    registers: int = -1
+    spill_stores: int = -1
+    spill_loads: int = -1
+    shared: int = -1
+    local: int = -1
+    wgmma: bool = False
+    seconds: float = 0.0
+    error: str = ""
+    probe: str = ""  # "int64": the 64-bit-offset specialization of a shipped config
+    int64_offsets: bool = False  # TTIR adds 64-bit offsets to the row pointers
+
+    @property
+    def spills(self) -> int:
+        return max(self.spill_stores, 0) + max(self.spill_loads, 0) + max(self.local, 0)
+
+    def problems(self) -> list:
+        out = []
+        if self.error:
+            out.append(f"compile error: {self.error}")
+            return out
+        if self.spill_stores or self.spill_loads or self.local:
+            out.append(f"spills ({self.spill_stores} B stores, {self.spill_loads} B loads, "
+                       f"{self.local} B local)")
+        if self.shared > SMEM_LIMIT[self.arch]:
+            out.append(f"shared memory {self.shared} B > sm_{self.arch} limit {SMEM_LIMIT[self.arch]} B")
+        if self.registers > REG_LIMIT:
+            out.append(f"{self.registers} registers > {REG_LIMIT}")
+        return out
+
+
+def _signature(kernel: str, dtype: str, cfg, block_d: int, int64: bool = False):
+    """(python fn, signature, constexprs, attrs) for one compile."""
+    from . import lse_backward, lse_forward
+
+    acc = _ACC[dtype]
+    common = dict(TF32=dtype == "fp32", UPCAST=False, RESCALE=dtype == "fp16",
+                  BLOCK_O=cfg.block_o, BLOCK_I=cfg.block_i, BLOCK_D=block_d,
+                  HAS_SELF=True, HAS_BIAS=True, HAS_LABELS=True, HAS_NORM=True,
+                  EVEN_D=False, SINGLE_D=cfg.single, INT64=int64)
+    if kernel in ("fwd", "fwd_o"):
+        fn = lse_forward.lse_fwd_kernel_py
+        ptrs = dict(Q=dtype, K=dtype, SCALE=acc, BIAS=acc, QLAB="i64", KLAB="i64", INVQ=acc,
+                    INVK=acc, LSE=acc, O=acc)
+        ints = dict(N="i32", M="i32", D="i32", SELF_OFFSET="i32", stride_qn="i32",
+                    stride_kn="i32")
+        const = dict(common, stride_qd=1, stride_kd=1, RETURN_O=kernel == "fwd_o",
+                     EVEN_N=False, EVEN_M=False)
+        if kernel == "fwd":
+            const["O"] = None
+            del ptrs["O"]
+        aligned = ("D", "stride_qn", "stride_kn")
+    else:
+        fn = lse_backward.lse_bwd_kernel_py
+        ptrs = dict(X=dtype, Y=dtype, SCALE=acc, BIAS=acc, XLAB="i64", YLAB="i64", INVX=acc,
+                    INVY=acc, LSE=acc, G=acc, DX=dtype, ACC_BUF=acc, DS_PART=acc)
+        ints = dict(NX="i32", NY="i32", D="i32", SELF_OFFSET="i32", EPS="fp32",
+                    stride_xn="i32", stride_yn="i32")
+        const = dict(common, stride_xd=1, stride_yd=1, DK=kernel == "bwd_dk", NEED_DX=True,
+                     NEED_DS=True, EVEN_O=False, EVEN_I=False)
+        if cfg.single:
+            const["ACC_BUF"] = None
+            del ptrs["ACC_BUF"]
+        aligned = ("D", "stride_xn", "stride_yn")
+    import inspect
+    names = list(inspect.signature(fn).parameters)
+    signature = {}
+    for name in names:
+        if name in ptrs:
+            signature[name] = "*" + ptrs[name]
+        elif name in ints:
+            signature[name] = ints[name]
+        else:
+            signature[name] = "constexpr"
+    missing = [n for n in names if signature[n] == "constexpr" and n not in const]
+    assert not missing, f"no value for constexprs {missing}"
+    attrs = {(names.index(n),): [["tt.divisibility", 16]] for n in names
+             if n in ptrs or n in aligned}
+    return fn, signature, const, attrs
+
+
+_PTXAS = re.compile(r"Used (\d+) registers")
+_SPILL = re.compile(r"(\d+) bytes spill stores, (\d+) bytes spill loads")
+_SMEM = re.compile(r"(\d+) bytes smem")
+
+
+CACHE_ENV = "CK_TRITON_AOT_CACHE"  # a directory, or "0" to recompile everything
+_CACHE_VERSION = 1  # bump when what _compile_one measures changes
+
+
+def _cache_path(job):
+    """Result cache keyed by the kernels' source, the job and the Triton version (the
+    compile is deterministic in those), so reruns of the test are quick."""
+    import hashlib
+
+    import triton
+
+    where = os.environ.get(CACHE_ENV, os.path.join(os.path.expanduser("~"), ".cache",
+                                                   "contrastive_kernels", "triton_aot"))
+    if where == "0":
+        return None
+    import inspect
+
+    from . import _common, lse_backward, lse_forward
+
+    h = hashlib.sha256(f"{_CACHE_VERSION}|{triton.__version__}|{job!r}|".encode())
+    for source in (inspect.getsource(_common), inspect.getsource(lse_forward.lse_fwd_kernel_py),
+                   inspect.getsource(lse_backward.lse_bwd_kernel_py)):
+        h.update(source.encode())
+    return os.path.join(where, h.hexdigest()[:32] + ".json")
+
+
+def compile_one(job) -> Row:
+    import json
+
+    cached = _cached(job)
+    if cached is not None:
+        return cached
+    path = _cache_path(job)
+    row = _compile_one(job)
+    if path and not row.error:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path + ".tmp", "w") as f:
+            json.dump(dataclasses.asdict(row), f)
+        os.replace(path + ".tmp", path)
+    return row
+
+
+def _compile_one(job) -> Row:
+    kernel, dtype, arch, d_max, cfg = job[:5]
+    probe = job[5] if len(job) > 5 else ""
+    import triton
+    from triton import knobs
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+    from triton.runtime.jit import JITFunction
+
+    from . import configs
+
+    block_d = (configs.next_pow2(d_max) if cfg.single else cfg.block_d)
+    row = Row(kernel, dtype, arch, f"d <= {d_max}" if d_max else "d chunked",
+              cfg.describe().replace(f"D{cfg.block_d}(", f"D{block_d}("), probe=probe)
+    t0 = time.time()
+    try:
+        fn, signature, const, attrs = _signature(kernel, dtype, cfg, block_d,
+                                                 int64=probe == "int64")
+        src = ASTSource(JITFunction(fn), signature, constexprs=const, attrs=attrs)
+        knobs.nvidia.dump_ptxas_log = True
+        knobs.compilation.always_compile = True
+        log = io.StringIO()
+        with contextlib.redirect_stdout(log):
+            compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32),
+                                      options=dict(num_warps=cfg.num_warps,
+                                                   num_stages=cfg.num_stages))
+        text = log.getvalue()
+        regs = _PTXAS.findall(text)
+        spills = _SPILL.findall(text)
+        smem = _SMEM.findall(text)
+        row.registers = int(regs[-1]) if regs else -1
+        row.spill_stores, row.spill_loads = (map(int, spills[-1]) if spills else (-1, -1))
+        static_smem = int(smem[-1]) if smem else 0
+        row.shared = int(compiled.metadata.shared) + static_smem
+        row.wgmma = "wgmma" in compiled.asm["ptx"]
+        row.int64_offsets = bool(re.search(r"tt\.addptr .*xi64>", compiled.asm["ttir"]))
+        res = _cuobjdump(compiled.asm["cubin"])
+        if res:
+            if row.registers < 0:
+                row.registers = res["REG"]
+            row.local = res.get("LOCAL", 0)
+    except Exception as exc:  # reported, and failed by the test
+        row.error = f"{type(exc).__name__}: {str(exc)[:400]}"
+    row.seconds = time.time() - t0
+    return row
+
+
+def _tool(name: str):
+    import triton
+    path = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", name)
+    if os.path.exists(path):
+        return path
+    path = os.path.join(os.environ.get("CUDA_HOME", "/usr/local/cuda"), "bin", name)
+    return path if os.path.exists(path) else None
+
+
+def _cuobjdump(cubin: bytes):
+    tool = _tool("cuobjdump")
+    if tool is None:
+        return None
+    with tempfile.NamedTemporaryFile(suffix=".cubin", delete=False) as f:
+        f.write(cubin)
+    try:
+        out = subprocess.run([tool, "-res-usage", f.name], capture_output=True, text=True,
+                             check=False).stdout
+    finally:
+        os.unlink(f.name)
+    m = re.search(r"REG:(\d+) STACK:(\d+) SHARED:(\d+) LOCAL:(\d+)", out)
+    if not m:
+        return None
+    return dict(REG=int(m[1]), STACK=int(m[2]), SHARED=int(m[3]), LOCAL=int(m[4]))
+
+
+def jobs(kernels=None, archs=None):
+    from . import configs
+    out = []
+    for kernel, dclass, arch, d_max, cfg in configs.shipped():
+        if (kernels and kernel not in kernels) or (archs and arch not in archs):
+            continue
+        for dtype in DTYPES[dclass]:
+            out.append((kernel, dtype, arch, d_max, cfg))
+    return out
+
+
+def probe_jobs():
+    """64-bit-offset specializations (taken when N d >= 2^31, i.e. large d) of the chunked
+    bf16 configs on sm_90: they must compile without spills too."""
+    from . import configs
+    out = []
+    for kernel, dclass, arch, d_max, cfg in configs.shipped():
+        if dclass == "16" and arch == 90 and d_max is None and kernel in ("fwd", "bwd_dq"):
+            out.append((kernel, "bf16", arch, d_max, cfg, "int64"))
+    return out
+
+
+def _cached(job):
+    import json
+
+    path = _cache_path(job)
+    if path and os.path.exists(path):
+        with open(path) as f:
+            return Row(**json.load(f))
+    return None
+
+
+def run(job_list, n_jobs: int = 2) -> list:
+    rows = [_cached(j) for j in job_list]
+    todo = [j for j, r in zip(job_list, rows) if r is None]
+    if n_jobs <= 1 or len(todo) <= 1:
+        done = [compile_one(j) for j in todo]
+    else:
+        import multiprocessing
+        ctx = multiprocessing.get_context("spawn")
+        with concurrent.futures.ProcessPoolExecutor(n_jobs, mp_context=ctx) as pool:
+            done = list(pool.map(compile_one, todo))
+    fresh = iter(done)
+    return [r if r is not None else next(fresh) for r in rows]
+
+
+def report(rows, path=None) -> str:
+    import triton
+    lines = [
+        "# Triton kernels: ahead-of-time compile report",
+        "",
+        "Generated by `python -m contrastive_kernels.triton.aot` (run by "
+        "`tests/test_triton_aot.py`), no GPU needed: every shipped config of "
+        "`contrastive_kernels/triton/configs.py` compiled with "
+        f"triton {triton.__version__} for its arch, registers and spills from ptxas `-v` "
+        "(cross-checked with `cuobjdump -res-usage`), shared memory = Triton's dynamic "
+        "allocation + ptxas' static one. Limits: 255 registers, no spills, shared memory "
+        f"<= {SMEM_LIMIT[80]} B (sm_80 configs, so that they also fit sm_86 / sm_89) / "
+        f"{SMEM_LIMIT[90]} B (sm_90).",
+        "",
+        "Heaviest specialization per config: bias, labels, self-exclusion and normalization "
+        "on, masked tails everywhere, largest d tile of the range. Config: `O` rows owned "
+        "per program, `I` streamed tile, `D` d tile (single = whole d in one tile, chunk = "
+        "loop over d), `w` warps, `s` pipeline stages.",
+        "",
+        "| kernel | dtype | arch | d range | config | registers | spill st/ld (B) | "
+        "shared (B) | wgmma |",
+        "|---|---|---|---|---|---:|---:|---:|---|",
+    ]
+    for r in rows:
+        spill = f"{r.spill_stores}/{r.spill_loads}" + (f" +{r.local} local" if r.local else "")
+        lines.append(f"| {r.kernel} | {r.dtype} | sm_{r.arch} | {r.d_range}"
+                     f"{' (64-bit offsets)' if r.probe == 'int64' else ''} | {r.config} | "
+                     f"{r.registers} | {spill} | {r.shared} | {'yes' if r.wgmma else 'no'} |"
+                     + (f" ERROR {r.error}" if r.error else ""))
+    text = "\n".join(lines) + "\n"
+    if path:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        with open(path, "w") as f:
+            f.write(text)
+    return text
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default=None, help="write the markdown report here")
+    parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--kernel", action="append", help="only these kernels")
+    parser.add_argument("--arch", action="append", type=int, help="only these archs")
+    parser.add_argument("--json", default=None, help="also dump the rows as JSON")
+    args = parser.parse_args(argv)
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        print("unset TRITON_INTERPRET: AOT compilation needs the compiled-mode kernels",
+              file=sys.stderr)
+        return 2
+    rows = run(jobs(args.kernel, args.arch) + ([] if args.kernel or args.arch else probe_jobs()),
+               args.jobs)
+    text = report(rows, args.out)
+    print(text)
+    if args.json:
+        import json
+        with open(args.json, "w") as f:
+            json.dump([dict(dataclasses.asdict(r), spills=r.spills, problems=r.problems())
+                       for r in rows], f, indent=1)
+    bad = [(r, p) for r in rows for p in r.problems()]
+    for r, p in bad:
+        print(f"FAIL {r.kernel} {r.dtype} sm_{r.arch} {r.config}: {p}", file=sys.stderr)
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

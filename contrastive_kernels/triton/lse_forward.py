@@ -1,0 +1,153 @@
+"""Forward kernel: masked log-sum-exp (and o) on a row-block grid.
+
+Program ``pid`` owns rows [pid * BLOCK_O, (pid + 1) * BLOCK_O) of q and streams the keys
+in BLOCK_I tiles with an online max / sum-exp (flash-attention style):
+
+    c   = <q_i, k_j>                       fp32 (fp64) accumulator, d in BLOCK_D chunks
+    s   = c * (scale / ||q_i||) / ||k_j|| + b_j,   excluded pairs -> -inf
+    m'  = max(m, rowmax s);  l = l e^{m - m'} + sum_j e^{s_ij - m'};  o likewise
+    lse = m + log l   (-inf when A(i) is empty; o = 0 there)
+
+SINGLE_D: the q tile is loaded once and o accumulates in registers. Otherwise q and k are
+re-read chunk by chunk per key tile and o accumulates in its (zero-initialized) fp32
+output in global memory, one [BLOCK_O, BLOCK_D] chunk at a time, with a block barrier
+between key tiles so every thread sees the chunk another thread wrote.
+"""
+
+import triton
+import triton.language as tl
+
+from ._common import dot_nt, exclude, load_tile, mma, rescale_rows
+
+
+def _int64(args):
+    big = max(args["N"] * abs(args["stride_qn"]), args["M"] * abs(args["stride_kn"]),
+              args["D"] * max(abs(args["stride_qd"]), abs(args["stride_kd"])),
+              args["N"] * args["D"])
+    return big + args["D"] >= 2 ** 31
+
+
+HEURISTICS = {
+    "HAS_BIAS": lambda a: a["BIAS"] is not None,
+    "HAS_LABELS": lambda a: a["QLAB"] is not None,
+    "HAS_NORM": lambda a: a["INVQ"] is not None,
+    "RETURN_O": lambda a: a["O"] is not None,
+    "EVEN_N": lambda a: a["N"] % a["BLOCK_O"] == 0,
+    "EVEN_M": lambda a: a["M"] % a["BLOCK_I"] == 0,
+    "EVEN_D": lambda a: a["D"] % a["BLOCK_D"] == 0 and a["D"] > 0,
+    "SINGLE_D": lambda a: a["D"] <= a["BLOCK_D"],
+    "INT64": _int64,
+}
+
+
+def lse_fwd_kernel_py(
+    Q, K, SCALE, BIAS, QLAB, KLAB, INVQ, INVK, LSE, O,
+    N, M, D, SELF_OFFSET,
+    stride_qn, stride_qd, stride_kn, stride_kd,
+    HAS_SELF: tl.constexpr, TF32: tl.constexpr, UPCAST: tl.constexpr, RESCALE: tl.constexpr,
+    BLOCK_O: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_D: tl.constexpr,
+    HAS_BIAS: tl.constexpr, HAS_LABELS: tl.constexpr, HAS_NORM: tl.constexpr,
+    RETURN_O: tl.constexpr, EVEN_N: tl.constexpr, EVEN_M: tl.constexpr, EVEN_D: tl.constexpr,
+    SINGLE_D: tl.constexpr, INT64: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    rows = pid * BLOCK_O + tl.arange(0, BLOCK_O)
+    if INT64:
+        rows = rows.to(tl.int64)
+    row_ok = rows < N
+    offs_d = tl.arange(0, BLOCK_D)
+    lam = tl.load(SCALE)
+    ACC = lam.dtype
+    row_f = tl.zeros([BLOCK_O], ACC) + lam
+    if HAS_NORM:
+        row_f = row_f * tl.load(INVQ + rows, mask=row_ok, other=0.0)
+    q_lab = rows  # placeholder when no labels
+    if HAS_LABELS:
+        q_lab = tl.load(QLAB + rows, mask=row_ok, other=0)
+    q_base = Q + rows[:, None] * stride_qn
+    if SINGLE_D:
+        qt = load_tile(q_base, offs_d, stride_qd, row_ok, D, EVEN_N, EVEN_D, UPCAST)
+    m_i = tl.full([BLOCK_O], float("-inf"), ACC)
+    l_i = tl.zeros([BLOCK_O], ACC)
+    if RETURN_O:
+        if SINGLE_D:
+            o_acc = tl.zeros([BLOCK_O, BLOCK_D], ACC)
+        w_scale = tl.zeros([BLOCK_O], ACC)  # fp16: o is kept in units of w_scale
+    for n0 in range(0, M, BLOCK_I):
+        cols = n0 + tl.arange(0, BLOCK_I)
+        if INT64:
+            cols = cols.to(tl.int64)
+        col_ok = cols < M
+        k_base = K + cols[:, None] * stride_kn
+        if SINGLE_D:
+            kt = load_tile(k_base, offs_d, stride_kd, col_ok, D, EVEN_M, EVEN_D, UPCAST)
+            s = dot_nt(qt, kt, tl.zeros([BLOCK_O, BLOCK_I], ACC), TF32)
+        else:
+            s = tl.zeros([BLOCK_O, BLOCK_I], ACC)
+            for d0 in range(0, D, BLOCK_D):
+                qc = load_tile(q_base, d0 + offs_d, stride_qd, row_ok, D, EVEN_N, EVEN_D, UPCAST)
+                kc = load_tile(k_base, d0 + offs_d, stride_kd, col_ok, D, EVEN_M, EVEN_D, UPCAST)
+                s = dot_nt(qc, kc, s, TF32)
+        s = s * row_f[:, None]
+        if HAS_NORM:
+            inv_k = tl.load(INVK + cols, mask=col_ok, other=0.0)
+            s = s * inv_k[None, :]
+        if HAS_BIAS:
+            s = s + tl.load(BIAS + cols, mask=col_ok, other=0.0).to(ACC)[None, :]
+        k_lab = cols
+        if HAS_LABELS:
+            k_lab = tl.load(KLAB + cols, mask=col_ok, other=0)
+        s = exclude(s, rows[:, None], cols[None, :], col_ok[None, :], q_lab[:, None],
+                    k_lab[None, :], SELF_OFFSET, EVEN_M, HAS_SELF, HAS_LABELS)
+        m_new = tl.maximum(m_i, tl.max(s, axis=1))
+        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)  # no inf - inf
+        alpha = tl.exp(m_i - m_use)
+        p = tl.exp(s - m_use[:, None])
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        if RETURN_O:
+            w = p
+            if HAS_NORM:
+                w = w * inv_k[None, :]
+            if RESCALE:
+                w, ratio, w_scale = rescale_rows(w, w_scale)
+                alpha_o = alpha * ratio
+            else:
+                alpha_o = alpha
+            if SINGLE_D:
+                o_acc = mma(o_acc * alpha_o[:, None], w, kt, TF32)
+            else:
+                for d0 in range(0, D, BLOCK_D):
+                    dd = d0 + offs_d
+                    kc = load_tile(k_base, dd, stride_kd, col_ok, D, EVEN_M, EVEN_D, UPCAST)
+                    o_ptrs = O + rows[:, None] * D + dd[None, :]
+                    o_mask = row_ok[:, None] & (dd < D)[None, :]
+                    oc = tl.load(o_ptrs, mask=o_mask, other=0.0)
+                    oc = mma(oc * alpha_o[:, None], w, kc, TF32)
+                    tl.store(o_ptrs, oc, mask=o_mask)
+                tl.debug_barrier()
+        m_i = m_new
+    has_any = l_i > 0
+    l_safe = tl.where(has_any, l_i, 1.0)
+    m_fin = tl.where(m_i == float("-inf"), 0.0, m_i)
+    lse = tl.where(has_any, m_fin + tl.log(l_safe), float("-inf"))
+    tl.store(LSE + rows, lse, mask=row_ok)
+    if RETURN_O:
+        inv_l = tl.where(has_any, 1.0 / l_safe, 0.0)
+        if RESCALE:
+            inv_l = inv_l * w_scale
+        if SINGLE_D:
+            o_ptrs = O + rows[:, None] * D + offs_d[None, :]
+            tl.store(o_ptrs, o_acc * inv_l[:, None], mask=row_ok[:, None] & (offs_d < D)[None, :])
+        else:
+            for d0 in range(0, D, BLOCK_D):
+                dd = d0 + offs_d
+                o_ptrs = O + rows[:, None] * D + dd[None, :]
+                o_mask = row_ok[:, None] & (dd < D)[None, :]
+                oc = tl.load(o_ptrs, mask=o_mask, other=0.0)
+                tl.store(o_ptrs, oc * inv_l[:, None], mask=o_mask)
+
+
+# The HAS_* / EVEN_* / SINGLE_D / INT64 constexprs come from HEURISTICS: applied on the
+# host for the fixed configs (wrap_triton takes plain jit functions), and through
+# triton.heuristics under the opt-in autotuner.
+lse_fwd_kernel = triton.jit(lse_fwd_kernel_py)

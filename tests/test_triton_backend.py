@@ -1,0 +1,583 @@
+"""Backend ``triton``: what the shared oracle table (test_ops.py) does not cover.
+
+On CPU-only machines the kernels run under TRITON_INTERPRET=1 (set by conftest before any
+import) on CPU tensors. The tests marked ``gpu`` need a CUDA device and compiled Triton
+(``CK_TRITON_NATIVE=1``), and skip cleanly otherwise.
+"""
+
+import math
+import os
+
+import pytest
+import torch
+
+import contrastive_kernels as ck
+from contrastive_kernels import backends, ops, reference
+from core_cases import DTYPES, OPTIONS, SHAPES, make_inputs
+from tolerance import assert_close
+
+pytest.importorskip("triton")
+from contrastive_kernels import triton as ck_triton  # noqa: E402
+from contrastive_kernels.triton import _ops, configs  # noqa: E402
+
+pytestmark = pytest.mark.skipif(ck_triton.unavailable_reason() is not None,
+                                reason=f"triton backend unavailable: {ck_triton.unavailable_reason()}")
+
+INTERPRETED = _ops._kernels_interpreted()
+needs_interpreter = pytest.mark.skipif(not INTERPRETED, reason="checks the interpreter path")
+
+
+def _acc(dtype):
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _grads(fn, q, k, scale, kw, weights):
+    q = q.detach().requires_grad_()
+    k = k.detach().requires_grad_()
+    scale = scale.detach().requires_grad_()
+    lse, o = fn(q, k, scale, kw)
+    live = torch.isfinite(lse)
+    gq, gk, gs = torch.autograd.grad(lse, (q, k, scale), weights.to(lse.dtype) * live)
+    return lse.detach(), o, gq, gk, gs
+
+
+def _triton(q, k, scale, kw):
+    return ck.ops.lse(q, k, scale, backend="triton", **kw)
+
+
+def _naive(dtype):
+    def fn(q, k, scale, kw):
+        out = reference.lse_reference(
+            q, k, scale, kw.get("bias"), kw.get("q_labels"), kw.get("k_labels"),
+            kw.get("self_offset"), kw.get("normalize", False), 1e-12,
+            kw.get("exclude_positives", False), kw.get("return_o", False), compute_dtype=dtype)
+        return out[0], (out[1] if kw.get("return_o") else None)
+    return fn
+
+
+def check_against_oracle(n, m, d, dtype, opt, device="cpu", seed=0):
+    """lse, o and all grads of the triton backend vs the float64 oracle (test_ops criterion)."""
+    q, k, gen = make_inputs(n, m, d, dtype, seed=seed)
+    acc = _acc(dtype)
+    kw = opt.kwargs(n, m, "cpu", acc, gen)
+    weights = torch.randn(n, generator=gen, dtype=torch.float64)
+    scale = torch.tensor(opt.scale)
+    okw = {key: (v.double() if isinstance(v, torch.Tensor) and v.is_floating_point() else v)
+           for key, v in kw.items()}
+    oracle = _grads(_naive(torch.float64), q.double(), k.double(), scale.double(), okw, weights)
+    naive = _grads(_naive(dtype), q, k, scale.to(dtype), kw, weights)
+    dkw = {key: (v.to(device) if isinstance(v, torch.Tensor) else v) for key, v in kw.items()}
+    ours = _grads(_triton, q.to(device), k.to(device), scale.to(acc).to(device), dkw,
+                  weights.to(device))
+    ours = tuple(t.cpu() if isinstance(t, torch.Tensor) else t for t in ours)
+    for name, i in (("lse", 0), ("dq", 2), ("dk", 3), ("dscale", 4)):
+        assert_close(name, ours[i], oracle[i], naive[i], dtype)
+    if opt.return_o:
+        assert_close("o", ours[1], oracle[1], naive[1], dtype)
+    return ours
+
+
+OPT = {o.id: o for o in OPTIONS}
+
+
+# --------------------------------------------------------------------------- op contract
+
+
+def test_schemas_are_the_core_op_schemas():
+    fwd = torch.ops.contrastive_kernels.lse_triton.default
+    bwd = torch.ops.contrastive_kernels.lse_triton_backward.default
+    parse = torch._C.parse_schema
+    assert str(fwd._schema) == str(parse("contrastive_kernels::lse_triton" + ops.FORWARD_SCHEMA))
+    assert str(bwd._schema) == str(
+        parse("contrastive_kernels::lse_triton_backward" + ops.BACKWARD_SCHEMA))
+    # the exact text of the contract, argument by argument
+    assert "int? self_offset" in str(fwd._schema) and "SymInt" not in str(fwd._schema)
+
+
+def _op_args(n=9, m=11, d=5, dtype=torch.float32, **over):
+    q, k, gen = make_inputs(n, m, d, dtype)
+    acc = _acc(dtype)
+    args = dict(q=q, k=k, scale=torch.tensor(2.0, dtype=acc), bias=torch.randn(m, dtype=acc),
+                q_labels=torch.randint(0, 3, (n,)), k_labels=torch.randint(0, 3, (m,)),
+                self_offset=1, normalize=True, eps=1e-12, exclude_positives=True, return_o=True)
+    args.update(over)
+    return args
+
+
+@pytest.mark.parametrize("variant", ["all", "plain"])
+def test_opcheck_forward(variant):
+    over = {} if variant == "all" else dict(bias=None, q_labels=None, k_labels=None,
+                                            self_offset=None, normalize=False,
+                                            exclude_positives=False, return_o=False)
+    a = _op_args(**over)
+    a["q"].requires_grad_()
+    a["k"].requires_grad_()
+    a["scale"].requires_grad_()
+    # aot_dispatch traces the launcher with fake tensors, which the interpreter cannot run
+    utils = (("test_schema", "test_autograd_registration", "test_faketensor") if INTERPRETED
+             else torch.library._OPCHECK_DEFAULT_UTILS)
+    torch.library.opcheck(torch.ops.contrastive_kernels.lse_triton.default,
+                          tuple(a.values()), test_utils=utils)
+
+
+def test_opcheck_backward():
+    a = _op_args()
+    lse, _ = torch.ops.contrastive_kernels.lse_triton.default(*a.values())
+    grad = torch.randn_like(lse)
+    args = (grad, a["q"], a["k"], a["scale"], a["bias"], a["q_labels"], a["k_labels"],
+            a["self_offset"], a["normalize"], a["eps"], a["exclude_positives"], lse,
+            True, True, True)
+    utils = (("test_schema", "test_faketensor") if INTERPRETED
+             else ("test_schema", "test_faketensor", "test_aot_dispatch_dynamic"))
+    torch.library.opcheck(torch.ops.contrastive_kernels.lse_triton_backward.default, args,
+                          test_utils=utils)
+
+
+def test_output_contract():
+    a = _op_args(return_o=False)
+    lse, o = torch.ops.contrastive_kernels.lse_triton.default(*a.values())
+    assert lse.dtype == torch.float32 and lse.shape == (9,) and o.shape == (0,)
+    args = (torch.ones_like(lse), a["q"], a["k"], a["scale"], a["bias"], a["q_labels"],
+            a["k_labels"], a["self_offset"], a["normalize"], a["eps"], a["exclude_positives"],
+            lse)
+    bwd = torch.ops.contrastive_kernels.lse_triton_backward.default
+    dq, dk, ds = bwd(*args, False, False, False)
+    assert dq.shape == (0,) and dk.shape == (0,) and ds.shape == () and ds == 0
+    dq, dk, ds = bwd(*args, True, False, True)
+    assert dq.shape == a["q"].shape and dk.shape == (0,) and ds.dtype == torch.float32
+
+
+def test_backend_registry():
+    b = backends.get_backend("triton")
+    assert b is ck_triton.BACKEND and b.auto_devices == ("cuda",)
+    q, k, _ = make_inputs(4, 4, 4, torch.float32)
+    opts = backends.CoreOptions(False, False, False, False, False)
+    if INTERPRETED:
+        assert b.unavailable_reason() is None and b.rejects(q, k, opts) is None
+    # "auto" never picks it for CPU tensors
+    lse_auto, _ = ck.ops.lse(q, k, 1.0)
+    assert torch.isfinite(lse_auto).all()
+
+
+def test_rejects_names_the_reason(monkeypatch):
+    opts = backends.CoreOptions(False, False, False, False, False)
+    q = torch.zeros(2, 2, dtype=torch.int32)
+    assert "dtype" in ck_triton.rejects(q, q, opts)
+    x = torch.zeros(2, 2)
+    monkeypatch.setattr(_ops, "_kernels_interpreted", lambda: False)
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    assert "TRITON_INTERPRET" in ck_triton.rejects(x, x, opts)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert "no CUDA device" in ck_triton.unavailable_reason()
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert "set after" in ck_triton.rejects(x, x, opts)
+    assert ck_triton.unavailable_reason() is None
+
+
+def test_float_scale_and_grad_only_paths():
+    """need_dq / need_dk / need_dscale in every combination agree with the torch backend."""
+    q, k, gen = make_inputs(37, 29, 20, torch.float32)
+    kw = dict(normalize=True, self_offset=0, bias=torch.randn(29, generator=gen))
+    for req in [(True, False, False), (False, True, False), (False, False, True),
+                (False, True, True), (True, True, True)]:
+        results = {}
+        for be in ("triton", "torch"):
+            qq = q.clone().requires_grad_(req[0])
+            kk = k.clone().requires_grad_(req[1])
+            sc = torch.tensor(5.0, requires_grad=req[2])
+            lse, _ = ck.ops.lse(qq, kk, sc, backend=be, **kw)
+            ins = [t for t, r in zip((qq, kk, sc), req) if r]
+            results[be] = torch.autograd.grad(lse, ins, torch.linspace(-1, 1, 37))
+        for a, b in zip(results["triton"], results["torch"]):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+_TRACE_SCRIPT = r"""
+import os, sys, warnings
+import torch
+import contrastive_kernels.triton as ckt
+from contrastive_kernels.triton import _ops
+from torch._subclasses.fake_tensor import FakeTensorMode
+from torch._functorch.aot_autograd import aot_function
+
+assert not _ops._kernels_interpreted()
+graphs = []
+
+def capture(gm, example_inputs):
+    graphs.append(gm)
+    return gm
+
+def f(q, k, scale, labels):
+    lse, o = torch.ops.contrastive_kernels.lse_triton(
+        q, k, scale, None, labels, labels[:200], 0, True, 1e-12, True, True)
+    dq, dk, ds = torch.ops.contrastive_kernels.lse_triton_backward(
+        torch.ones_like(lse), q, k, scale, None, labels, labels[:200], 0, True, 1e-12, True,
+        lse, True, True, True)
+    return lse, o, dq, dk, ds
+
+for d in (64, 1024):
+    with FakeTensorMode():
+        q = torch.empty(300, d, device="cuda", dtype=torch.bfloat16)
+        k = torch.empty(200, d, device="cuda", dtype=torch.bfloat16)
+        scale = torch.empty((), device="cuda")
+        labels = torch.empty(300, device="cuda", dtype=torch.int64)
+        out = aot_function(f, fw_compiler=capture)(q, k, scale, labels)
+        assert out[2].shape == q.shape and out[3].shape == k.shape and out[4].shape == ()
+for gm in graphs:
+    names = [str(n.target) for n in gm.graph.nodes if n.op == "call_function"]
+    kernels = [n for n in names if "triton_kernel_wrapper" in n]
+    opaque = [n for n in names if "contrastive_kernels" in n]
+    print(len(kernels), len(opaque))
+"""
+
+
+def test_torch_compile_sees_the_kernels():
+    """AOTAutograd (what torch.compile runs) decomposes both ops into their Triton kernel
+    launches. Fake CUDA tensors, compiled-mode kernels, no GPU: run in a subprocess."""
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env[_ops.ARCH_ENV] = "90"
+    proc = subprocess.run([sys.executable, "-c", _TRACE_SCRIPT], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    counts = [tuple(map(int, line.split())) for line in proc.stdout.split("\n") if line.strip()]
+    # per graph: 2 norms + forward, 2 norms + dq grid + dk grid = 7 launches, no opaque op
+    assert counts == [(7, 0), (7, 0)], (counts, proc.stderr[-2000:])
+
+
+# --------------------------------------------------------------------------- code paths
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_d4096_chunked(dtype):
+    """d = 4096: the d loop (and the global-memory accumulators of o, dq, dk)."""
+    check_against_oracle(19, 23, 4096, dtype, OPT["all"])
+
+
+@pytest.mark.parametrize("single", [True, False], ids=["single_d", "chunked_d"])
+@pytest.mark.parametrize("shape", [(64, 96, 32), (50, 70, 48)], ids=["even", "tails"])
+def test_forced_paths(single, shape):
+    """Both d strategies, with EVEN_* shortcuts (tile multiples) and with masked tails."""
+    cfg = configs.Config(32, 32, 64 if single else 16, 4, 1, single)
+    with configs.forced(cfg):
+        for opt in ("all", "plain"):
+            check_against_oracle(*shape, torch.float16, OPT[opt])
+            check_against_oracle(*shape, torch.float32, OPT[opt])
+
+
+def test_empty_rows_and_dropped_keys():
+    """Rows whose A(i) is empty: lse = -inf, o = 0, zero (finite) gradients."""
+    n, m, d = 6, 8, 16
+    q, k, _ = make_inputs(n, m, d, torch.float32)
+    q_labels = torch.tensor([0, 0, 1, 1, 2, 2])
+    k_labels = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])  # rows of class 0 and 1: keys left
+    bias = torch.zeros(m)
+    bias[4:] = -math.inf  # class-1 keys dropped -> class-0 rows see nothing
+    qq, kk = q.clone().requires_grad_(), k.clone().requires_grad_()
+    sc = torch.tensor(3.0, requires_grad=True)
+    lse, o = ck.ops.lse(qq, kk, sc, bias=bias, q_labels=q_labels, k_labels=k_labels,
+                        exclude_positives=True, return_o=True, backend="triton")
+    assert torch.isneginf(lse[:2]).all() and torch.isfinite(lse[2:]).all()
+    assert (o[:2] == 0).all()
+    grad = torch.ones(n)  # also on the -inf rows: they must not leak NaN
+    gq, gk, gs = torch.autograd.grad(lse, (qq, kk, sc), grad)
+    assert torch.isfinite(gq).all() and torch.isfinite(gk).all() and torch.isfinite(gs)
+    assert (gq[:2] == 0).all()
+    expected = reference.lse_reference(q, k, sc.detach(), bias, q_labels, k_labels, None, False,
+                                       1e-12, True, True)
+    torch.testing.assert_close(lse, expected[0])
+    torch.testing.assert_close(o, expected[1])
+
+
+def test_no_rows_and_no_keys():
+    q, k, _ = make_inputs(5, 3, 8, torch.float32)
+    lse, o = ck.ops.lse(q[:0], k, 1.0, backend="triton", return_o=True)
+    assert lse.shape == (0,) and o.shape == (0, 8)
+    qq = q.clone().requires_grad_()
+    sc = torch.tensor(1.0, requires_grad=True)
+    lse, o = ck.ops.lse(qq, k[:0], sc, backend="triton", return_o=True, normalize=True)
+    assert torch.isneginf(lse).all() and (o == 0).all()
+    gq, gs = torch.autograd.grad(lse, (qq, sc), torch.zeros(5))
+    assert (gq == 0).all() and gs == 0
+
+
+def test_zero_features():
+    """d = 0: every logit is its bias (masked loads, no out-of-bounds read)."""
+    q, k = torch.randn(5, 0), torch.randn(7, 0)
+    bias = torch.randn(7)
+    for normalize in (False, True):
+        got = ck.ops.lse(q, k, 2.0, bias=bias, normalize=normalize, return_o=True,
+                         backend="triton")
+        want = ck.ops.lse(q, k, 2.0, bias=bias, normalize=normalize, return_o=True,
+                          backend="torch")
+        torch.testing.assert_close(got[0], want[0])
+        assert got[1].shape == (5, 0)
+
+
+def test_zero_norm_rows():
+    """normalize with rows of norm < eps: x^ = x / eps, Jacobian without the radial term."""
+    q, k, _ = make_inputs(9, 7, 6, torch.float64)
+    q[2] = 0.0
+    k[3] = 1e-14
+    check = {}
+    for be in ("triton", "torch"):
+        qq, kk = q.clone().requires_grad_(), k.clone().requires_grad_()
+        lse, _ = ck.ops.lse(qq, kk, 4.0, normalize=True, eps=1e-9, backend=be)
+        check[be] = (lse,) + torch.autograd.grad(lse, (qq, kk), torch.ones(9, dtype=torch.float64))
+    for a, b in zip(check["triton"], check["torch"]):
+        torch.testing.assert_close(a, b)
+
+
+def test_fp16_tiny_grad_scale():
+    """fp16 operands with g = 1e-6 (a mean over a million rows) and small row norms: the
+    weights g P / ||q|| fed to the fp16 MMA would be fp16 subnormals; the online row
+    rescaling keeps them normal, so dq / dk are as accurate as fp16 outputs can be."""
+    n, m, d = 40, 33, 24
+    q, k, _ = make_inputs(n, m, d, torch.float64)
+    q, k = (q * 1e-2).half(), (k * 1e-2).half()  # norms ~ 0.01: dq, dk ~ 1e-3 (normal)
+    weights = torch.full((n,), 1e-6, dtype=torch.float64)
+    oracle = _grads(_naive(torch.float64), q.double(), k.double(),
+                    torch.tensor(9.0, dtype=torch.float64), dict(normalize=True), weights)
+    ours = _grads(_triton, q, k, torch.tensor(9.0), dict(normalize=True), weights)
+    for i in (2, 3):
+        best = (oracle[i].half().double() - oracle[i]).abs().max()  # rounding to fp16 alone
+        err = (ours[i].double() - oracle[i]).abs().max()
+        assert oracle[i].abs().max() > 2 ** -14  # normal fp16 range
+        assert err <= 4 * best, (i, err, best)
+
+
+def test_backward_is_deterministic():
+    q, k, gen = make_inputs(70, 90, 40, torch.float32)
+    kw = OPT["all"].kwargs(70, 90, "cpu", torch.float32, gen)
+    first = _grads(_triton, q, k, torch.tensor(3.0), kw, torch.ones(70, dtype=torch.float64))
+    second = _grads(_triton, q, k, torch.tensor(3.0), kw, torch.ones(70, dtype=torch.float64))
+    for a, b in zip(first[2:], second[2:]):
+        assert torch.equal(a, b)
+
+
+def test_no_n_by_m_allocation():
+    """No torch allocation of N x M elements (or more) in forward or backward."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    n, m, d = 48, 40, 8
+    sizes = []
+
+    class Record(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for t in (out if isinstance(out, (tuple, list)) else (out,)):
+                if isinstance(t, torch.Tensor):
+                    sizes.append((str(func), t.numel()))
+            return out
+
+    q, k, gen = make_inputs(n, m, d, torch.float32)
+    kw = OPT["all"].kwargs(n, m, "cpu", torch.float32, gen)
+    qq, kk = q.requires_grad_(), k.requires_grad_()
+    with Record():
+        lse, _ = ck.ops.lse(qq, kk, 2.0, backend="triton", **kw)
+        torch.autograd.grad(lse, (qq, kk), torch.ones(n))
+    big = [(f, s) for f, s in sizes if s >= n * m]
+    assert sizes and not big, big
+
+
+# --------------------------------------------------------------------------- flags, 64-bit
+
+
+def test_flags_interpreter_and_precision(monkeypatch):
+    if INTERPRETED:
+        assert _ops._flags(torch.bfloat16)["UPCAST"]
+        assert not _ops._flags(torch.float16)["UPCAST"]
+        assert not _ops._flags(torch.float32)["TF32"]  # the interpreter's dot is IEEE anyway
+    monkeypatch.setattr(_ops, "_kernels_interpreted", lambda: False)
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    assert not _ops._flags(torch.bfloat16)["UPCAST"]  # compiled: bf16 goes to tl.dot as is
+    assert _ops._flags(torch.float16)["RESCALE"]
+    prev = torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision("high")
+        assert _ops._flags(torch.float32)["TF32"]
+        torch.set_float32_matmul_precision("highest")
+        assert not _ops._flags(torch.float32)["TF32"]
+        assert not _ops._flags(torch.float64)["TF32"]
+    finally:
+        torch.set_float32_matmul_precision(prev)
+
+
+def test_int64_heuristic():
+    base = dict(N=1000, M=1000, D=128, stride_qn=128, stride_qd=1, stride_kn=128, stride_kd=1,
+                BIAS=None, QLAB=None, INVQ=None, O=None, BLOCK_O=64, BLOCK_I=64, BLOCK_D=64)
+    assert not _ops.heuristic_flags("fwd", base)["INT64"]
+    assert _ops.heuristic_flags("fwd", dict(base, N=2 ** 24))["INT64"]  # N d = 2^31
+    assert _ops.heuristic_flags("fwd", dict(base, M=2 ** 18, stride_kn=2 ** 14))["INT64"]
+    flags = _ops.heuristic_flags("fwd", dict(base, N=1024, M=1000))
+    assert flags["EVEN_N"] and not flags["EVEN_M"] and not flags["SINGLE_D"]
+
+
+@needs_interpreter
+def test_int64_offsets_beyond_2_31():
+    """Rows 2^27 elements apart: element offsets pass 2^31, so the kernels must switch
+    to 64-bit offsets (with 32-bit ones the interpreter reads a wrapped address and
+    crashes). The storage is virtual: only the pages of the rows used are touched."""
+    d, n, m, stride = 16, 20, 12, 2 ** 27
+    if torch.empty(0).element_size() != 4:
+        pytest.skip("unexpected default dtype")
+    try:
+        store = torch.empty(stride * (n - 1) + d, dtype=torch.float16)
+    except RuntimeError as exc:  # pragma: no cover
+        pytest.skip(f"cannot reserve {2 * stride * n / 2**30:.0f} GiB of virtual memory: {exc}")
+    q = store.as_strided((n, d), (stride, 1))
+    q_small, k, _ = make_inputs(n, m, d, torch.float16)
+    q.copy_(q_small)
+    assert (n - 1) * stride >= 2 ** 31
+    qq = q.detach().requires_grad_()
+    lse, o = ck.ops.lse(qq, k, 3.0, normalize=True, return_o=True, backend="triton")
+    ref_lse, ref_o = ck.ops.lse(q_small, k, 3.0, normalize=True, return_o=True, backend="torch")
+    torch.testing.assert_close(lse, ref_lse, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(o, ref_o, rtol=1e-2, atol=1e-3)  # P rounded to fp16 for o
+    (gq,) = torch.autograd.grad(lse, (qq,), torch.ones(n))
+    (ref_gq,) = torch.autograd.grad(
+        ck.ops.lse(q_small.requires_grad_(), k, 3.0, normalize=True, backend="torch")[0],
+        (q_small,), torch.ones(n))
+    torch.testing.assert_close(gq, ref_gq, rtol=1e-2, atol=1e-3)
+
+
+def test_configs_cover_every_kernel_and_range():
+    for dclass in ("16", "32", "64"):
+        for arch in configs.ARCHS:
+            table = configs.TABLE[(dclass, arch)]
+            for kernel in configs.KERNELS:
+                entries = table[kernel]
+                assert entries[-1][0] is None and not entries[-1][1].single
+                assert all(c.single for d_max, c in entries[:-1])
+    dtype = torch.bfloat16
+    assert configs.select("fwd", 128, dtype, 90).single
+    assert not configs.select("fwd", 4096, dtype, 90).single
+    assert configs.block_d_for(configs.select("fwd", 3, dtype, 80), 3, dtype) == (16, True)
+
+
+# --------------------------------------------------------------------------- GPU only
+
+
+@pytest.fixture
+def native_cuda(cuda_device):
+    if INTERPRETED:
+        pytest.skip("compiled Triton needed: run the GPU tests with CK_TRITON_NATIVE=1")
+    return cuda_device
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_gpu_oracle_table(native_cuda, dtype):
+    """The whole oracle table on CUDA tensors, compiled kernels (real bf16 / tf32 MMA)."""
+    prev = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("highest")  # IEEE fp32: the tolerance is fp32's
+    try:
+        for shape in SHAPES + [(1025, 2049, 256), (300, 500, 1024)]:
+            for opt in OPTIONS:
+                check_against_oracle(*shape, dtype, opt, device=native_cuda)
+    finally:
+        torch.set_float32_matmul_precision(prev)
+
+
+@pytest.mark.gpu
+def test_gpu_tf32_is_used_when_allowed(native_cuda):
+    q, k, _ = make_inputs(512, 512, 256, torch.float32, device=native_cuda)
+    exact = reference.lse_reference(q.double(), k.double(), torch.tensor(20.0, dtype=torch.float64,
+                                    device=native_cuda), None, None, None, None, False, 1e-12,
+                                    False, False)[0]
+    prev = torch.get_float32_matmul_precision()
+    try:
+        errs = {}
+        for prec in ("highest", "high"):
+            torch.set_float32_matmul_precision(prec)
+            lse, _ = ck.ops.lse(q, k, 20.0, backend="triton")
+            errs[prec] = (lse.double() - exact).abs().max().item()
+    finally:
+        torch.set_float32_matmul_precision(prev)
+    assert errs["highest"] < 1e-4 and errs["high"] > errs["highest"]
+
+
+@pytest.mark.gpu
+def test_gpu_auto_picks_triton(native_cuda):
+    q, k, _ = make_inputs(64, 64, 32, torch.bfloat16, device=native_cuda)
+    chosen = backends.select("auto", q, k, backends.CoreOptions(True, False, False, False, False))
+    assert chosen.name == "triton"
+
+
+@pytest.mark.gpu
+def test_gpu_torch_compile_fullgraph(native_cuda):
+    q, k, gen = make_inputs(300, 200, 64, torch.bfloat16, device=native_cuda)
+    labels = torch.randint(0, 5, (300,), device=native_cuda)
+
+    def loss(q, k, scale):
+        lse, o = ck.ops.lse(q, k, scale, normalize=True, self_offset=0, q_labels=labels,
+                            k_labels=labels[:200], exclude_positives=True, return_o=True,
+                            backend="triton")
+        return torch.where(torch.isfinite(lse), lse, 0).sum() + o.float().sum()
+
+    scale = torch.tensor(10.0, device=native_cuda, requires_grad=True)
+    qq, kk = q.clone().requires_grad_(), k.clone().requires_grad_()
+    eager = torch.autograd.grad(loss(qq, kk, scale), (qq, kk, scale))
+    compiled = torch.compile(loss, fullgraph=True)
+    got = torch.autograd.grad(compiled(qq, kk, scale), (qq, kk, scale))
+    for a, b in zip(got, eager):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.gpu
+def test_gpu_no_host_sync(native_cuda):
+    """The forward and backward launch without reading any value back to the host."""
+    q, k, _ = make_inputs(1024, 1024, 128, torch.bfloat16, device=native_cuda)
+    scale = torch.tensor(10.0, device=native_cuda, requires_grad=True)
+    qq = q.clone().requires_grad_()
+
+    def step():
+        lse, _ = ck.ops.lse(qq, k, scale, normalize=True, backend="triton")
+        torch.autograd.grad(lse.sum(), (qq, scale))
+
+    step()  # compile the kernels outside the check
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        step()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
+@pytest.mark.gpu
+def test_gpu_timing_sanity(native_cuda):
+    """Forward + backward at N = M = 16384, d = 128, bf16 run at a sane fraction of the
+    tensor-core floor (the benchmarks in bench/ report the real numbers)."""
+    import triton.testing
+
+    n, d = 16384, 128
+    q, k, _ = make_inputs(n, n, d, torch.bfloat16, device=native_cuda)
+    qq, kk = q.requires_grad_(), k.requires_grad_()
+    fwd_ms = triton.testing.do_bench(lambda: ck.ops.lse(qq, kk, 10.0, normalize=True,
+                                                        backend="triton"))
+    lse, _ = ck.ops.lse(qq, kk, 10.0, normalize=True, backend="triton")
+    bwd_ms = triton.testing.do_bench(
+        lambda: torch.autograd.grad(lse, (qq, kk), torch.ones_like(lse), retain_graph=True))
+    fwd_tflops = 2 * n * n * d / fwd_ms / 1e9
+    bwd_tflops = 8 * n * n * d / bwd_ms / 1e9
+    print(f"forward {fwd_ms:.3f} ms ({fwd_tflops:.0f} TFLOP/s), backward {bwd_ms:.3f} ms "
+          f"({bwd_tflops:.0f} TFLOP/s)")
+    assert fwd_tflops > 20 and bwd_tflops > 20
+
+
+@pytest.mark.gpu
+def test_gpu_runtime_has_no_spills(native_cuda):
+    """The kernels compiled at run time on this GPU report no spills (as the AOT report)."""
+    from contrastive_kernels.triton.lse_backward import lse_bwd_kernel
+    from contrastive_kernels.triton.lse_forward import lse_fwd_kernel
+
+    for d in (64, 128, 256, 1024):
+        q, k, _ = make_inputs(256, 256, d, torch.bfloat16, device=native_cuda)
+        qq = q.requires_grad_()
+        lse, _ = ck.ops.lse(qq, k, 5.0, normalize=True, return_o=True, backend="triton")
+        torch.autograd.grad(lse.sum(), qq)
+    for kernel in (lse_fwd_kernel, lse_bwd_kernel):
+        for compiled in kernel.device_caches[torch.cuda.current_device()][0].values():
+            assert compiled.n_spills == 0, (compiled.name, compiled.n_spills)
