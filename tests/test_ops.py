@@ -9,7 +9,7 @@ from core_cases import DTYPES, OPTIONS, SHAPES, make_inputs
 from tolerance import assert_close
 
 # Fused backends checked here on CPU tensors ("triton" runs under TRITON_INTERPRET=1).
-FUSED_BACKENDS = ["torch"]
+FUSED_BACKENDS = ["torch", "triton", "cpu"]
 
 
 def _run(fn, q, k, scale, kw, grad_weights):
