@@ -4,41 +4,11 @@ import pytest
 import torch
 
 import contrastive_kernels as ck
-from contrastive_kernels import reference
 from core_cases import DTYPES, OPTIONS, SHAPES, make_inputs
-from tolerance import assert_close
+from core_check import check_against_oracle
 
 # Fused backends checked here on CPU tensors ("triton" runs under TRITON_INTERPRET=1).
 FUSED_BACKENDS = ["torch", "triton", "cpu"]
-
-
-def _run(fn, q, k, scale, kw, grad_weights):
-    """lse, o and the grads of <grad_weights, lse> w.r.t. q, k, scale."""
-    q = q.detach().requires_grad_()
-    k = k.detach().requires_grad_()
-    scale = scale.detach().requires_grad_()
-    lse, o = fn(q, k, scale, kw)
-    live = torch.isfinite(lse)
-    gq, gk, gs = torch.autograd.grad(lse, (q, k, scale), grad_outputs=grad_weights.to(lse.dtype) * live)
-    return lse.detach(), o, gq, gk, gs
-
-
-def _fused(backend):
-    def fn(q, k, scale, kw):
-        return ck.ops.lse(q, k, scale, backend=backend, **kw)
-    return fn
-
-
-def _naive(compute_dtype):
-    def fn(q, k, scale, kw):
-        args = dict(kw)
-        out = reference.lse_reference(
-            q, k, scale, args.get("bias"), args.get("q_labels"), args.get("k_labels"),
-            args.get("self_offset"), args.get("normalize", False), 1e-12,
-            args.get("exclude_positives", False), args.get("return_o", False),
-            compute_dtype=compute_dtype)
-        return out[0], (out[1] if args.get("return_o") else None)
-    return fn
 
 
 @pytest.mark.parametrize("backend", FUSED_BACKENDS)
@@ -46,28 +16,7 @@ def _naive(compute_dtype):
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
 @pytest.mark.parametrize("opt", OPTIONS, ids=lambda o: o.id)
 def test_lse_matches_oracle(backend, dtype, shape, opt):
-    n, m, d = shape
-    q, k, gen = make_inputs(n, m, d, dtype)
-    acc = torch.float64 if dtype == torch.float64 else torch.float32
-    kw = opt.kwargs(n, m, "cpu", acc, gen)
-    grad_weights = torch.randn(n, generator=gen, dtype=torch.float64)
-    scale = torch.tensor(opt.scale)
-
-    oracle_kw = {key: (v.double() if isinstance(v, torch.Tensor) and v.is_floating_point() else v)
-                 for key, v in kw.items()}
-    oracle = _run(_naive(torch.float64), q.double(), k.double(), scale.double(), oracle_kw, grad_weights)
-    naive = _run(_naive(dtype), q, k, scale.to(dtype), kw, grad_weights)
-    ours = _run(_fused(backend), q, k, scale.to(acc), kw, grad_weights)
-
-    assert ours[0].dtype == acc and ours[0].shape == (n,)
-    for name, i in (("lse", 0), ("dq", 2), ("dk", 3), ("dscale", 4)):
-        assert_close(name, ours[i], oracle[i], naive[i], dtype)
-    assert ours[2].dtype == dtype and ours[3].dtype == dtype
-    if opt.return_o:
-        assert ours[1].shape == (n, d) and not ours[1].requires_grad
-        assert_close("o", ours[1], oracle[1], naive[1], dtype)
-    else:
-        assert ours[1] is None
+    check_against_oracle(backend, *shape, dtype, opt)
 
 
 @pytest.mark.parametrize("backend", FUSED_BACKENDS)

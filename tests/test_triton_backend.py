@@ -14,7 +14,7 @@ import torch
 import contrastive_kernels as ck
 from contrastive_kernels import backends, ops, reference
 from core_cases import DTYPES, OPTIONS, SHAPES, make_inputs
-from tolerance import assert_close
+from core_check import acc_dtype, check_against_oracle, fused, lse_and_grads, naive
 
 pytest.importorskip("triton")
 from contrastive_kernels import triton as ck_triton  # noqa: E402
@@ -27,54 +27,7 @@ INTERPRETED = _ops._kernels_interpreted()
 needs_interpreter = pytest.mark.skipif(not INTERPRETED, reason="checks the interpreter path")
 
 
-def _acc(dtype):
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-def _grads(fn, q, k, scale, kw, weights):
-    q = q.detach().requires_grad_()
-    k = k.detach().requires_grad_()
-    scale = scale.detach().requires_grad_()
-    lse, o = fn(q, k, scale, kw)
-    live = torch.isfinite(lse)
-    gq, gk, gs = torch.autograd.grad(lse, (q, k, scale), weights.to(lse.dtype) * live)
-    return lse.detach(), o, gq, gk, gs
-
-
-def _triton(q, k, scale, kw):
-    return ck.ops.lse(q, k, scale, backend="triton", **kw)
-
-
-def _naive(dtype):
-    def fn(q, k, scale, kw):
-        out = reference.lse_reference(
-            q, k, scale, kw.get("bias"), kw.get("q_labels"), kw.get("k_labels"),
-            kw.get("self_offset"), kw.get("normalize", False), 1e-12,
-            kw.get("exclude_positives", False), kw.get("return_o", False), compute_dtype=dtype)
-        return out[0], (out[1] if kw.get("return_o") else None)
-    return fn
-
-
-def check_against_oracle(n, m, d, dtype, opt, device="cpu", seed=0):
-    """lse, o and all grads of the triton backend vs the float64 oracle (test_ops criterion)."""
-    q, k, gen = make_inputs(n, m, d, dtype, seed=seed)
-    acc = _acc(dtype)
-    kw = opt.kwargs(n, m, "cpu", acc, gen)
-    weights = torch.randn(n, generator=gen, dtype=torch.float64)
-    scale = torch.tensor(opt.scale)
-    okw = {key: (v.double() if isinstance(v, torch.Tensor) and v.is_floating_point() else v)
-           for key, v in kw.items()}
-    oracle = _grads(_naive(torch.float64), q.double(), k.double(), scale.double(), okw, weights)
-    naive = _grads(_naive(dtype), q, k, scale.to(dtype), kw, weights)
-    dkw = {key: (v.to(device) if isinstance(v, torch.Tensor) else v) for key, v in kw.items()}
-    ours = _grads(_triton, q.to(device), k.to(device), scale.to(acc).to(device), dkw,
-                  weights.to(device))
-    ours = tuple(t.cpu() if isinstance(t, torch.Tensor) else t for t in ours)
-    for name, i in (("lse", 0), ("dq", 2), ("dk", 3), ("dscale", 4)):
-        assert_close(name, ours[i], oracle[i], naive[i], dtype)
-    if opt.return_o:
-        assert_close("o", ours[1], oracle[1], naive[1], dtype)
-    return ours
+_triton = fused("triton")
 
 
 OPT = {o.id: o for o in OPTIONS}
@@ -96,7 +49,7 @@ def test_schemas_are_the_core_op_schemas():
 
 def _op_args(n=9, m=11, d=5, dtype=torch.float32, **over):
     q, k, gen = make_inputs(n, m, d, dtype)
-    acc = _acc(dtype)
+    acc = acc_dtype(dtype)
     args = dict(q=q, k=k, scale=torch.tensor(2.0, dtype=acc), bias=torch.randn(m, dtype=acc),
                 q_labels=torch.randint(0, 3, (n,)), k_labels=torch.randint(0, 3, (m,)),
                 self_offset=1, normalize=True, eps=1e-12, exclude_positives=True, return_o=True)
@@ -253,7 +206,7 @@ def test_torch_compile_sees_the_kernels():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 def test_d4096_chunked(dtype):
     """d = 4096: the d loop (and the global-memory accumulators of o, dq, dk)."""
-    check_against_oracle(19, 23, 4096, dtype, OPT["all"])
+    check_against_oracle("triton", 19, 23, 4096, dtype, OPT["all"])
 
 
 @pytest.mark.parametrize("single", [True, False], ids=["single_d", "chunked_d"])
@@ -263,8 +216,8 @@ def test_forced_paths(single, shape):
     cfg = configs.Config(32, 32, 64 if single else 16, 4, 1, single)
     with configs.forced(cfg):
         for opt in ("all", "plain"):
-            check_against_oracle(*shape, torch.float16, OPT[opt])
-            check_against_oracle(*shape, torch.float32, OPT[opt])
+            check_against_oracle("triton", *shape, torch.float16, OPT[opt])
+            check_against_oracle("triton", *shape, torch.float32, OPT[opt])
 
 
 def test_empty_rows_and_dropped_keys():
@@ -338,9 +291,9 @@ def test_fp16_tiny_grad_scale():
     q, k, _ = make_inputs(n, m, d, torch.float64)
     q, k = (q * 1e-2).half(), (k * 1e-2).half()  # norms ~ 0.01: dq, dk ~ 1e-3 (normal)
     weights = torch.full((n,), 1e-6, dtype=torch.float64)
-    oracle = _grads(_naive(torch.float64), q.double(), k.double(),
+    oracle = lse_and_grads(naive(torch.float64), q.double(), k.double(),
                     torch.tensor(9.0, dtype=torch.float64), dict(normalize=True), weights)
-    ours = _grads(_triton, q, k, torch.tensor(9.0), dict(normalize=True), weights)
+    ours = lse_and_grads(_triton, q, k, torch.tensor(9.0), dict(normalize=True), weights)
     for i in (2, 3):
         best = (oracle[i].half().double() - oracle[i]).abs().max()  # rounding to fp16 alone
         err = (ours[i].double() - oracle[i]).abs().max()
@@ -351,8 +304,8 @@ def test_fp16_tiny_grad_scale():
 def test_backward_is_deterministic():
     q, k, gen = make_inputs(70, 90, 40, torch.float32)
     kw = OPT["all"].kwargs(70, 90, "cpu", torch.float32, gen)
-    first = _grads(_triton, q, k, torch.tensor(3.0), kw, torch.ones(70, dtype=torch.float64))
-    second = _grads(_triton, q, k, torch.tensor(3.0), kw, torch.ones(70, dtype=torch.float64))
+    first = lse_and_grads(_triton, q, k, torch.tensor(3.0), kw, torch.ones(70, dtype=torch.float64))
+    second = lse_and_grads(_triton, q, k, torch.tensor(3.0), kw, torch.ones(70, dtype=torch.float64))
     for a, b in zip(first[2:], second[2:]):
         assert torch.equal(a, b)
 
@@ -476,7 +429,7 @@ def test_gpu_oracle_table(native_cuda, dtype):
     try:
         for shape in SHAPES + [(1025, 2049, 256), (300, 500, 1024)]:
             for opt in OPTIONS:
-                check_against_oracle(*shape, dtype, opt, device=native_cuda)
+                check_against_oracle("triton", *shape, dtype, opt, device=native_cuda)
     finally:
         torch.set_float32_matmul_precision(prev)
 
