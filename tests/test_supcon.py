@@ -13,10 +13,16 @@ from tolerance import assert_close
 
 # backend -> dtypes it is checked in (reference is the naive loss, not the float64 oracle:
 # its core op runs in fp32 / fp64 only).
+ALL_DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 BACKEND_DTYPES = {
     "reference": [torch.float32, torch.float64],
-    "torch": [torch.float32, torch.float64, torch.float16, torch.bfloat16],
+    "torch": ALL_DTYPES,
+    "cpu": ALL_DTYPES,
 }
+# The Triton interpreter is slow: every dtype on the small layouts (bsz 1 and 3), and
+# float32 on the bsz-97 ones.
+TRITON_PARAMS = ([(c, dt) for c in CASES if c.bsz <= 3 for dt in ALL_DTYPES] +
+                 [(c, torch.float32) for c in CASES if c.bsz > 3])
 GRAD_SCALE = 1.7  # grad_output != 1
 
 
@@ -59,6 +65,12 @@ def test_supcon_matches_reference(backend, dtype, case):
     assert_close("loss", ours[0], oracle[0], naive[0], dtype)
     assert ours[1].dtype == dtype
     assert_close("grad", ours[1], oracle[1], naive[1], dtype)
+
+
+@pytest.mark.parametrize("case,dtype", TRITON_PARAMS,
+                         ids=[f"{c.id}-{str(dt)[6:]}" for c, dt in TRITON_PARAMS])
+def test_supcon_triton_interpreted(case, dtype):
+    test_supcon_matches_reference("triton", dtype, case)
 
 
 @pytest.mark.parametrize("positives", ["labels", "mask", "none"])
