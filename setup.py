@@ -41,7 +41,7 @@ def extensions():
 
     sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")) + glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
     with_cuda, why_not = _cuda_wanted(torch)
-    cxx = ["-O3", "-g0", "-std=c++17", "-fopenmp", "-DNDEBUG"]
+    cxx = ["-O3", "-g0", "-std=c++20", "-fopenmp", "-DNDEBUG"]
     if platform.machine() in ("x86_64", "AMD64"):
         cxx.append("-march=x86-64-v3")  # AVX2 + FMA: every x86 server of the last decade
     arch_list = os.environ.get("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
@@ -62,7 +62,7 @@ def extensions():
                           glob.glob(os.path.join("csrc", "cuda", "*.cpp")))
         site = sysconfig.get_paths()["purelib"]
         nvidia_include = os.path.join(site, "nvidia", "cu13", "include")
-        nvcc = ["-O3", "-std=c++17", "--use_fast_math", "-lineinfo", "-DCK_WITH_CUDA=1"]
+        nvcc = ["-O3", "-std=c++20", "--use_fast_math", "-lineinfo", "-DCK_WITH_CUDA=1"]
         if os.path.isdir(nvidia_include):
             nvcc += ["-isystem", nvidia_include]
         ext = cpp_extension.CUDAExtension(

@@ -86,8 +86,8 @@ def supcon_loss(features: torch.Tensor, labels: Optional[torch.Tensor] = None,
                      backend=backend)
 
     acc = lse.dtype
-    q_hat = unit_rows(anchors, normalize, eps)
     k_hat = unit_rows(contrast, normalize, eps)
+    q_hat = k_hat[: anchors.shape[0]]  # anchors are the first rows of contrast
     self_logit = lam * (q_hat * k_hat[: q_hat.shape[0]]).sum(1)
     sample = torch.arange(q_hat.shape[0], device=device) % bsz  # batch index of each anchor
 

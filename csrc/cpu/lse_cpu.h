@@ -1,0 +1,47 @@
+// Entry points of the CPU core-op kernels (lse_forward.cpp, lse_backward.cpp); the ops
+// themselves (argument checks, outputs, dtype dispatch) are in ops_cpu.cpp.
+#pragma once
+
+#include <cstdint>
+
+#include "operands.h"
+#include "vec.h"
+
+namespace ck {
+namespace cpu {
+
+struct TileSizes {
+  int64_t rows;  // a multiple of the micro-tile height
+  int64_t cols;  // a multiple of 16 keys (whole key panels)
+};
+
+// Tile of the general (non-symmetric) kernels, from the shapes only.
+TileSizes general_tile_sizes(int64_t n, int64_t m);
+// Block size of the symmetric kernels (rows and keys alike), from the shapes only.
+int64_t symmetric_block(int64_t n);
+
+// Row stride of a tile buffer of `cols` keys: whole panels plus one, so that successive
+// rows (read down a column by the transposed product) do not all fall into the same few
+// L1 sets, as they would with a stride of 256 floats.
+template <class T>
+constexpr int64_t tile_stride(int64_t cols) {
+  return round_up(cols, panel_width<T>()) + panel_width<T>();
+}
+
+// lse [n] and, when o is not null, o [n, dp] (zero on entry, row stride dp).
+template <class T>
+void lse_forward_kernel(const Operands<T>& op, T* lse, T* o);
+
+// Accumulates u~ [n, dp] (u~_i = rq_i u_i) and v~ [m, dp] (v~_j = rk_j v_j) into the
+// given zeroed buffers; either may be null when not needed.
+template <class T>
+void lse_backward_kernel(const Operands<T>& op, const T* grad_lse, const T* lse, T* u, T* v);
+
+// Returns sum_i <x_i, acc_i> (double); with apply, turns acc (rows of u~ or v~) into the
+// input gradient: acc_i <- scale (acc_i - [||x_i|| >= eps] <x_i, acc_i> x_i / ||x_i||^2).
+template <class T>
+double finish_gradient(const T* x, int64_t rows, int64_t d, int64_t dp, T* acc, double scale,
+                       bool normalize, double eps, bool apply);
+
+}  // namespace cpu
+}  // namespace ck

@@ -1,0 +1,313 @@
+"""The C++ CPU backend (csrc/cpu/): registration, opcheck, the symmetric (q is k) path
+against the oracle, determinism across runs and thread counts, edge cases, and the
+memory invariant. The shared oracle table runs on it from test_ops.py."""
+
+import math
+
+import pytest
+import torch
+
+import contrastive_kernels as ck
+from contrastive_kernels import backends, ops, reference
+from contrastive_kernels.profiling import record_cpu_allocations
+from core_cases import OPTIONS, Options, make_inputs
+from tolerance import assert_close
+
+_cpu = pytest.importorskip("contrastive_kernels._cpu")
+pytestmark = pytest.mark.skipif(_cpu.BACKEND.unavailable_reason() is not None,
+                                reason=f"cpu backend unavailable: {_cpu.BACKEND.unavailable_reason()}")
+
+NS = "contrastive_kernels"
+
+
+def _lse_grads(backend, q, k, scale, kw, weights):
+    """lse, o and the grads of <weights, lse> w.r.t. q, k, scale (q, k may share storage)."""
+    q = q.detach().requires_grad_()
+    k = k.detach().requires_grad_()
+    scale = scale.detach().requires_grad_()
+    if backend == "oracle":
+        lse, o = reference.lse_reference(
+            q, k, scale, kw.get("bias"), kw.get("q_labels"), kw.get("k_labels"),
+            kw.get("self_offset"), kw.get("normalize", False), 1e-12,
+            kw.get("exclude_positives", False), kw.get("return_o", False),
+            compute_dtype=kw.get("compute_dtype"))
+    else:
+        lse, o = ck.ops.lse(q, k, scale, backend=backend,
+                            **{n: v for n, v in kw.items() if n != "compute_dtype"})
+    live = torch.isfinite(lse)
+    grads = torch.autograd.grad(lse, (q, k, scale), grad_outputs=weights.to(lse.dtype) * live)
+    return (lse.detach(), o) + tuple(grads)
+
+
+# --------------------------------------------------------------------------- registration
+
+
+def test_schemas_match_the_python_contract():
+    fwd = torch.ops.contrastive_kernels.lse_cpu.default._schema
+    bwd = torch.ops.contrastive_kernels.lse_cpu_backward.default._schema
+    assert str(fwd) == f"{NS}::lse_cpu" + ops.FORWARD_SCHEMA
+    assert str(bwd) == f"{NS}::lse_cpu_backward" + ops.BACKWARD_SCHEMA
+
+
+def test_backend_is_registered_and_picked_for_cpu_tensors():
+    assert ck.available_backends()["cpu"] is None
+    q, k, _ = make_inputs(5, 6, 4, torch.float32)
+    opts = backends.CoreOptions(True, False, False, False, False)
+    assert backends.select("auto", q, k, opts).name == "cpu"
+    meta = backends.TensorSpec(torch.device("meta"), torch.float32, (5, 4))
+    assert "CPU tensors" in _cpu.BACKEND.rejects(meta, meta, opts)
+
+
+def _op_args(opt, n, m, d, dtype, same_rows=False):
+    q, k, gen = make_inputs(n, m, d, dtype)
+    if same_rows:
+        k = q
+    acc = ops.accumulate_dtype(dtype)
+    kw = opt.kwargs(n, m, "cpu", acc, gen)
+    if same_rows and "q_labels" in kw:
+        kw["k_labels"] = kw["q_labels"]
+    return (q.requires_grad_(), k if same_rows else k.requires_grad_(),
+            torch.tensor(opt.scale, dtype=acc, requires_grad=True), kw.get("bias"),
+            kw.get("q_labels"), kw.get("k_labels"), kw.get("self_offset"),
+            kw.get("normalize", False), 1e-12, kw.get("exclude_positives", False),
+            kw.get("return_o", False))
+
+
+SYM_LABELS = Options("labels_sym", normalize=True, self_offset=0, labels=True, return_o=True,
+                     scale=7.0)
+# (options, dtype, q and k the same tensor: the symmetric kernels)
+OPCHECK_CASES = ([(o, torch.float32, False) for o in OPTIONS] +
+                 [(OPTIONS[-1], torch.float64, False), (OPTIONS[1], torch.bfloat16, False),
+                  (OPTIONS[2], torch.float32, True), (SYM_LABELS, torch.float64, True)])
+
+
+@pytest.mark.parametrize("opt,dtype,same_rows", OPCHECK_CASES,
+                         ids=[f"{o.id}-{str(dt)[6:]}{'-sym' if sym else ''}"
+                              for o, dt, sym in OPCHECK_CASES])
+def test_opcheck(opt, dtype, same_rows):
+    args = _op_args(opt, 7, 7 if same_rows else 11, 5, dtype, same_rows)
+    torch.library.opcheck(_cpu.forward_op, args)
+    lse, _ = _cpu.forward_op(*args)
+    detached = tuple(a.detach() if isinstance(a, torch.Tensor) else a for a in args[:-1])
+    if same_rows:
+        detached = (detached[0], detached[0]) + detached[2:]
+    for needs in ((True, True, True), (True, False, False), (False, True, True)):
+        bwd = (torch.randn_like(lse),) + detached + (lse.detach(),) + needs
+        torch.library.opcheck(_cpu.backward_op, bwd)
+
+
+def test_output_contract_of_the_ops():
+    q, k, _ = make_inputs(6, 4, 3, torch.bfloat16)
+    scale = torch.tensor(2.0)
+    lse, o = _cpu.forward_op(q, k, scale, None, None, None, None, True, 1e-12, False, False)
+    assert lse.dtype == torch.float32 and lse.shape == (6,) and o.shape == (0,)
+    g = torch.randn(6)
+    dq, dk, ds = _cpu.backward_op(g, q, k, scale, None, None, None, None, True, 1e-12, False,
+                                  lse, False, True, False)
+    assert dq.shape == (0,) and dq.dtype == torch.bfloat16
+    assert dk.shape == (4, 3) and dk.dtype == torch.bfloat16 and dk.is_contiguous()
+    assert ds.dim() == 0 and ds.dtype == torch.float32 and ds.item() == 0.0
+
+
+def test_bad_arguments_name_the_argument():
+    q, k, _ = make_inputs(3, 4, 5, torch.float32)
+    s = torch.tensor(1.0)
+    with pytest.raises(RuntimeError, match="q must be 2-D"):
+        _cpu.forward_op(q[0], k, s, None, None, None, None, False, 1e-12, False, False)
+    with pytest.raises(RuntimeError, match="bias must have shape"):
+        _cpu.forward_op(q, k, s, torch.zeros(3), None, None, None, False, 1e-12, False, False)
+    with pytest.raises(RuntimeError, match="k_labels must be an integer"):
+        _cpu.forward_op(q, k, s, None, torch.zeros(3, dtype=torch.long), torch.zeros(4), None,
+                        False, 1e-12, True, False)
+    with pytest.raises(RuntimeError, match="eps must be > 0"):
+        _cpu.forward_op(q, k, s, None, None, None, None, True, 0.0, False, False)
+    with pytest.raises(RuntimeError, match="grad_lse must have shape"):
+        _cpu.backward_op(torch.zeros(2), q, k, s, None, None, None, None, False, 1e-12, False,
+                         torch.zeros(3), True, True, True)
+
+
+# --------------------------------------------------------------------------- symmetric path
+
+# q and k the same rows: the kernels compute each off-diagonal tile once for both sides.
+# Shapes give one block, an odd number of blocks (a bye per round) and an even one (500).
+SYM_SHAPES = [(1, 3), (97, 33), (300, 64), (500, 16)]
+SYM_OPTIONS = [o for o in OPTIONS if not o.bias and o.self_offset in (None, 0)] + [SYM_LABELS]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("shape", SYM_SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("opt", SYM_OPTIONS, ids=lambda o: o.id)
+def test_symmetric_path_matches_oracle(dtype, shape, opt):
+    n, d = shape
+    q, _, gen = make_inputs(n, n, d, dtype)
+    acc = ops.accumulate_dtype(dtype)
+    kw = opt.kwargs(n, n, "cpu", acc, gen)
+    if "q_labels" in kw:
+        kw["k_labels"] = kw["q_labels"]  # symmetric exclusion
+    weights = torch.randn(n, generator=gen, dtype=torch.float64)
+    scale = torch.tensor(opt.scale, dtype=torch.float64)
+    ours = _lse_grads("cpu", q, q, scale.to(acc), kw, weights)
+    oracle = _lse_grads("oracle", q.double(), q.double(), scale, kw, weights)
+    checked = (("lse", 0), ("dq", 2), ("dk", 3), ("dscale", 4)) + ((("o", 1),) if opt.return_o else ())
+    if dtype == torch.float64:  # the naive float64 loss is the oracle itself: plain tolerance
+        for name, i in checked:
+            torch.testing.assert_close(ours[i], oracle[i], rtol=1e-11, atol=1e-12, msg=name)
+        return
+    naive = _lse_grads("oracle", q, q, scale.to(dtype), dict(kw, compute_dtype=dtype), weights)
+    for name, i in checked:
+        assert_close(name, ours[i], oracle[i], naive[i], dtype)
+
+
+def test_symmetric_wide_logit_range_matches_oracle():
+    """Row norms over three decades: tiles too wide for one shared pivot (forward) or one
+    shared lse reference (backward) take the two-exponential path."""
+    n = 300
+    q, _, gen = make_inputs(n, n, 16, torch.float32)
+    q = q * torch.logspace(-2, 1, n)[torch.randperm(n, generator=gen)][:, None]
+    labels = torch.randint(0, 5, (n,), generator=gen)
+    weights = torch.randn(n, generator=gen, dtype=torch.float64)
+    scale = torch.tensor(20.0)
+    for kw in (dict(self_offset=0), dict(self_offset=0, q_labels=labels, k_labels=labels,
+                                         exclude_positives=True)):
+        ours = _lse_grads("cpu", q, q, scale, kw, weights)
+        oracle = _lse_grads("oracle", q.double(), q.double(), scale.double(), kw, weights)
+        naive = _lse_grads("oracle", q, q, scale, dict(kw, compute_dtype=torch.float32), weights)
+        for name, i in (("lse", 0), ("dq", 2), ("dk", 3), ("dscale", 4)):
+            assert_close(name, ours[i], oracle[i], naive[i], torch.float32)
+
+
+@pytest.mark.parametrize("opt", [OPTIONS[1], SYM_OPTIONS[-1]], ids=lambda o: o.id)
+def test_gradcheck_symmetric_float64(opt):
+    n = 36  # three blocks of the symmetric kernels: pairs and byes
+    q, _, gen = make_inputs(n, n, 2, torch.float64)
+    kw = opt.kwargs(n, n, "cpu", torch.float64, gen)
+    if "q_labels" in kw:
+        kw["k_labels"] = kw["q_labels"]
+    kw["return_o"] = False
+    scale = torch.tensor(opt.scale, dtype=torch.float64, requires_grad=True)
+
+    def f(x, s):
+        lse, _ = ck.ops.lse(x, x, s, backend="cpu", **kw)
+        return torch.where(torch.isfinite(lse), lse, 0.0)
+
+    assert torch.autograd.gradcheck(f, (q.requires_grad_(), scale))
+
+
+def test_symmetric_and_general_paths_agree():
+    q, _, gen = make_inputs(333, 333, 24, torch.float32)
+    labels = torch.randint(0, 7, (333,), generator=gen)
+    kw = dict(normalize=True, self_offset=0, q_labels=labels, k_labels=labels,
+              exclude_positives=True, return_o=True)
+    weights = torch.randn(333, generator=gen, dtype=torch.float64)
+    scale = torch.tensor(10.0)
+    sym = _lse_grads("cpu", q, q, scale, kw, weights)
+    general = _lse_grads("cpu", q, q.clone(), scale, kw, weights)  # another pointer: general path
+    for a, b in zip(sym, general):
+        torch.testing.assert_close(a, b, rtol=2e-5, atol=2e-6)
+
+
+# --------------------------------------------------------------------------- determinism
+
+
+def _fwd_bwd(q, k, **kw):
+    return _lse_grads("cpu", q, k, torch.tensor(5.0), kw, torch.linspace(-1, 1, q.shape[0]))
+
+
+CASES = {
+    "general": lambda q: (q, torch.flip(q, (0,)), dict(normalize=True, return_o=True)),
+    "symmetric": lambda q: (q, q, dict(normalize=True, self_offset=0)),
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_bitwise_repeatable(case):
+    x, _, _ = make_inputs(700, 1, 40, torch.float32)
+    q, k, kw = CASES[case](x)
+    first, second = _fwd_bwd(q, k, **kw), _fwd_bwd(q, k, **kw)
+    for a, b in zip(first, second):
+        assert (a is None and b is None) or torch.equal(a, b)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_thread_count_does_not_change_results(case):
+    x, _, _ = make_inputs(700, 1, 40, torch.float32)
+    q, k, kw = CASES[case](x)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = _fwd_bwd(q, k, **kw)
+        torch.set_num_threads(2)
+        two = _fwd_bwd(q, k, **kw)
+    finally:
+        torch.set_num_threads(before)
+    for a, b in zip(one, two):
+        if a is None:
+            continue
+        torch.testing.assert_close(a, b)  # the contract: fp32 tolerance
+        # and what the kernels guarantee: tile shapes and accumulation orders depend on
+        # the problem shape only, so the bits are the same for any thread count
+        assert torch.equal(a, b)
+
+
+# --------------------------------------------------------------------------- edge cases
+
+
+def test_rows_with_no_keys_get_minus_inf_and_no_gradient():
+    q, k, _ = make_inputs(9, 7, 5, torch.float32)
+    same = torch.zeros(9, dtype=torch.long)
+    bias = torch.full((7,), -math.inf)
+    bias[3] = 0.0
+    out = _lse_grads("cpu", q, k, torch.tensor(3.0),
+                     dict(q_labels=same, k_labels=torch.zeros(7, dtype=torch.long),
+                          exclude_positives=True, return_o=True), torch.ones(9))
+    assert torch.isneginf(out[0]).all() and (out[1] == 0).all()
+    assert all((g == 0).all() for g in out[2:])
+    # one key left by the bias: lse is its logit, o its row
+    lse, o = ck.ops.lse(q, k, 3.0, bias=bias, return_o=True, backend="cpu")
+    torch.testing.assert_close(lse, 3.0 * (q @ k[3]))
+    torch.testing.assert_close(o, k[3].expand(9, 5))
+
+
+def test_large_logits_do_not_overflow():
+    q, k, gen = make_inputs(50, 70, 8, torch.float32)
+    kw = dict(normalize=True, self_offset=0)
+    weights = torch.randn(50, generator=gen, dtype=torch.float64)
+    scale = torch.tensor(100.0)
+    ours = _lse_grads("cpu", q, k, scale, kw, weights)
+    oracle = _lse_grads("oracle", q.double(), k.double(), scale.double(), kw, weights)
+    naive = _lse_grads("oracle", q, k, scale, dict(kw, compute_dtype=torch.float32), weights)
+    for name, i in (("lse", 0), ("dq", 2), ("dk", 3), ("dscale", 4)):
+        assert_close(name, ours[i], oracle[i], naive[i], torch.float32)
+
+
+def test_no_keys_backward():
+    q, _, _ = make_inputs(4, 1, 8, torch.float32)
+    out = _lse_grads("cpu", q, torch.empty(0, 8), torch.tensor(1.0), {}, torch.ones(4))
+    assert torch.isneginf(out[0]).all()
+    assert out[3].shape == (0, 8) and (out[2] == 0).all()
+
+
+# --------------------------------------------------------------------------- memory
+
+
+@pytest.mark.parametrize("case", ["general", "symmetric"])
+def test_memory_invariant_no_n_by_n(case):
+    """Forward + backward at N = 4096 allocates nothing of N x N bytes (so no N x N
+    matrix of any dtype); the same probe sees the reference's N x N matrices."""
+    n, d = 4096, 64
+    q, k, _ = make_inputs(n, n, d, torch.float32)
+    if case == "symmetric":
+        k = q
+
+    def largest_allocation(backend):
+        qq = q.detach().requires_grad_()
+        kk = qq if case == "symmetric" else k.detach().requires_grad_()
+        with record_cpu_allocations() as record:
+            lse, _ = ck.ops.lse(qq, kk, 10.0, normalize=True, self_offset=0, backend=backend)
+            lse.sum().backward()
+        return record.largest
+
+    fused = largest_allocation("cpu")
+    assert fused < n * n, f"cpu backend allocated {fused} bytes >= N*N = {n * n}"
+    naive = largest_allocation("reference")
+    assert naive >= n * n * 4, "the probe failed to see the reference's N x N float matrix"
