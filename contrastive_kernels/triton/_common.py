@@ -5,6 +5,14 @@ import triton.language as tl
 from triton import knobs
 
 
+def offsets_need_int64(rows_a, stride_a_row, rows_b, stride_b_row, d, stride_a_d, stride_b_d):
+    """Whether some element offset of either [rows, d] operand (or an fp32 [rows_a, d]
+    buffer) can pass 2^31, so the kernel must index with 64-bit offsets."""
+    big = max(rows_a * abs(stride_a_row), rows_b * abs(stride_b_row),
+              d * max(abs(stride_a_d), abs(stride_b_d)), rows_a * d)
+    return big + d >= 2 ** 31
+
+
 def device_fn(fn):
     """``triton.jit`` for a helper called from the kernels.
 

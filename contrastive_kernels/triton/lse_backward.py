@@ -25,14 +25,12 @@ updated chunk by chunk per streamed tile with a block barrier between tiles.
 import triton
 import triton.language as tl
 
-from ._common import dot_nt, exclude, load_tile, mma, rescale_rows
+from ._common import dot_nt, exclude, load_tile, mma, offsets_need_int64, rescale_rows
 
 
-def _int64(args):
-    big = max(args["NX"] * abs(args["stride_xn"]), args["NY"] * abs(args["stride_yn"]),
-              args["D"] * max(abs(args["stride_xd"]), abs(args["stride_yd"])),
-              args["NX"] * args["D"])
-    return big + args["D"] >= 2 ** 31
+def _int64(a):
+    return offsets_need_int64(a["NX"], a["stride_xn"], a["NY"], a["stride_yn"], a["D"],
+                              a["stride_xd"], a["stride_yd"])
 
 
 HEURISTICS = {

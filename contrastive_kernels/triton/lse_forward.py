@@ -17,14 +17,12 @@ between key tiles so every thread sees the chunk another thread wrote.
 import triton
 import triton.language as tl
 
-from ._common import dot_nt, exclude, load_tile, mma, rescale_rows
+from ._common import dot_nt, exclude, load_tile, mma, offsets_need_int64, rescale_rows
 
 
-def _int64(args):
-    big = max(args["N"] * abs(args["stride_qn"]), args["M"] * abs(args["stride_kn"]),
-              args["D"] * max(abs(args["stride_qd"]), abs(args["stride_kd"])),
-              args["N"] * args["D"])
-    return big + args["D"] >= 2 ** 31
+def _int64(a):
+    return offsets_need_int64(a["N"], a["stride_qn"], a["M"], a["stride_kn"], a["D"],
+                              a["stride_qd"], a["stride_kd"])
 
 
 HEURISTICS = {

@@ -38,9 +38,6 @@ namespace cpu {
 
 namespace {
 
-template <class T>
-using VecT = typename Vec<T>::V;
-
 // Per-row inputs of the weights: lse (+inf for rows with an empty A(i), so that their
 // weights are exactly 0 whatever the logits) and g_i rq_i (0 for such rows).
 template <class T>

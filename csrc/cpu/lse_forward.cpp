@@ -33,9 +33,6 @@ namespace cpu {
 
 namespace {
 
-template <class T>
-using VecT = typename Vec<T>::V;
-
 // Logits of tile (rows r0 .. r0 + nr, keys c0 .. c0 + nc) into s [nr x ncp], stride ld,
 // masked entries -inf.
 template <class T>

@@ -170,5 +170,9 @@ constexpr T neg_inf() {
   return -std::numeric_limits<T>::infinity();
 }
 
+// The SIMD register type of T's vector unit.
+template <class T>
+using VecT = typename Vec<T>::V;
+
 }  // namespace cpu
 }  // namespace ck
