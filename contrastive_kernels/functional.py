@@ -38,6 +38,13 @@ def label_segments(labels: torch.Tensor) -> torch.Tensor:
     return seg
 
 
+def segment_sums(seg: torch.Tensor, rows: torch.Tensor, num_segments: int):
+    """(sum of the rows, number of rows) per segment id in [0, num_segments)."""
+    sums = rows.new_zeros(num_segments, rows.shape[1]).index_add_(0, seg, rows)
+    counts = rows.new_zeros(num_segments).index_add_(0, seg, rows.new_ones(seg.shape[0]))
+    return sums, counts
+
+
 def supcon_loss(features: torch.Tensor, labels: Optional[torch.Tensor] = None,
                 mask: Optional[torch.Tensor] = None, temperature: float = 0.07,
                 contrast_mode: str = "all", base_temperature: float = 0.07, *,
@@ -101,13 +108,10 @@ def supcon_loss(features: torch.Tensor, labels: Optional[torch.Tensor] = None,
         pos_count = n_views * weights.sum(1)[sample] - self_weight
     else:
         seg = label_segments(labels) if labels is not None else torch.arange(bsz, device=device)
-        class_sums = torch.zeros(bsz, dim, dtype=acc, device=device)
-        class_sums.index_add_(0, seg.repeat(n_views), k_hat)
-        class_sizes = torch.zeros(bsz, dtype=acc, device=device).index_add_(
-            0, seg, torch.ones(bsz, dtype=acc, device=device))
+        class_sums, class_sizes = segment_sums(seg.repeat(n_views), k_hat, bsz)  # over all views
         anchor_seg = seg[sample]
         pos_logit_sum = lam * (q_hat * class_sums[anchor_seg]).sum(1) - self_logit
-        pos_count = n_views * class_sizes[anchor_seg] - 1.0
+        pos_count = class_sizes[anchor_seg] - 1.0
 
     # sum_j mask_ij (s_ij - lse_i); a row with no positives (count 0) contributes 0 even
     # when its denominator is empty (lse = -inf), where the original would give NaN.
@@ -312,9 +316,7 @@ def _parametric_contrastive(features, labels, sup_logits, n_anchors, *, alpha, b
 
     # same-label sample keys (self excluded): segment sums over q, k and queue jointly
     seg = label_segments(labels)
-    class_sums = torch.zeros(n, dim, dtype=acc, device=device).index_add_(0, seg, k_hat)
-    class_sizes = torch.zeros(n, dtype=acc, device=device).index_add_(
-        0, seg, torch.ones(n, dtype=acc, device=device))
+    class_sums, class_sizes = segment_sums(seg, k_hat, n)
     anchor_seg = seg[:n_anchors]
     pos_logit_sum = lam * _rowdot(q_hat, class_sums[anchor_seg]) - self_logit
     pos_count = class_sizes[anchor_seg] - 1.0

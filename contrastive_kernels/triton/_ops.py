@@ -124,6 +124,13 @@ def _inv_norms(x: torch.Tensor, eps: float, acc: torch.dtype) -> torch.Tensor:
     return out
 
 
+def _inv_norm_pair(q, k, normalize, eps, acc):
+    """Inverse row norms of q and k for fused normalization, or (None, None)."""
+    if not normalize:
+        return None, None
+    return _inv_norms(q, eps, acc), _inv_norms(k, eps, acc)
+
+
 def _labels(q_labels, k_labels, exclude_positives):
     if exclude_positives and q_labels is not None and k_labels is not None:
         return q_labels, k_labels
@@ -151,10 +158,7 @@ def lse_triton(q: torch.Tensor, k: torch.Tensor, scale: torch.Tensor, bias: Opti
         return lse, o
     scale = scale.to(acc)
     q_labels, k_labels = _labels(q_labels, k_labels, exclude_positives)
-    inv_q = inv_k = None
-    if normalize:
-        inv_q = _inv_norms(q, eps, acc)
-        inv_k = _inv_norms(k, eps, acc)
+    inv_q, inv_k = _inv_norm_pair(q, k, normalize, eps, acc)
     cfg = configs.select("fwd_o" if return_o else "fwd", d, q.dtype, _arch(q.device))
     block_d, _ = configs.block_d_for(cfg, d, q.dtype)
     _launch("fwd", n, cfg, dict(
@@ -223,10 +227,7 @@ def lse_triton_backward(grad_lse: torch.Tensor, q: torch.Tensor, k: torch.Tensor
         return dq, dk, torch.zeros((), dtype=scale.dtype, device=scale.device)
     scale_acc = scale.to(acc)
     q_labels, k_labels = _labels(q_labels, k_labels, exclude_positives)
-    inv_q = inv_k = None
-    if normalize:
-        inv_q = _inv_norms(q, eps, acc)
-        inv_k = _inv_norms(k, eps, acc)
+    inv_q, inv_k = _inv_norm_pair(q, k, normalize, eps, acc)
     grad_lse = grad_lse.contiguous()
     lse = lse.contiguous()
     args = (grad_lse, q, k, scale_acc, bias, q_labels, k_labels, self_offset, eps, lse,
