@@ -12,8 +12,8 @@ import sys
 
 import torch
 
-from . import __version__, _extension, available_backends
-from .backends import AUTO_ORDER, ENV_VAR
+from . import __version__, _extension, env
+from .backends import registry
 
 
 def report() -> str:
@@ -29,14 +29,19 @@ def report() -> str:
     if info:
         lines.append("compiled extension _C:")
         for key in ("torch_version", "torch_cuda", "with_cuda", "cuda_arches", "no_cuda_reason",
-                    "openmp", "compiler", "cxx_flags"):
+                    "openmp", "compiler", "cxx_flags", "cpu_kernel"):
             if key in info and info[key] not in ("", None):
                 lines.append(f"  {key}: {info[key]}")
     else:
         lines.append(f"compiled extension _C: not loaded ({_extension.LOAD_ERROR})")
-    lines.append(f"backends (auto tries {', '.join(AUTO_ORDER)}; override with {ENV_VAR}):")
-    for name, reason in available_backends().items():
+    lines.append(f"backends (auto tries {', '.join(registry.auto_order())}; "
+                 f"override with {registry.ENV_VAR}):")
+    for name, reason in registry.available_backends().items():
         lines.append(f"  {name:<10} {'usable' if reason is None else 'unavailable: ' + reason}")
+    lines.append("environment variables:")
+    for key, what in env.VARIABLES.items():
+        value = env.get(key)
+        lines.append(f"  {env.name(key)}{'=' + value if value else ''}: {what}")
     return "\n".join(lines)
 
 

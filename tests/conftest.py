@@ -1,13 +1,13 @@
 """Shared pytest setup: fixed seeds, the Triton interpreter on CPU-only machines.
 
 TRITON_INTERPRET must be set before any Triton kernel module is imported, so it is set
-here, at collection time. Set CK_TRITON_NATIVE=1 on a GPU machine to test compiled Triton.
+here, at collection time. Set CONTRASTIVE_KERNELS_TRITON_NATIVE=1 on a GPU machine to test compiled Triton.
 No CUDA query happens at import: GPU tests ask torch.cuda.is_available() in a fixture.
 """
 
 import os
 
-if os.environ.get("CK_TRITON_NATIVE") != "1":
+if os.environ.get("CONTRASTIVE_KERNELS_TRITON_NATIVE") != "1":
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest  # noqa: E402

@@ -8,9 +8,9 @@ computation in the tested dtype (tolerance.assert_close).
 import torch
 
 import contrastive_kernels as ck
-from contrastive_kernels import reference
-from core_cases import make_inputs
-from tolerance import assert_close
+from ..backends.reference import lse_reference
+from .core_cases import make_inputs
+from .tolerance import assert_close
 
 
 def acc_dtype(dtype):
@@ -36,7 +36,7 @@ def fused(backend):
 
 def naive(compute_dtype):
     def fn(q, k, scale, kw):
-        out = reference.lse_reference(
+        out = lse_reference(
             q, k, scale, kw.get("bias"), kw.get("q_labels"), kw.get("k_labels"),
             kw.get("self_offset"), kw.get("normalize", False), 1e-12,
             kw.get("exclude_positives", False), kw.get("return_o", False),

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import contrastive_kernels as ck
-from loss_cases import LOSS_BACKENDS
+from contrastive_kernels.testing.loss_cases import LOSS_BACKENDS
 
 pml_losses = pytest.importorskip("pytorch_metric_learning.losses")
 

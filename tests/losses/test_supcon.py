@@ -7,9 +7,9 @@ import torch.nn.functional as F
 
 import contrastive_kernels as ck
 from contrastive_kernels import reference
-from contrastive_kernels.profiling import record_cpu_allocations
-from supcon_cases import CASES, SupConCase
-from tolerance import assert_close
+from contrastive_kernels.testing.measure import record_cpu_allocations
+from contrastive_kernels.testing.supcon_cases import CASES, SupConCase
+from contrastive_kernels.testing.tolerance import assert_close
 
 # backend -> dtypes it is checked in (reference is the naive loss, not the float64 oracle:
 # its core op runs in fp32 / fp64 only).

@@ -12,17 +12,15 @@ from typing import Callable
 
 import torch
 
-import contrastive_kernels as ck
-from contrastive_kernels import functional as F
-from contrastive_kernels import reference as R
-from tolerance import ACC_EPS, FLOOR_ULPS, max_err
+from .. import functional as F
+from . import fused_backends
+from . import reference_losses as R
+from .tolerance import ACC_EPS, FLOOR_ULPS, max_err
 
-# Backends the loss tests run on: the pure-PyTorch one always, plus the compiled C++ one
-# ("cpu") and Triton when available_backends() reports them usable at collection time.
-# CI builds the C++ extension and runs Triton under TRITON_INTERPRET=1 (set in conftest),
-# so all three run there; Triton cases are kept small because the interpreter is slow.
-_AVAILABLE = ck.available_backends()
-LOSS_BACKENDS = [b for b in ("torch", "cpu", "triton") if _AVAILABLE.get(b) is None]
+# Backends the loss tests run on: every fused backend of the registry usable on CPU
+# tensors here. CI builds the C++ extension and runs Triton under TRITON_INTERPRET=1 (set in
+# conftest), so all run there; Triton cases are kept small because the interpreter is slow.
+LOSS_BACKENDS = fused_backends()
 
 DTYPES = [torch.float64, torch.float32, torch.float16, torch.bfloat16]
 # the interpreter is slow and multiplies bf16 tiles in fp32 anyway: fewer dtypes there

@@ -8,7 +8,7 @@ import pytest
 
 pytest.importorskip("sklearn")
 
-EXAMPLE = pathlib.Path(__file__).resolve().parents[1] / "examples" / "supcon_digits.py"
+EXAMPLE = pathlib.Path(__file__).resolve().parents[2] / "examples" / "supcon_digits.py"
 
 
 def _load():

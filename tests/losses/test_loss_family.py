@@ -5,7 +5,7 @@ formulation's own error in that dtype (tests/loss_cases.py)."""
 import pytest
 import torch
 
-from loss_cases import CASES, DTYPES, LOSS_BACKENDS, TRITON_DTYPES, assert_loss_close, run
+from contrastive_kernels.testing.loss_cases import CASES, DTYPES, LOSS_BACKENDS, TRITON_DTYPES, assert_loss_close, run
 
 
 def _params():

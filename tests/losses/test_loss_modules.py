@@ -12,7 +12,8 @@ import torch.nn.functional as F
 import contrastive_kernels as ck
 from contrastive_kernels import functional as fn
 from contrastive_kernels import reference as R
-from loss_cases import LOSS_BACKENDS
+from contrastive_kernels.testing.loss_cases import LOSS_BACKENDS
+from contrastive_kernels.testing.measure import record_cpu_allocations
 
 MODULE_BACKENDS = [b for b in LOSS_BACKENDS if b != "triton"] or ["torch"]
 
@@ -302,7 +303,7 @@ def test_hcl_module(backend):
 def test_hcl_clamp_is_active_in_the_clamped_case():
     # the table's hcl_hard_beta3_clamped case must exercise the clamp for some rows, and
     # leave it inactive for others
-    from loss_cases import CASES
+    from contrastive_kernels.testing.loss_cases import CASES
 
     case = {c.id: c for c in CASES}["hcl_hard_beta3_clamped"]
     x, _ = case.inputs(torch.float64)
@@ -324,18 +325,11 @@ def test_hcl_clamp_is_active_in_the_clamped_case():
 # --------------------------------------------------------------------------- memory invariant
 
 
-def _largest_op_input(fn_):
-    """The most elements of any tensor an op (nested ones included) read while fn_ ran."""
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+def _largest_allocation_elements(fn_):
+    """The most fp32 elements of any allocation made while fn_ ran (the shared probe)."""
+    with record_cpu_allocations() as record:
         fn_()
-    biggest = 0
-    for event in prof.events():
-        for shape in event.input_shapes or []:
-            if isinstance(shape, (list, tuple)) and shape and all(isinstance(v, int) for v in shape):
-                biggest = max(biggest, math.prod(shape))
-    return biggest
+    return record.largest // 4
 
 
 def _memory_cases():
@@ -376,8 +370,15 @@ def _memory_cases():
 @pytest.mark.parametrize("backend", MODULE_BACKENDS)
 def test_no_n_by_m_tensor_on_the_fused_path(backend):
     for name, n_by_m, loss_of in _memory_cases():
-        largest = _largest_op_input(lambda: loss_of(backend).backward())
-        assert largest <= n_by_m // 2, f"{name}: an op read a tensor of {largest} elements (N x M = {n_by_m})"
+        largest = _largest_allocation_elements(lambda: loss_of(backend).backward())
+        assert largest <= n_by_m // 2, f"{name}: an allocation of {largest} elements (N x M = {n_by_m})"
+
+
+def test_memory_probe_sees_the_reference():
+    name, n_by_m, _ = _memory_cases()[2]  # ntxent
+    h0, h1 = torch.randn(760, 8, requires_grad=True), torch.randn(760, 8, requires_grad=True)
+    largest = _largest_allocation_elements(lambda: R.ntxent_loss_reference(h0, h1).backward())
+    assert largest > n_by_m // 2, f"the probe missed the reference's {name} N x M matrix"
 
 
 # --------------------------------------------------------------------------- torch.compile
@@ -414,3 +415,17 @@ def test_losses_compile_fullgraph():
         got = compiled()
         got.backward()
         torch.testing.assert_close(got, loss_of(), msg=name)
+
+
+def test_module_and_functional_form_validate_alike():
+    """A module stores its arguments and its forward is the functional form, so both reject
+    the same bad argument the same way (DCLWLoss(sigma=0) used to return NaN)."""
+    a, b = torch.randn(6, 4), torch.randn(6, 4)
+    with pytest.raises(ValueError, match="sigma must be > 0"):
+        fn.dclw_loss(a, b, sigma=0.0)
+    with pytest.raises(ValueError, match="sigma must be > 0"):
+        ck.DCLWLoss(sigma=0.0)(a, b)
+    with pytest.raises(ValueError, match="temperature must be > 0"):
+        fn.info_nce(a, b, temperature=0.0)
+    with pytest.raises(ValueError, match="temperature must be > 0"):
+        ck.InfoNCE(temperature=0.0)(a, b)

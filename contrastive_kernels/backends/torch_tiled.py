@@ -2,7 +2,7 @@
 
 Forward, per row block R and key tile C (online log-sum-exp, as in flash-attention):
 
-    s   = (scale * q^_R) k^_C^T + bias_C, excluded keys set to -inf
+    s   = scale (q^_R k^_C^T) + bias_C, excluded keys set to -inf
     m'  = max(m, rowmax s);  l = l e^{m - m'} + sum_j e^{s_j - m'};  o likewise
     lse = m + log l
 
@@ -24,7 +24,10 @@ import math
 
 import torch
 
-from . import backends, ops
+from ..core.autograd import define_core_ops
+from ..core.contract import accumulate_dtype, active_labels
+from ..core.norms import row_norms
+from .registry import Backend
 
 # Elements per similarity tile. 2^20 fp32 = 4 MiB: large enough that the tile matmuls run
 # near the GEMM rate, small enough that the tile stays close to cache and memory stays flat.
@@ -43,7 +46,7 @@ def normalized(x: torch.Tensor, normalize: bool, eps: float, acc: torch.dtype):
     x = x.to(acc)
     if not normalize:
         return x, None, None
-    norm = torch.linalg.vector_norm(x, dim=1)
+    norm = row_norms(x)
     inv = 1.0 / norm.clamp_min(eps)
     return x * inv[:, None], inv, norm >= eps
 
@@ -63,23 +66,31 @@ def _mask_tile(s, r0, c0, self_offset, q_labels, k_labels):
         s.masked_fill_(same, -math.inf)
 
 
-def _tile_logits(qs, kh, bias, r0, r1, c0, c1, self_offset, q_labels, k_labels):
-    s = qs[r0:r1] @ kh[c0:c1].T
+def _tile_logits(qh, kh, scale, bias, r0, r1, c0, c1, self_offset, q_labels, k_labels):
+    # scale after the product, as s_ij = scale <q^_i, k^_j> reads: an infinite scale then
+    # gives +-inf per logit, not inf - inf inside the product
+    s = (qh[r0:r1] @ kh[c0:c1].T).mul_(scale)
     if bias is not None:
         s += bias[c0:c1]
     _mask_tile(s, r0, c0, self_offset, q_labels, k_labels)
     return s
 
 
+def _finite_pivot(row_max):
+    """The running max where finite, else 0. A row that has seen only -inf keeps l = 0
+    (lse = -inf: no keys); a +inf logit makes l = +inf (lse = +inf) instead of inf - inf;
+    a NaN logit makes l NaN. So lse = pivot + log(l) needs no special case."""
+    return torch.where(torch.isfinite(row_max), row_max, torch.zeros_like(row_max))
+
+
 def lse_forward(q, k, scale, bias, q_labels, k_labels, self_offset, normalize, eps,
                 exclude_positives, return_o):
-    acc = ops.accumulate_dtype(q.dtype)
+    acc = accumulate_dtype(q.dtype)
     n, m = q.shape[0], k.shape[0]
     qh, _, _ = normalized(q, normalize, eps, acc)
     kh, _, _ = normalized(k, normalize, eps, acc)
-    qs = qh * scale.to(acc)
-    if not exclude_positives:
-        q_labels = k_labels = None
+    scale = scale.to(acc)
+    q_labels, k_labels = active_labels(q_labels, k_labels, exclude_positives)
     lse = torch.empty(n, dtype=acc, device=q.device)
     o = torch.zeros((n, q.shape[1]) if return_o else (0,), dtype=acc, device=q.device)
     block_rows, block_keys = tile_shape(n, m)
@@ -90,18 +101,16 @@ def lse_forward(q, k, scale, bias, q_labels, k_labels, self_offset, normalize, e
         run_o = o[r0:r1] if return_o else None
         for c0 in range(0, m, block_keys):
             c1 = min(m, c0 + block_keys)
-            s = _tile_logits(qs, kh, bias, r0, r1, c0, c1, self_offset, q_labels, k_labels)
+            s = _tile_logits(qh, kh, scale, bias, r0, r1, c0, c1, self_offset, q_labels, k_labels)
             new_max = torch.maximum(run_max, s.amax(dim=1))
-            # a row that has seen only -inf keeps a finite pivot, so no inf - inf
-            pivot = new_max.masked_fill(new_max == -math.inf, 0.0)
+            pivot = _finite_pivot(new_max)
             rescale = torch.exp(run_max - pivot)
             s.sub_(pivot[:, None]).exp_()
             run_sum.mul_(rescale).add_(s.sum(dim=1))
             if return_o:
                 run_o.mul_(rescale[:, None]).addmm_(s, kh[c0:c1])
             run_max = new_max
-        pivot = run_max.masked_fill(run_max == -math.inf, 0.0)
-        lse[r0:r1] = pivot + torch.log(run_sum)
+        lse[r0:r1] = _finite_pivot(run_max) + torch.log(run_sum)
         if return_o:
             run_o.div_(run_sum.clamp_min(torch.finfo(acc).tiny)[:, None])
     return lse, o
@@ -109,15 +118,13 @@ def lse_forward(q, k, scale, bias, q_labels, k_labels, self_offset, normalize, e
 
 def lse_backward(grad_lse, q, k, scale, bias, q_labels, k_labels, self_offset, normalize, eps,
                  exclude_positives, lse, need_dq, need_dk, need_dscale):
-    acc = ops.accumulate_dtype(q.dtype)
+    acc = accumulate_dtype(q.dtype)
     n, m = q.shape[0], k.shape[0]
     qh, q_inv, q_big = normalized(q, normalize, eps, acc)
     kh, k_inv, k_big = normalized(k, normalize, eps, acc)
     scale = scale.to(acc)
-    qs = qh * scale
-    if not exclude_positives:
-        q_labels = k_labels = None
-    live = torch.isfinite(lse)  # rows with an empty A(i) carry no gradient
+    q_labels, k_labels = active_labels(q_labels, k_labels, exclude_positives)
+    live = lse != -math.inf  # rows with an empty A(i) carry no gradient; NaN rows pass NaN
     g = torch.where(live, grad_lse.to(acc), 0.0)
     lse_safe = torch.where(live, lse.to(acc), 0.0)
     u = torch.zeros(n, q.shape[1], dtype=acc, device=q.device) if (need_dq or need_dscale) else None
@@ -127,7 +134,7 @@ def lse_backward(grad_lse, q, k, scale, bias, q_labels, k_labels, self_offset, n
         r1 = min(n, r0 + block_rows)
         for c0 in range(0, m, block_keys):
             c1 = min(m, c0 + block_keys)
-            p = _tile_logits(qs, kh, bias, r0, r1, c0, c1, self_offset, q_labels, k_labels)
+            p = _tile_logits(qh, kh, scale, bias, r0, r1, c0, c1, self_offset, q_labels, k_labels)
             p.sub_(lse_safe[r0:r1, None]).exp_().mul_(g[r0:r1, None])
             if u is not None:
                 u[r0:r1].addmm_(p, kh[c0:c1])
@@ -150,18 +157,13 @@ def _through_normalization(d_hat, x_hat, inv, big):
     return (d_hat - x_hat * radial) * inv[:, None]
 
 
-lse_op, lse_backward_op = ops.define_core_ops("torch", lse_forward, lse_backward)
+lse_op, lse_backward_op = define_core_ops("torch", lse_forward, lse_backward)
 
-
-def _rejects(q, k, opts):
-    return None
-
-
-BACKEND = backends.Backend(
+BACKEND = Backend(
     name="torch",
     forward=lse_op,
-    unavailable_reason=lambda: None,
-    rejects=_rejects,
-    auto_devices=("cpu", "cuda", "xpu", "mps"),
     description="pure PyTorch, tiled over rows and keys; any device",
+    devices=("cpu", "cuda", "xpu", "mps"),
+    auto_devices=("cpu", "cuda", "xpu", "mps"),
+    priority=30,
 )

@@ -4,11 +4,13 @@ import pytest
 import torch
 
 import contrastive_kernels as ck
-from core_cases import DTYPES, OPTIONS, SHAPES, make_inputs
-from core_check import check_against_oracle
+from contrastive_kernels.testing import fused_backends
+from contrastive_kernels.testing.core_cases import DTYPES, OPTIONS, SHAPES, make_inputs
+from contrastive_kernels.testing.core_check import check_against_oracle
 
-# Fused backends checked here on CPU tensors ("triton" runs under TRITON_INTERPRET=1).
-FUSED_BACKENDS = ["torch", "triton", "cpu"]
+# Fused backends of the registry checked here on CPU tensors ("triton" runs under
+# TRITON_INTERPRET=1); test_built_backends_are_usable keeps this list from shrinking in CI.
+FUSED_BACKENDS = fused_backends()
 
 
 @pytest.mark.parametrize("backend", FUSED_BACKENDS)
@@ -74,7 +76,7 @@ def _opcheck_args(opt, n=6, m=9, d=5, dtype=torch.float32):
 
 @pytest.mark.parametrize("opt", OPTIONS, ids=lambda o: o.id)
 def test_opcheck_torch_ops(opt):
-    from contrastive_kernels import _torch_tiled
+    from contrastive_kernels.backends import torch_tiled as _torch_tiled
 
     args = _opcheck_args(opt)
     torch.library.opcheck(_torch_tiled.lse_op, args)
@@ -86,20 +88,21 @@ def test_opcheck_torch_ops(opt):
 
 def test_auto_picks_a_fused_backend_and_env_override(monkeypatch):
     q, k, _ = make_inputs(5, 6, 4, torch.float32)
-    from contrastive_kernels import backends
+    from contrastive_kernels.backends import registry
+    from contrastive_kernels.core.contract import CoreOptions
 
-    chosen = backends.select("auto", q, k, backends.CoreOptions(False, False, False, False, False))
+    chosen = registry.select("auto", q, CoreOptions())
     assert chosen.name in ("cpu", "torch")
-    monkeypatch.setenv(backends.ENV_VAR, "reference")
-    assert backends.select(None, q, k, backends.CoreOptions(False, False, False, False, False)).name == "reference"
-    monkeypatch.setenv(backends.ENV_VAR, "bogus")
+    monkeypatch.setenv(registry.ENV_VAR, "reference")
+    assert registry.select(None, q, CoreOptions()).name == "reference"
+    monkeypatch.setenv(registry.ENV_VAR, "bogus")
     with pytest.raises(ValueError, match="CONTRASTIVE_KERNELS_BACKEND"):
         ck.ops.lse(q, k)
 
 
 def test_available_backends_reports_reasons():
     avail = ck.available_backends()
-    assert set(avail) == {"triton", "cpu", "torch", "reference"}
+    assert set(avail) == set(ck.backends.names()) == {"triton", "cpu", "cuda", "torch", "reference"}
     assert avail["torch"] is None and avail["reference"] is None
     for name, reason in avail.items():
         assert reason is None or (isinstance(reason, str) and reason)
@@ -126,11 +129,11 @@ def test_bad_inputs_raise_clear_errors(bad, match):
 def test_built_backends_are_usable():
     """CI builds the C++ extension and runs Triton under the interpreter; a broken build
     must fail here rather than leave the backend-filtered tables silently shorter.
-    CK_ALLOW_MISSING_EXT=1 lifts this for installs without a compiler."""
-    import os
+    CONTRASTIVE_KERNELS_ALLOW_MISSING_EXT=1 lifts this for installs without a compiler."""
+    from contrastive_kernels import env
 
-    if os.environ.get("CK_ALLOW_MISSING_EXT") == "1":
-        pytest.skip("CK_ALLOW_MISSING_EXT=1")
+    if env.flag("ALLOW_MISSING_EXT"):
+        pytest.skip("CONTRASTIVE_KERNELS_ALLOW_MISSING_EXT=1")
     avail = ck.available_backends()
     assert avail["cpu"] is None, avail["cpu"]
     assert avail["triton"] is None, avail["triton"]

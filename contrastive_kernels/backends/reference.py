@@ -1,0 +1,71 @@
+"""Backend ``reference``: the core op written naively with differentiable PyTorch.
+
+It materializes the N x M logits, so it is the oracle, never a choice of "auto". Its
+gradients come from autograd, independent of the hand-derived backward formulas of the
+fused backends, so it checks them.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..core.norms import row_norms
+from .registry import Backend
+
+
+def _normalize(x: torch.Tensor, eps: float) -> torch.Tensor:
+    return x / row_norms(x).clamp_min(eps)[:, None]
+
+
+def excluded_mask(n, m, self_offset, q_labels, k_labels, exclude_positives, device):
+    """Dense [n, m] bool mask of the (row, key) pairs outside A(i)."""
+    excluded = torch.zeros(n, m, dtype=torch.bool, device=device)
+    if self_offset is not None:
+        i = torch.arange(n, device=device)
+        j = i + self_offset
+        keep = (j >= 0) & (j < m)
+        excluded[i[keep], j[keep]] = True
+    if exclude_positives:
+        excluded |= q_labels[:, None] == k_labels[None, :]
+    return excluded
+
+
+def lse_reference(q, k, scale, bias, q_labels, k_labels, self_offset, normalize, eps,
+                  exclude_positives, return_o, compute_dtype=None):
+    """Core op, naively: lse [N] and o [N, d] (or an empty tensor), in float32 / float64.
+
+    ``compute_dtype`` runs every step in that dtype instead (the naive low-precision
+    baseline that sets test tolerances).
+    """
+    acc = compute_dtype or (torch.float64 if q.dtype == torch.float64 else torch.float32)
+    qh, kh = q.to(acc), k.to(acc)
+    if normalize:
+        qh, kh = _normalize(qh, eps), _normalize(kh, eps)
+    s = scale.to(acc) * (qh @ kh.T)
+    if bias is not None:
+        s = s + bias.to(acc)
+    excluded = excluded_mask(q.shape[0], k.shape[0], self_offset, q_labels, k_labels,
+                             exclude_positives, q.device)
+    s = s.masked_fill(excluded, -math.inf)
+    # rows whose every key is excluded: lse = -inf, o = 0, and no NaN in the gradient
+    empty = torch.isneginf(s).all(dim=1)
+    s = torch.cat([s.masked_fill(empty[:, None], 0.0), s.new_zeros(s.shape[0], 1)], dim=1)
+    s_keys = s[:, :-1]  # the zero column keeps logsumexp defined when M = 0
+    lse = torch.logsumexp(s_keys if s_keys.shape[1] else s, dim=1).masked_fill(empty, -math.inf)
+    if return_o:
+        p = torch.softmax(s_keys, dim=1) if s_keys.shape[1] else s_keys
+        o = (p @ kh).masked_fill(empty[:, None], 0.0).detach()
+    else:
+        o = q.new_empty((0,), dtype=acc)
+    return lse, o
+
+
+BACKEND = Backend(
+    name="reference",
+    forward=lse_reference,
+    description="naive PyTorch, materializes N x M; the oracle (never picked by auto)",
+    devices=("cpu", "cuda", "xpu", "mps"),
+    deterministic=False,  # index_put / softmax backward on CUDA may not be
+)

@@ -1,0 +1,169 @@
+"""The core-op contract, stated once: what every backend implements.
+
+For queries q [N, d], keys k [M, d] (docs/design.md section 1):
+
+    s_ij  = scale * <q^_i, k^_j> + bias_j      q^ = q / max(||q||, eps) when normalize
+    lse_i = log sum_{j in A(i)} exp(s_ij)      A(i): all j but i + self_offset and, with
+                                               exclude_positives, j with k_labels[j] == q_labels[i]
+    o_i   = sum_{j in A(i)} exp(s_ij - lse_i) k^_j          (only with return_o)
+
+A row with an empty A(i) gets lse = -inf, o = 0 and no gradient.
+
+Every backend that owns kernels provides the pair of torch.library ops
+``contrastive_kernels::lse_<name>`` and ``lse_<name>_backward`` with the schemas below
+(the C++ copy, ``csrc/common/contract.h``, is checked against these by a test), and:
+
+- ``scale`` is a 0-dim tensor in the accumulation dtype (:func:`accumulate_dtype`); lse
+  and o come back in that dtype, dq / dk in the inputs' dtype, dscale in the scale's dtype.
+- When ``return_o`` is False, o is an empty tensor of shape [0]; when a ``need_*`` flag is
+  False the matching gradient is an empty tensor ([0] for dq / dk, a 0-dim zero for dscale).
+- Labels matter only with ``exclude_positives`` (:func:`active_labels`).
+- ``bias``, labels and o carry no gradient (o is marked non-differentiable).
+
+Input validation (:func:`validate`) happens once, in the public entry
+(:func:`contrastive_kernels.core.lse.lse`), before any backend sees the call.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+NAMESPACE = "contrastive_kernels"
+
+FORWARD_SCHEMA = (
+    "(Tensor q, Tensor k, Tensor scale, Tensor? bias, Tensor? q_labels, Tensor? k_labels, "
+    "int? self_offset, bool normalize, float eps, bool exclude_positives, bool return_o) "
+    "-> (Tensor, Tensor)"
+)
+BACKWARD_SCHEMA = (
+    "(Tensor grad_lse, Tensor q, Tensor k, Tensor scale, Tensor? bias, Tensor? q_labels, "
+    "Tensor? k_labels, int? self_offset, bool normalize, float eps, bool exclude_positives, "
+    "Tensor lse, bool need_dq, bool need_dk, bool need_dscale) -> (Tensor, Tensor, Tensor)"
+)
+
+
+def op_names(kernel_set: str):
+    """(forward, backward) op names of a kernel set, e.g. ``lse_native``."""
+    return f"lse_{kernel_set}", f"lse_{kernel_set}_backward"
+
+
+def accumulate_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype every product is accumulated in, and lse / o are returned in."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def active_labels(q_labels, k_labels, exclude_positives: bool):
+    """The labels a kernel must compare: both, only under exclude_positives."""
+    if exclude_positives and q_labels is not None and k_labels is not None:
+        return q_labels, k_labels
+    return None, None
+
+
+@dataclasses.dataclass(frozen=True)
+class CoreOptions:
+    """What a call asks for, as backends see it when deciding whether to take it."""
+
+    normalize: bool = False
+    has_bias: bool = False
+    has_labels: bool = False
+    has_self: bool = False
+    return_o: bool = False
+
+    def features(self) -> frozenset:
+        """The optional features this call uses (names of :data:`FEATURES`)."""
+        return frozenset(f for f, on in zip(FEATURES, dataclasses.astuple(self)) if on)
+
+
+FEATURES = ("normalize", "bias", "labels", "self_offset", "return_o")
+
+
+def check_rows_tensor(name: str, x) -> None:
+    """x is a 2-D [rows, d] floating-point tensor (the shape of q, k and of every loss's
+    feature matrices)."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.dim() != 2:
+        raise ValueError(f"{name} must be 2-D [rows, d], got shape {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise TypeError(f"{name} must be floating point (fp16/bf16/fp32/fp64), got {x.dtype}")
+
+
+def validate(q, k, bias, q_labels, k_labels, self_offset, exclude_positives, eps) -> None:
+    """Raise TypeError / ValueError naming the bad argument and what was expected."""
+    check_rows_tensor("q", q)
+    check_rows_tensor("k", k)
+    if q.shape[1] != k.shape[1]:
+        raise ValueError(f"q and k must have the same feature size d, got q {tuple(q.shape)} "
+                         f"and k {tuple(k.shape)}")
+    if q.dtype != k.dtype:
+        raise TypeError(f"q and k must share a dtype, got q {q.dtype} and k {k.dtype}")
+    if q.device != k.device:
+        raise ValueError(f"q and k must be on one device, got q on {q.device}, k on {k.device}")
+    for name, t in (("bias", bias), ("q_labels", q_labels), ("k_labels", k_labels)):
+        if t is not None and not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor or None, got {type(t).__name__}")
+    if bias is not None:
+        if bias.shape != (k.shape[0],):
+            raise ValueError(f"bias must have shape [M] = [{k.shape[0]}], got {tuple(bias.shape)}")
+        if bias.device != k.device:
+            raise ValueError(f"bias must be on {k.device}, got {bias.device}")
+        if bias.requires_grad and torch.is_grad_enabled():
+            raise ValueError("bias carries no gradient in the core op; pass bias.detach()")
+    for name, t, rows in (("q_labels", q_labels, q.shape[0]), ("k_labels", k_labels, k.shape[0])):
+        if t is not None:
+            if t.shape != (rows,):
+                raise ValueError(f"{name} must have shape [{rows}], got {tuple(t.shape)}")
+            if t.dtype.is_floating_point or t.dtype == torch.bool or t.is_complex():
+                raise TypeError(f"{name} must be an integer tensor, got {t.dtype}")
+            if t.device != q.device:
+                raise ValueError(f"{name} must be on {q.device}, got {t.device}")
+    if exclude_positives and (q_labels is None or k_labels is None):
+        raise ValueError("exclude_positives=True needs both q_labels and k_labels")
+    if self_offset is not None:
+        if not isinstance(self_offset, int) or isinstance(self_offset, bool):
+            raise TypeError(f"self_offset must be an int or None, got {type(self_offset).__name__}")
+        if not -2 ** 63 <= self_offset < 2 ** 63:
+            raise ValueError(f"self_offset must fit in int64, got {self_offset}")
+    if not eps > 0:
+        raise ValueError(f"eps must be > 0, got {eps}")
+
+
+def check_real_scalar(name: str, value, device=None) -> None:
+    """value is a real number or a one-element real tensor (on ``device`` when given)."""
+    if isinstance(value, torch.Tensor):
+        if value.is_complex():
+            raise TypeError(f"{name} must be real (a float or a real 0-dim tensor), got {value.dtype}")
+        if value.numel() != 1:
+            raise ValueError(f"{name} must be a float or a 0-dim tensor, got shape {tuple(value.shape)}")
+        if device is not None and value.device != device:
+            raise ValueError(f"{name} must be on {device}, got {value.device}")
+        return
+    if isinstance(value, complex):
+        raise TypeError(f"{name} must be real (a float or a real 0-dim tensor), got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a float or a 0-dim tensor, got {type(value).__name__}")
+
+
+def scale_tensor(scale, q: torch.Tensor) -> torch.Tensor:
+    """``scale`` as the 0-dim accumulation-dtype tensor of the contract (keeps its grad)."""
+    acc = accumulate_dtype(q.dtype)
+    check_real_scalar("scale", scale, q.device)
+    if isinstance(scale, torch.Tensor):
+        return scale.reshape(()).to(acc)
+    # torch.full, not torch.tensor: a fill kernel, no host-to-device copy that syncs.
+    return torch.full((), float(scale), dtype=acc, device=q.device)
+
+
+# Integer dtypes whose every value fits in int32: labels of these compare as int32.
+_INT32_SAFE = (torch.int8, torch.uint8, torch.int16, torch.int32)
+
+
+def canonical_labels(q_labels: torch.Tensor, k_labels: torch.Tensor):
+    """Both label vectors contiguous and in one integer dtype, chosen from the dtypes alone
+    (no value is read, so no host sync): int32 when both fit, else int64. Comparing an int8
+    -1 with a uint8 255 in their own dtypes could alias; in the common dtype it cannot."""
+    both_small = q_labels.dtype in _INT32_SAFE and k_labels.dtype in _INT32_SAFE
+    dtype = torch.int32 if both_small else torch.int64
+    return q_labels.to(dtype).contiguous(), k_labels.to(dtype).contiguous()

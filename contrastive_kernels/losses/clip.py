@@ -1,0 +1,166 @@
+"""CLIP's symmetric InfoNCE (open_clip ``ClipLoss``) and InfoNCE (info-nce-pytorch).
+
+Each direction is lse over the other modality (the core op) minus the paired logit.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import nn
+
+from .. import distributed, ops
+from .algebra import (check_matrix, check_real_scalar, check_positive, check_same, reduce,
+                      result_dtype, rowdot, unit_rows)
+
+
+def clip_loss(image_features: torch.Tensor, text_features: torch.Tensor, logit_scale,
+              logit_bias=None, *, local_loss: bool = False, gather_with_grad: bool = False,
+              rank: int = 0, world_size: int = 1, backend: Optional[str] = "auto"):
+    """CLIP's symmetric InfoNCE, open_clip ``ClipLoss`` semantics.
+
+    logits = logit_scale * image @ text.T (+ logit_bias, a scalar); cross-entropy with the
+    diagonal as targets, both directions, averaged. ``logit_scale`` may be a tensor with a
+    gradient (pass the already exponentiated scale, as open_clip does). Features are used
+    as given (open_clip's model normalizes them). With world_size > 1 the features of every
+    rank are gathered (torch.distributed); ``local_loss`` keeps only the local rows as
+    queries, against all gathered keys.
+    """
+    check_matrix("image_features", image_features)
+    check_matrix("text_features", text_features, dim=image_features.shape[1])
+    check_same("image_features", image_features, "text_features", text_features)
+    if image_features.shape[0] != text_features.shape[0]:
+        raise ValueError(f"image_features and text_features must have the same batch size, "
+                         f"got {image_features.shape[0]} and {text_features.shape[0]}")
+    if isinstance(logit_scale, torch.Tensor) and logit_scale.numel() != 1:
+        raise ValueError(f"logit_scale must be a scalar, got shape {tuple(logit_scale.shape)}")
+    if logit_bias is not None and isinstance(logit_bias, torch.Tensor) and logit_bias.numel() != 1:
+        raise ValueError(f"logit_bias must be a scalar (open_clip's learnable bias), got shape "
+                         f"{tuple(logit_bias.shape)}")
+    check_real_scalar("logit_scale", logit_scale)
+    if logit_bias is not None:
+        check_real_scalar("logit_bias", logit_bias)
+    acc = ops.accumulate_dtype(image_features.dtype)
+    scale = logit_scale.reshape(()).to(acc) if isinstance(logit_scale, torch.Tensor) else logit_scale
+
+    if world_size > 1:
+        all_img = distributed.gather(image_features, gather_with_grad, keep_local=not local_loss)
+        all_txt = distributed.gather(text_features, gather_with_grad, keep_local=not local_loss)
+        if local_loss:
+            q_img, q_txt, offset = image_features, text_features, rank * image_features.shape[0]
+        else:
+            q_img, q_txt, offset = all_img, all_txt, 0
+    else:
+        all_img, all_txt, q_img, q_txt, offset = (image_features, text_features, image_features,
+                                                  text_features, 0)
+
+    lse_i, _ = ops.lse(q_img, all_txt, scale, backend=backend)
+    lse_t, _ = ops.lse(q_txt, all_img, scale, backend=backend)
+    n_q = q_img.shape[0]
+    pos_i = scale * rowdot(q_img.to(acc), all_txt[offset:offset + n_q].to(acc))
+    pos_t = scale * rowdot(q_txt.to(acc), all_img[offset:offset + n_q].to(acc))
+    if logit_bias is not None:
+        bias = logit_bias.reshape(()).to(acc) if isinstance(logit_bias, torch.Tensor) else logit_bias
+        # a constant shift of every logit: it cancels, but keeps open_clip's graph (grad 0)
+        lse_i, lse_t, pos_i, pos_t = lse_i + bias, lse_t + bias, pos_i + bias, pos_t + bias
+    loss = ((lse_i - pos_i).mean() + (lse_t - pos_t).mean()) / 2
+    return loss.to(result_dtype(image_features))
+
+
+def info_nce(query: torch.Tensor, positive_key: torch.Tensor,
+             negative_keys: Optional[torch.Tensor] = None, temperature: float = 0.1,
+             symmetric: bool = False, reduction: str = "mean", *, normalize: bool = True,
+             eps: float = 1e-12, backend: Optional[str] = "auto"):
+    """InfoNCE (van den Oord et al.), the info-nce-pytorch ``info_nce`` semantics.
+
+    Rows are L2-normalized (``normalize=True``). Without ``negative_keys``: query i against
+    every positive_key row, target i (in-batch negatives). With ``negative_keys`` [M, d]
+    (shared, "unpaired"): query i against [positive_key i; negative_keys], target 0.
+    ``symmetric=True`` (in-batch only) averages the query->key and key->query losses (CLIP).
+    reduction: 'mean' | 'sum' | 'none'.
+    """
+    check_matrix("query", query)
+    check_matrix("positive_key", positive_key, rows=query.shape[0], dim=query.shape[1])
+    check_same("query", query, "positive_key", positive_key)
+    if reduction not in ("mean", "sum", "none"):
+        raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+    check_positive("temperature", temperature)
+    lam = 1.0 / temperature
+    uq = unit_rows(query, normalize, eps)
+    uk = unit_rows(positive_key, normalize, eps)
+    pos = lam * rowdot(uq, uk)
+    if negative_keys is not None:
+        if isinstance(negative_keys, torch.Tensor) and negative_keys.dim() == 3:
+            raise ValueError("negative_keys must be 2-D [M, d] (shared negatives); per-query "
+                             "('paired') negatives [N, M, d] are not supported")
+        check_matrix("negative_keys", negative_keys, dim=query.shape[1])
+        check_same("query", query, "negative_keys", negative_keys)
+        if symmetric:
+            raise ValueError("symmetric=True is defined for in-batch negatives only "
+                             "(negative_keys=None)")
+        lse_neg, _ = ops.lse(query, negative_keys, lam, normalize=normalize, eps=eps,
+                             backend=backend)
+        loss = torch.logaddexp(pos, lse_neg) - pos
+    else:
+        lse_q, _ = ops.lse(query, positive_key, lam, normalize=normalize, eps=eps, backend=backend)
+        loss = lse_q - pos
+        if symmetric:
+            lse_k, _ = ops.lse(positive_key, query, lam, normalize=normalize, eps=eps,
+                               backend=backend)
+            loss = (loss + (lse_k - pos)) / 2
+    return reduce(loss, reduction).to(result_dtype(query))
+
+
+class ClipLoss(nn.Module):
+    """Drop-in for open_clip's ``ClipLoss`` (symmetric InfoNCE over image-text pairs).
+
+    ``forward(image_features, text_features, logit_scale, logit_bias=None, output_dict=False)``;
+    logit_scale (already exponentiated) may carry a gradient. world_size > 1 gathers the
+    features over torch.distributed (``local_loss``, ``gather_with_grad`` as open_clip);
+    Horovod is not supported.
+    """
+
+    def __init__(self, local_loss: bool = False, gather_with_grad: bool = False,
+                 cache_labels: bool = False, rank: int = 0, world_size: int = 1,
+                 use_horovod: bool = False, *, backend: Optional[str] = "auto"):
+        super().__init__()
+        if use_horovod:
+            raise NotImplementedError("use_horovod=True is not supported; use torch.distributed")
+        self.local_loss = local_loss
+        self.gather_with_grad = gather_with_grad
+        self.cache_labels = cache_labels  # labels are implicit (the diagonal): nothing to cache
+        self.rank = rank
+        self.world_size = world_size
+        self.use_horovod = use_horovod
+        self.backend = backend
+
+    def forward(self, image_features, text_features, logit_scale, logit_bias=None,
+                output_dict: bool = False):
+        loss = clip_loss(
+            image_features, text_features, logit_scale, logit_bias, local_loss=self.local_loss,
+            gather_with_grad=self.gather_with_grad, rank=self.rank, world_size=self.world_size,
+            backend=self.backend)
+        return {"contrastive_loss": loss} if output_dict else loss
+
+
+class InfoNCE(nn.Module):
+    """InfoNCE module (info-nce-pytorch ``InfoNCE`` semantics, 'unpaired' negatives), with
+    ``symmetric`` for the CLIP-style two-way in-batch loss."""
+
+    def __init__(self, temperature: float = 0.1, reduction: str = "mean",
+                 negative_mode: str = "unpaired", symmetric: bool = False, *,
+                 backend: Optional[str] = "auto"):
+        super().__init__()
+        if negative_mode != "unpaired":
+            raise ValueError(f"negative_mode must be 'unpaired' (shared negative keys), "
+                             f"got {negative_mode!r}")
+        self.temperature = temperature
+        self.reduction = reduction
+        self.negative_mode = negative_mode
+        self.symmetric = symmetric
+        self.backend = backend
+
+    def forward(self, query, positive_key, negative_keys=None):
+        return info_nce(query, positive_key, negative_keys, self.temperature,
+                                   self.symmetric, self.reduction, backend=self.backend)

@@ -1,0 +1,118 @@
+"""Decoupled contrastive learning (Yeh et al. 2022), lightly ``DCLLoss`` / ``DCLWLoss``:
+the positive pair is dropped from the denominator, which is a core-op call with the
+partner excluded.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Optional
+
+import torch
+from torch import nn
+
+from .. import distributed, ops
+from .algebra import (check_gather_available, check_pair, check_positive, result_dtype, rowdot,
+                      unit_rows)
+
+
+def negative_mises_fisher_weights(out0: torch.Tensor, out1: torch.Tensor,
+                                  sigma: float = 0.5) -> torch.Tensor:
+    """DCLW's weights w_i = 2 - B softmax_i(<out0_i, out1_i> / sigma), no gradient (lightly)."""
+    sim = rowdot(out0.detach(), out1.detach()) / sigma
+    return 2 - out0.shape[0] * torch.softmax(sim, dim=0)
+
+
+def dcl_loss(out0: torch.Tensor, out1: torch.Tensor, temperature: float = 0.1,
+             weight_fn=None, *, gather_distributed: bool = False, eps: float = 1e-12,
+             backend: Optional[str] = "auto"):
+    """Decoupled contrastive loss (Yeh et al.), lightly ``DCLLoss`` semantics (>= 1.5.21).
+
+    Rows L2-normalized. For out0_i: -w_i <out0_i, out1_i> / T + one log-sum-exp over every
+    negative: the other out0 rows and the other out1 rows together (its own row and its
+    positive dropped), averaged, and symmetrized with out0 <-> out1.
+    ``weight_fn(out0, out1)`` gets the normalized rows and returns per-pair weights [B].
+    """
+    check_pair("out0", out0, "out1", out1)
+    check_positive("temperature", temperature)
+    lam = 1.0 / temperature
+    u0, u1 = unit_rows(out0, True, eps), unit_rows(out1, True, eps)
+    world, rank = distributed.world() if gather_distributed else (1, 0)
+    if world > 1:
+        all0 = distributed.gather(out0, True)
+        all1 = distributed.gather(out1, True)
+    else:
+        all0, all1 = out0, out1
+    pos = lam * rowdot(u0, u1)
+    # keys [x_all; y_all] labelled by sample, so excluding a query's own label drops both
+    # its own row and its positive in one call
+    batch = out0.shape[0]
+    q_labels = torch.arange(batch, device=out0.device) + rank * batch
+    k_labels = torch.arange(all0.shape[0], device=out0.device).repeat(2)
+
+    def one_side(x, x_all, y_all, w):
+        lse_neg, _ = ops.lse(x, torch.cat([x_all, y_all]), lam, q_labels=q_labels,
+                             k_labels=k_labels, exclude_positives=True, normalize=True, eps=eps,
+                             backend=backend)
+        positive = -pos if w is None else -pos * w
+        return (positive + lse_neg).mean()
+
+    w0 = w1 = None
+    if weight_fn is not None:
+        w0 = _checked_weights(weight_fn(u0, u1), batch)
+        w1 = _checked_weights(weight_fn(u1, u0), batch)
+    loss = 0.5 * (one_side(out0, all0, all1, w0) + one_side(out1, all1, all0, w1))
+    return loss.to(result_dtype(out0))
+
+
+def _checked_weights(w, batch: int) -> torch.Tensor:
+    if not isinstance(w, torch.Tensor) or w.shape not in ((batch,), ()):
+        shape = tuple(w.shape) if isinstance(w, torch.Tensor) else type(w).__name__
+        raise ValueError(f"weight_fn must return per-pair weights of shape [B] = [{batch}] "
+                         f"(or a scalar), got {shape}")
+    return w
+
+
+def dclw_loss(out0: torch.Tensor, out1: torch.Tensor, temperature: float = 0.1,
+              sigma: float = 0.5, *, gather_distributed: bool = False, eps: float = 1e-12,
+              backend: Optional[str] = "auto"):
+    """Weighted DCL: :func:`dcl_loss` with the negative von Mises-Fisher weights."""
+    check_positive("sigma", sigma)
+    return dcl_loss(out0, out1, temperature,
+                    lambda a, b: negative_mises_fisher_weights(a, b, sigma),
+                    gather_distributed=gather_distributed, eps=eps, backend=backend)
+
+
+class DCLLoss(nn.Module):
+    """Drop-in for lightly's ``DCLLoss`` (decoupled contrastive learning, Yeh et al. 2022)."""
+
+    def __init__(self, temperature: float = 0.1, weight_fn=None, gather_distributed: bool = False,
+                 *, backend: Optional[str] = "auto"):
+        super().__init__()
+        check_gather_available(gather_distributed)
+        self.temperature = temperature
+        self.weight_fn = weight_fn
+        self.gather_distributed = gather_distributed
+        self.backend = backend
+
+    def forward(self, out0, out1):
+        return dcl_loss(out0, out1, self.temperature, self.weight_fn,
+                        gather_distributed=self.gather_distributed, backend=self.backend)
+
+
+class DCLWLoss(DCLLoss):
+    """Drop-in for lightly's ``DCLWLoss``: DCL with negative von Mises-Fisher weights.
+
+    ``forward`` is :func:`dclw_loss`, so the module validates sigma exactly as the
+    functional form does (``weight_fn`` is kept as lightly exposes it).
+    """
+
+    def __init__(self, temperature: float = 0.1, sigma: float = 0.5,
+                 gather_distributed: bool = False, *, backend: Optional[str] = "auto"):
+        super().__init__(temperature, functools.partial(negative_mises_fisher_weights, sigma=sigma),
+                         gather_distributed, backend=backend)
+        self.sigma = sigma
+
+    def forward(self, out0, out1):
+        return dclw_loss(out0, out1, self.temperature, self.sigma,
+                         gather_distributed=self.gather_distributed, backend=self.backend)

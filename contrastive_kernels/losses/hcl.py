@@ -1,0 +1,85 @@
+"""Hard-negative contrastive loss (Robinson et al., ICLR 2021; joshr17/HCL ``image/main.py``).
+
+The importance-weighted negative sum is two core-op calls at scales (1 + beta) / T and
+beta / T, each excluding the row itself and its partner through labels.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+from torch import nn
+
+from .. import ops
+from .algebra import check_pair, check_positive, result_dtype, rowdot, unit_rows
+
+
+def check_estimator(estimator):
+    if estimator not in ("hard", "easy"):
+        raise ValueError(f"estimator must be 'hard' or 'easy', got {estimator!r}")
+
+
+def hcl_loss(out_1: torch.Tensor, out_2: torch.Tensor, temperature: float = 0.5,
+             tau_plus: float = 0.1, beta: float = 1.0, estimator: str = "hard", *,
+             normalize: bool = False, eps: float = 1e-12, backend: Optional[str] = "auto"):
+    """Hard-negative contrastive loss (Robinson et al., joshr17/HCL ``image/main.py``).
+
+    2B anchors [out_1; out_2]; negatives of row i: every row but itself and its partner
+    (N = 2B - 2 of them), neg_ij = exp(s_ij / T); pos_i = exp(<out_1, out_2> / T).
+    'hard': Ng = (-tau_plus N pos + sum_j neg^(1+beta) / mean_j neg^beta) / (1 - tau_plus),
+    clamped below at N e^(-1/T); 'easy': Ng = sum_j neg. loss = mean -log(pos / (pos + Ng)).
+    The two sums are core-op calls at scales (1 + beta) / T and beta / T. Rows are used as
+    given (HCL's model normalizes them); ``normalize=True`` normalizes them first.
+    """
+    check_pair("out_1", out_1, "out_2", out_2)
+    check_positive("temperature", temperature)
+    check_estimator(estimator)
+    batch = out_1.shape[0]
+    if batch < 2:
+        raise ValueError(f"HCL needs a batch of at least 2 pairs (out_1 has {batch} rows)")
+    if not 0 <= tau_plus < 1:
+        raise ValueError(f"tau_plus must be in [0, 1), got {tau_plus}")
+    z = torch.cat([out_1, out_2], dim=0)
+    pair = torch.arange(batch, device=z.device).repeat(2)  # self and partner share an id
+    u1, u2 = unit_rows(out_1, normalize, eps), unit_rows(out_2, normalize, eps)
+    log_pos = torch.cat([rowdot(u1, u2)] * 2) / temperature
+    kw = dict(q_labels=pair, k_labels=pair, exclude_positives=True, normalize=normalize,
+              eps=eps, backend=backend)
+    if estimator == "easy":
+        lse, _ = ops.lse(z, z, 1.0 / temperature, **kw)
+        return (torch.logaddexp(log_pos, lse) - log_pos).mean().to(result_dtype(out_1))
+
+    n_neg = 2 * batch - 2
+    lse_hard, _ = ops.lse(z, z, (1.0 + beta) / temperature, **kw)  # log sum neg^(1+beta)
+    lse_imp, _ = ops.lse(z, z, beta / temperature, **kw)            # log sum neg^beta
+    log_reweight = lse_hard - lse_imp + math.log(n_neg)
+    # Ng and pos + Ng scaled by e^-c (c detached) so that nothing overflows
+    c = torch.maximum(log_reweight, log_pos).detach()
+    ng = (torch.exp(log_reweight - c) - tau_plus * n_neg * torch.exp(log_pos - c)) / (1 - tau_plus)
+    ng = torch.clamp(ng, min=n_neg * math.exp(-1.0 / temperature) * torch.exp(-c))
+    loss = c + torch.log(torch.exp(log_pos - c) + ng) - log_pos
+    return loss.mean().to(result_dtype(out_1))
+
+
+class HCLLoss(nn.Module):
+    """Hard-negative contrastive loss (Robinson et al., ICLR 2021; joshr17/HCL
+    ``image/main.py`` ``criterion``): ``forward(out_1, out_2)``; the batch size is taken
+    from the inputs. Rows used as given (HCL's model normalizes them) unless ``normalize``."""
+
+    def __init__(self, temperature: float = 0.5, tau_plus: float = 0.1, beta: float = 1.0,
+                 estimator: str = "hard", *, normalize: bool = False,
+                 backend: Optional[str] = "auto"):
+        super().__init__()
+        check_estimator(estimator)
+        self.temperature = temperature
+        self.tau_plus = tau_plus
+        self.beta = beta
+        self.estimator = estimator
+        self.normalize = normalize
+        self.backend = backend
+
+    def forward(self, out_1, out_2):
+        return hcl_loss(out_1, out_2, self.temperature, self.tau_plus, self.beta,
+                                   self.estimator, normalize=self.normalize, backend=self.backend)

@@ -1,0 +1,166 @@
+"""SimCLR's NT-Xent, lightly ``NTXentLoss`` semantics (with its memory bank).
+
+    L_i = lse_{j != i} s_ij - s_{i, partner(i)},  s = <u_i, u_j> / T over [out0; out1]
+
+One core-op call over the stacked rows with self-exclusion; with a memory bank, the keys
+are [own out1 row; bank].
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import nn
+
+from .. import distributed, ops
+from .algebra import (check_gather_available, check_matrix, check_pair, result_dtype, rowdot,
+                      unit_rows)
+from .state import ResizableBuffers
+
+
+def check_ntxent_temperature(temperature):
+    if abs(temperature) < 1e-8:
+        raise ValueError(f"Illegal temperature: abs({temperature}) < 1e-8")
+
+
+def ntxent_loss(out0: torch.Tensor, out1: torch.Tensor, temperature: float = 0.5,
+                negatives: Optional[torch.Tensor] = None, *, gather_distributed: bool = False,
+                eps: float = 1e-12, backend: Optional[str] = "auto"):
+    """NT-Xent (SimCLR), lightly ``NTXentLoss`` semantics; rows are L2-normalized inside.
+
+    Without ``negatives``: 2B anchors (out0 and out1), each against every other row of
+    [out0; out1] (its partner is the positive), cross-entropy averaged over the 2B rows.
+    With ``negatives`` [K, d] (a memory bank, used as given): B anchors out0, keys
+    [its own out1 row; negatives], no in-batch negatives.
+    ``gather_distributed`` gathers [out0; out1] from every rank (with gradient) as keys.
+    """
+    check_pair("out0", out0, "out1", out1)
+    check_ntxent_temperature(temperature)
+    lam = 1.0 / temperature
+    u0, u1 = unit_rows(out0, True, eps), unit_rows(out1, True, eps)
+    pos = lam * rowdot(u0, u1)
+    if negatives is not None:
+        check_matrix("negatives", negatives, dim=out0.shape[1])
+        if negatives.device != out0.device:
+            raise ValueError(f"negatives must be on {out0.device}, got {negatives.device}")
+        # the bank is used as stored (lightly does not renormalize it)
+        bank = negatives.to(u0.dtype)
+        lse_neg, _ = ops.lse(u0, bank, lam, backend=backend)
+        loss = torch.logaddexp(pos, lse_neg) - pos
+        return loss.mean().to(result_dtype(out0))
+
+    batch = out0.shape[0]
+    world, rank = distributed.world() if gather_distributed else (1, 0)
+    if world > 1:
+        keys = torch.cat([distributed.gather(out0, True), distributed.gather(out1, True)])
+        lse0, _ = ops.lse(out0, keys, lam, self_offset=rank * batch, normalize=True, eps=eps,
+                          backend=backend)
+        lse1, _ = ops.lse(out1, keys, lam, self_offset=(world + rank) * batch, normalize=True,
+                          eps=eps, backend=backend)
+        lse = torch.cat([lse0, lse1])
+    else:
+        z = torch.cat([out0, out1], dim=0)
+        lse, _ = ops.lse(z, z, lam, self_offset=0, normalize=True, eps=eps, backend=backend)
+    loss = lse - torch.cat([pos, pos])
+    return loss.mean().to(result_dtype(out0))
+
+
+class MemoryBank(ResizableBuffers):
+    """lightly's ``MemoryBankModule`` behaviour: a FIFO of past out1 rows.
+
+    ``size`` is ``(num_rows, d)`` (lightly >= 1.5): the bank is drawn at construction as
+    lightly draws it, randn(num_rows, d) with unit rows, in fp32. An int ``size`` (earlier
+    lightly releases) fills it lazily on first use with their draw, randn(d, size)
+    normalized per column, in the first batch's dtype. :meth:`forward` returns the bank as
+    it was before this step and enqueues ``output`` (detached) when ``update``. Stored as
+    rows [num_rows, d]; the bank and its pointer are in ``state_dict()``.
+    """
+
+    _resizable = ("bank", "bank_ptr")
+
+    def __init__(self, size=2 ** 16):
+        super().__init__()
+        dims = (size,) if isinstance(size, int) else tuple(size)
+        if any(x < 0 for x in dims) or len(dims) not in (1, 2):
+            raise ValueError(f"Illegal memory bank size {size}: a non-negative int or a "
+                             "(num_rows, d) tuple")
+        self.size = dims[0]
+        self.register_buffer("bank", torch.empty(0))
+        self.register_buffer("bank_ptr", torch.zeros(1, dtype=torch.long))
+        if len(dims) == 2 and self.size > 0:
+            self.bank = torch.nn.functional.normalize(torch.randn(dims), dim=-1)
+
+    @torch.no_grad()
+    def _init_memory_bank(self, like: torch.Tensor):
+        bank = torch.randn(like.shape[1], self.size, dtype=like.dtype)
+        bank = torch.nn.functional.normalize(bank, dim=0)
+        self.bank = bank.T.contiguous().to(like.device)
+        self.bank_ptr = torch.zeros(1, dtype=torch.long, device=like.device)
+
+    @torch.no_grad()
+    def _dequeue_and_enqueue(self, batch: torch.Tensor):
+        batch_size = batch.shape[0]
+        ptr = int(self.bank_ptr)
+        if ptr + batch_size >= self.size:
+            self.bank[ptr:] = batch[: self.size - ptr].detach().to(self.bank.dtype)
+            self.bank_ptr[0] = 0
+        else:
+            self.bank[ptr:ptr + batch_size] = batch.detach().to(self.bank.dtype)
+            self.bank_ptr[0] = ptr + batch_size
+
+    def forward(self, output: torch.Tensor, update: bool = False, gather: bool = False):
+        """(output, the bank before this step or None); ``gather`` enqueues the rows of
+        every rank (torch.distributed), as lightly does with gather_distributed."""
+        if self.size == 0:
+            return output, None
+        self._usable_outside_inference()
+        if self.bank.numel() == 0:
+            self._init_memory_bank(output)
+        elif self.bank.shape[1] != output.shape[1]:
+            raise ValueError(f"the memory bank holds rows of d = {self.bank.shape[1]}, got a batch "
+                             f"of d = {output.shape[1]}; the feature size must not change")
+        bank = self.bank.clone().detach()
+        if update:
+            rows = output
+            if gather and distributed.world()[0] > 1:
+                rows = distributed.gather(output.detach(), False)
+            self._dequeue_and_enqueue(rows)
+        return output, bank
+
+
+class NTXentLoss(nn.Module):
+    """Drop-in for lightly's ``NTXentLoss`` (SimCLR's NT-Xent; MoCo-style with a bank).
+
+    ``forward(out0, out1)``: rows normalized inside. ``memory_bank_size > 0``: out0 rows are
+    the anchors, keys [own out1 row; bank], and out1 (normalized) enters the bank when out0
+    requires grad. ``gather_distributed``: keys from every rank (torch.distributed).
+    Equals pytorch-metric-learning's ``NTXentLoss`` on [out0; out1] with labels
+    [0..B-1, 0..B-1] (one positive per row).
+    """
+
+    def __init__(self, temperature: float = 0.5, memory_bank_size=0,
+                 gather_distributed: bool = False, *, backend: Optional[str] = "auto"):
+        super().__init__()
+        check_ntxent_temperature(temperature)
+        check_gather_available(gather_distributed)
+        self.temperature = temperature
+        self.gather_distributed = gather_distributed
+        self.backend = backend
+        self.memory_bank = MemoryBank(memory_bank_size)
+        self.memory_bank_size = self.memory_bank.size  # rows (an int, or the tuple's first)
+
+    def forward(self, out0: torch.Tensor, out1: torch.Tensor) -> torch.Tensor:
+        negatives = None
+        if self.memory_bank_size > 0:
+            unit1 = torch.nn.functional.normalize(out1, dim=1)
+            _, negatives = self.memory_bank(unit1, update=out0.requires_grad,
+                                            gather=self.gather_distributed)
+            negatives = negatives.to(out0.dtype)
+        return ntxent_loss(out0, out1, self.temperature, negatives,
+                                      gather_distributed=self.gather_distributed,
+                                      backend=self.backend)
+
+    def extra_repr(self) -> str:
+        return (f"temperature={self.temperature}, memory_bank_size={self.memory_bank_size}, "
+                f"gather_distributed={self.gather_distributed}, backend={self.backend!r}")

@@ -1,0 +1,259 @@
+"""PaCo (Cui et al., ICCV 2021) and GPaCo (TPAMI 2023), PaCo/GPaCo ``LT/losses.py``.
+
+Per anchor, the keys are every other row of [q; k; queue] (weight gamma, the core op) and
+the C class centers (dense [B, C] logits merged by logaddexp); positives are the true
+center (weight beta, smoothed for GPaCo) and every same-label row (weight alpha, from
+label segment sums).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+
+from .. import ops
+from .algebra import (LOG_1E_12, check_in_range, check_labels, check_positive, gather_rows,
+                      label_segments, logaddexp_safe, result_dtype, rowdot, segment_sums)
+from .state import ResizableBuffers
+
+
+def class_prior(cls_num_list, num_classes: int, device=None) -> torch.Tensor:
+    """cls_num_list / sum (PaCo's ``cal_weight_for_classes``), float64 [num_classes]."""
+    counts = torch.as_tensor(cls_num_list, dtype=torch.float64, device=device).reshape(-1)
+    if counts.numel() != num_classes:
+        raise ValueError(f"cls_num_list must have num_classes = {num_classes} entries, "
+                         f"got {counts.numel()}")
+    if bool((counts < 0).any()) or not float(counts.sum()) > 0:
+        raise ValueError("cls_num_list must hold non-negative counts with a positive sum")
+    return counts / counts.sum()
+
+
+def _parametric_contrastive(features, labels, sup_logits, n_anchors, *, alpha, beta, gamma,
+                            supt, temperature, base_temperature, num_classes, prior, smooth,
+                            backend):
+    """PaCo / GPaCo: anchors features[:n_anchors] against every row of features (self
+    excluded, sample keys weighted by gamma) and the class-center logits of sup_logits.
+
+    log-prob denominator (the original's max-shifted sum with its + 1e-12):
+        D_i = log(exp(lse_c_i) + gamma exp(lse_s_i) + 1e-12 exp(m_i))
+    with lse_c = logsumexp of the center logits, lse_s = the core op over the sample keys
+    and m_i the row max the original subtracts (see below). Positive weights: the center
+    target t_i (one-hot or smoothed) times beta, alpha for each same-label sample key.
+    """
+    if not isinstance(features, torch.Tensor):
+        raise TypeError(f"features must be a torch.Tensor [N, d] ([q; k; queue]), got "
+                        f"{type(features).__name__}")
+    if features.dim() != 2:
+        raise ValueError("features must be a 2-D tensor [N, d] ([q; k; queue]), got "
+                         f"{tuple(features.shape)}")
+    if not features.is_floating_point():
+        raise TypeError(f"features must be floating point, got {features.dtype}")
+    n, dim = features.shape
+    if labels is None:
+        raise ValueError("labels is required: [N] class ids of every row of features")
+    if sup_logits is None:
+        raise ValueError("sup_logits is required: [n_anchors, num_classes] classifier logits")
+    labels = check_labels("labels", labels, n).to(features.device)
+    if n_anchors < 1 or n_anchors > n:
+        raise ValueError(f"the number of anchors must be in [1, N = {n}], got {n_anchors} "
+                         "(check K against the number of rows of features)")
+    if not isinstance(sup_logits, torch.Tensor):
+        raise TypeError(f"sup_logits must be a torch.Tensor [n_anchors, num_classes], got "
+                        f"{type(sup_logits).__name__}")
+    if not sup_logits.is_floating_point():
+        raise TypeError(f"sup_logits must be floating point (real logits), got {sup_logits.dtype}")
+    if sup_logits.dim() != 2 or sup_logits.shape[0] != n_anchors:
+        raise ValueError(f"sup_logits must be [n_anchors, num_classes] = [{n_anchors}, "
+                         f"{num_classes}], got {tuple(sup_logits.shape)}")
+    if num_classes is None:
+        num_classes = sup_logits.shape[1]
+    if sup_logits.shape[1] != num_classes:
+        raise ValueError(f"sup_logits must have num_classes = {num_classes} columns, "
+                         f"got {sup_logits.shape[1]}")
+    check_positive("temperature", temperature)
+    check_positive("supt", supt)
+    if gamma < 0:
+        raise ValueError(f"gamma must be >= 0, got {gamma}")
+    if base_temperature is None:
+        base_temperature = temperature
+    check_positive("base_temperature", base_temperature)
+    if prior is not None and (not isinstance(prior, torch.Tensor) or prior.shape != (num_classes,)):
+        raise ValueError(f"class_prior must have num_classes = {num_classes} entries, got "
+                         f"{tuple(prior.shape) if isinstance(prior, torch.Tensor) else prior!r}")
+
+    device = features.device
+    anchors = features[:n_anchors]
+    lam = 1.0 / temperature
+    acc = ops.accumulate_dtype(features.dtype)
+
+    # center logits [B, C]: O(B C), given by the caller
+    z = sup_logits.to(acc)
+    if prior is not None:
+        z = z + torch.log(prior.to(device=device, dtype=acc) + 1e-9)
+    z = z / supt
+    lse_c = torch.logsumexp(z, dim=1)
+
+    q_hat = anchors.to(acc)
+    k_hat = features.to(acc)
+    self_logit = lam * rowdot(q_hat, k_hat[:n_anchors])
+
+    log_den = lse_c
+    if gamma > 0:
+        lse_s, _ = ops.lse(anchors, features, lam, self_offset=0, backend=backend)
+        log_den = logaddexp_safe(lse_c, lse_s + math.log(gamma))
+    # The original subtracts m_i = max over the whole row (centers, every sample logit,
+    # self included) before its "+ 1e-12". We use max(center logits, self logit): exact for
+    # unit-norm features (PaCo's MoCo builder normalizes q, k and the queue), where the self
+    # logit is the largest sample logit; otherwise the "+ 1e-12" term differs by at most
+    # 1e-12 / gamma relative to the denominator.
+    m = torch.maximum(z.amax(dim=1), self_logit).detach()
+    log_den = torch.logaddexp(log_den, m + LOG_1E_12)
+
+    # same-label sample keys (self excluded): segment sums over q, k and queue jointly
+    seg = label_segments(labels)
+    class_sums, class_sizes = segment_sums(seg, k_hat, n)
+    anchor_seg = seg[:n_anchors]
+    pos_logit_sum = lam * rowdot(q_hat, gather_rows(class_sums, anchor_seg)) - self_logit
+    pos_count = class_sizes[anchor_seg] - 1.0
+
+    # center targets: one-hot (PaCo) or smoothed (GPaCo), times beta
+    y = labels[:n_anchors].long()
+    check_in_range("labels", y, num_classes)
+    if smooth:
+        if num_classes < 2:
+            raise ValueError("smooth > 0 needs num_classes >= 2")
+        off = smooth / (num_classes - 1)
+        z_y = z.gather(1, y[:, None]).squeeze(1)
+        center_dot = off * z.sum(dim=1) + (1.0 - smooth - off) * z_y
+        center_mass = off * (num_classes - 1) + (1.0 - smooth)
+    else:
+        center_dot = z.gather(1, y[:, None]).squeeze(1)
+        center_mass = 1.0
+    numerator = (beta * (center_dot - center_mass * log_den)
+                 + alpha * (pos_logit_sum - pos_count * log_den))
+    weight = beta * center_mass + alpha * pos_count
+    mean_log_prob_pos = numerator / weight
+    loss = -(temperature / base_temperature) * mean_log_prob_pos
+    return loss.mean().to(result_dtype(features))
+
+
+def paco_loss(features: torch.Tensor, labels: torch.Tensor, sup_logits: torch.Tensor,
+              class_prior: torch.Tensor, *, alpha: float, beta: float = 1.0, gamma: float = 1.0,
+              supt: float = 1.0, temperature: float = 1.0, base_temperature: Optional[float] = None,
+              K: int = 128, num_classes: Optional[int] = None, backend: Optional[str] = "auto"):
+    """Parametric contrastive loss (Cui et al., 2021), PaCo ``LT/losses.py`` semantics.
+
+    features [N, d] = [q; k; queue] (as PaCo's ``moco/builder.py`` returns them), labels [N],
+    sup_logits [B, C] for the B = (N - K) // 2 anchors (the first B rows), class_prior [C]
+    (``cls_num_list / sum``). Per anchor: keys = every row but itself (weight gamma) plus
+    the C class centers with logits (sup_logits + log(prior + 1e-9)) / supt; positives = its
+    true center (weight beta) and every same-label row (weight alpha); loss =
+    -(T / base_T) * weighted mean log-prob, averaged over anchors.
+    """
+    if class_prior is None:
+        raise ValueError("class_prior is required for PaCo (call cal_weight_for_classes)")
+    n = features.shape[0] if isinstance(features, torch.Tensor) else 0
+    return _parametric_contrastive(
+        features, labels, sup_logits, (n - K) // 2, alpha=alpha, beta=beta, gamma=gamma,
+        supt=supt, temperature=temperature, base_temperature=base_temperature,
+        num_classes=num_classes, prior=class_prior, smooth=0.0, backend=backend)
+
+
+def gpaco_loss(features: torch.Tensor, labels: torch.Tensor, sup_logits: torch.Tensor,
+               class_prior: Optional[torch.Tensor] = None, *, alpha: float, beta: float = 1.0,
+               gamma: float = 1.0, supt: float = 1.0, temperature: float = 1.0,
+               base_temperature: Optional[float] = None, K: int = 8192,
+               num_classes: Optional[int] = None, smooth: float = 0.0,
+               backend: Optional[str] = "auto"):
+    """Generalized PaCo (Cui et al., 2023), GPaCo ``LT/losses.py`` semantics.
+
+    As :func:`paco_loss` but the anchors are the first N - K rows (q and k both), the
+    prior enters only when given, and ``smooth`` spreads the center target:
+    (1 - smooth) on the true class, smooth / (C - 1) on the others.
+    """
+    n = features.shape[0] if isinstance(features, torch.Tensor) else 0
+    if not 0 <= smooth < 1:
+        raise ValueError(f"smooth must be in [0, 1), got {smooth}")
+    return _parametric_contrastive(
+        features, labels, sup_logits, n - K, alpha=alpha, beta=beta, gamma=gamma, supt=supt,
+        temperature=temperature, base_temperature=base_temperature, num_classes=num_classes,
+        prior=class_prior, smooth=smooth, backend=backend)
+
+
+class PaCoLoss(ResizableBuffers):
+    """Drop-in for PaCo's ``LT/losses.py`` ``PaCoLoss`` (Cui et al., ICCV 2021).
+
+    ``forward(features, labels, sup_logits)``: features [N, d] = [q; k; queue] from PaCo's
+    MoCo builder, labels [N], sup_logits [B, num_classes] for the B = (N - K) // 2 anchors.
+    Call :meth:`cal_weight_for_classes` first (the class prior enters the center logits).
+    ``mask`` and ``epoch`` are accepted and ignored, as in the original. The prior is a
+    buffer, so it is saved and restored with ``state_dict()``.
+    """
+
+    _resizable = ("weight",)
+
+    def __init__(self, alpha, beta=1.0, gamma=1.0, supt=1.0, temperature=1.0,
+                 base_temperature=None, K=128, num_classes=1000, *,
+                 backend: Optional[str] = "auto"):
+        super().__init__()
+        self.temperature = temperature
+        self.base_temperature = temperature if base_temperature is None else base_temperature
+        self.K = K
+        self.alpha = alpha
+        self.beta = beta
+        self.gamma = gamma
+        self.supt = supt
+        self.num_classes = num_classes
+        self.backend = backend
+        self.register_buffer("weight", torch.empty(0, dtype=torch.float64))  # empty: not set
+
+    def cal_weight_for_classes(self, cls_num_list):
+        """The class prior cls_num_list / sum; moved to the features' device in forward."""
+        self.weight = class_prior(cls_num_list, self.num_classes, self.weight.device)
+
+    def _prior(self, required: bool = True):
+        if self.weight.numel() == 0:
+            if not required:
+                return None
+            raise RuntimeError(f"{type(self).__name__}: call cal_weight_for_classes(cls_num_list) "
+                               "before forward (the class prior enters the center logits)")
+        return self.weight
+
+    def forward(self, features, labels=None, sup_logits=None, mask=None, epoch=None):
+        return paco_loss(
+            features, labels, sup_logits, self._prior(), alpha=self.alpha, beta=self.beta,
+            gamma=self.gamma, supt=self.supt, temperature=self.temperature,
+            base_temperature=self.base_temperature, K=self.K, num_classes=self.num_classes,
+            backend=self.backend)
+
+    def extra_repr(self) -> str:
+        return (f"alpha={self.alpha}, beta={self.beta}, gamma={self.gamma}, supt={self.supt}, "
+                f"temperature={self.temperature}, base_temperature={self.base_temperature}, "
+                f"K={self.K}, num_classes={self.num_classes}, backend={self.backend!r}")
+
+
+class GPaCoLoss(PaCoLoss):
+    """Drop-in for GPaCo's ``LT/losses.py`` ``PaCoLoss`` (Cui et al., TPAMI 2023).
+
+    Anchors are the first N - K rows (q and k both); the prior is used only once
+    :meth:`cal_weight_for_classes` was called; ``smooth`` smooths the center targets.
+    """
+
+    def __init__(self, alpha, beta=1.0, gamma=1.0, supt=1.0, temperature=1.0,
+                 base_temperature=None, K=8192, num_classes=1000, smooth=0.0, *,
+                 backend: Optional[str] = "auto"):
+        super().__init__(alpha, beta, gamma, supt, temperature, base_temperature, K,
+                         num_classes, backend=backend)
+        self.smooth = smooth
+
+    def forward(self, features, labels=None, sup_logits=None):
+        return gpaco_loss(
+            features, labels, sup_logits, self._prior(required=False), alpha=self.alpha,
+            beta=self.beta, gamma=self.gamma, supt=self.supt, temperature=self.temperature,
+            base_temperature=self.base_temperature, K=self.K, num_classes=self.num_classes,
+            smooth=self.smooth, backend=self.backend)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", smooth={self.smooth}"

@@ -1,0 +1,186 @@
+"""Queue-based losses: MoCo (facebookresearch/moco), CLSA (maple-research-lab/CLSA) and
+BINGO (haohang96/bingo): the queue is the core op's key set, the own key a row-level term.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import nn
+
+from .. import ops
+from .algebra import (check_matrix, check_pair, check_positive, check_same, logaddexp_safe,
+                      lse_union, reduce, result_dtype, rowdot)
+
+
+def moco_loss(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, temperature: float = 0.07,
+              *, in_batch_negatives: bool = False, reduction: str = "mean",
+              backend: Optional[str] = "auto"):
+    """MoCo's InfoNCE (He et al., facebookresearch/moco ``builder.py``).
+
+    q, k [N, d] (normalized by the model, used as given), queue [K, d] (rows; MoCo stores
+    its transpose). logits = [l_pos, l_neg] / T with l_pos_i = <q_i, k_i>, l_neg = q queue^T,
+    target 0: only the own key is a positive and only the queue gives negatives.
+    ``in_batch_negatives=True`` adds the other rows of k as negatives (logits
+    [q k^T, q queue^T], target i, as CLSA's builder does).
+    """
+    check_pair("q", q, "k", k)
+    check_matrix("queue", queue, dim=q.shape[1])
+    check_same("q", q, "queue", queue)
+    check_positive("temperature", temperature)
+    lam = 1.0 / temperature
+    acc = ops.accumulate_dtype(q.dtype)
+    pos = lam * rowdot(q.to(acc), k.to(acc))
+    lse, _ = ops.lse(q, queue, lam, backend=backend)
+    if in_batch_negatives:
+        lse_k, _ = ops.lse(q, k, lam, backend=backend)  # includes the own key (the positive)
+        lse = logaddexp_safe(lse_k, lse)
+    else:
+        lse = torch.logaddexp(pos, lse)
+    return reduce(lse - pos, reduction).to(result_dtype(q))
+
+
+def clsa_ddm_loss(q_weak: torch.Tensor, q_strong: torch.Tensor, k: torch.Tensor,
+                  queue: torch.Tensor, temperature: float = 0.2, *,
+                  backend: Optional[str] = "auto"):
+    """CLSA's distributional distillation (Wang & Qi, maple-research-lab/CLSA): the weakly
+    augmented query's distribution over the keys [k; queue] supervises the strong one's:
+
+        -mean_i sum_j p_weak_ij log p_strong_ij,  p_x = softmax(<q_x, key_j> / temperature)
+
+    computed as lse_strong_i - <q_strong_i, o_weak_i> / T with o_weak the core op's o output
+    (the teacher's expected key). The teacher and the keys are detached, as in CLSA.
+    """
+    check_pair("q_weak", q_weak, "q_strong", q_strong)
+    check_matrix("k", k, dim=q_weak.shape[1])
+    check_matrix("queue", queue, dim=q_weak.shape[1])
+    check_same("q_weak", q_weak, "k", k)
+    check_same("q_weak", q_weak, "queue", queue)
+    check_positive("temperature", temperature)
+    lam = 1.0 / temperature
+    k, queue, teacher = k.detach(), queue.detach(), q_weak.detach()
+    lse_t, o_t = lse_union([ops.lse(teacher, k, lam, return_o=True, backend=backend),
+                             ops.lse(teacher, queue, lam, return_o=True, backend=backend)])
+    lse_s, _ = lse_union([ops.lse(q_strong, k, lam, backend=backend),
+                           ops.lse(q_strong, queue, lam, backend=backend)])
+    loss = lse_s - lam * rowdot(q_strong.to(o_t.dtype), o_t)
+    return loss.mean().to(result_dtype(q_strong))
+
+
+def clsa_loss(q_weak: torch.Tensor, q_strong, k: torch.Tensor, queue: torch.Tensor,
+              temperature: float = 0.2, clsa_t: float = 0.2, alpha: float = 1.0, *,
+              backend: Optional[str] = "auto"):
+    """CLSA's training loss for one weak query: the contrastive cross-entropy over
+    [k (in-batch, own key positive); queue] at ``temperature`` plus ``alpha`` times the DDM
+    loss at ``clsa_t`` for each strongly augmented query (a tensor or a list of them)."""
+    check_matrix("q_weak", q_weak)
+    check_positive("clsa_t", clsa_t)
+    strong = [q_strong] if isinstance(q_strong, torch.Tensor) else list(q_strong)
+    loss = moco_loss(q_weak, k, queue, temperature, in_batch_negatives=True, backend=backend)
+    for qs in strong:
+        loss = loss + alpha * clsa_ddm_loss(q_weak, qs, k, queue, clsa_t, backend=backend)
+    return loss
+
+
+def bingo_loss(q: torch.Tensor, positive_keys: torch.Tensor, queue: torch.Tensor, lam,
+               temperature: float = 0.2, *, backend: Optional[str] = "auto"):
+    """BINGO's multi-positive cross-entropy (Xu et al., haohang96/bingo ``builder.py`` +
+    ``MulposCrossEntropy``): for each positive m of query i, the logits
+    [<q_i, positive_keys[i, m]>, q_i queue^T] / T with target 0; the loss is
+    sum_m lam[m] * mean_i CE_m,i. positive_keys: [N, P, d] (or [N, d] for P = 1).
+    The queue part is one core-op call shared by every positive.
+    """
+    check_matrix("q", q)
+    if not isinstance(positive_keys, torch.Tensor):
+        raise TypeError(f"positive_keys must be a torch.Tensor, got {type(positive_keys).__name__}")
+    if positive_keys.dim() == 2:
+        positive_keys = positive_keys[:, None]
+    if positive_keys.dim() != 3 or positive_keys.shape[0] != q.shape[0] \
+            or positive_keys.shape[2] != q.shape[1]:
+        raise ValueError(f"positive_keys must be [N, P, d] = [{q.shape[0]}, P, {q.shape[1]}], "
+                         f"got {tuple(positive_keys.shape)}")
+    check_matrix("queue", queue, dim=q.shape[1])
+    check_same("q", q, "queue", queue)
+    check_same("q", q, "positive_keys", positive_keys)
+    # lam may be a tensor with a gradient (learned weights): it stays in the graph
+    if isinstance(lam, torch.Tensor):
+        weights = lam
+    elif isinstance(lam, (list, tuple)) and all(
+            isinstance(w, (int, float)) and not isinstance(w, bool) for w in lam):
+        weights = torch.tensor([float(w) for w in lam], dtype=torch.float64)
+    else:
+        raise TypeError(f"lam must hold real weights, one per positive (a list, tuple or 1-D "
+                        f"tensor), got {lam!r}")
+    if weights.dim() != 1 or weights.shape[0] != positive_keys.shape[1]:
+        raise ValueError(f"lam must have one weight per positive (P = {positive_keys.shape[1]}), "
+                         f"got {len(weights) if weights.dim() else 'a scalar'}")
+    if weights.is_complex():
+        raise TypeError(f"lam must hold real weights, got {weights.dtype}")
+    check_positive("temperature", temperature)
+    inv_t = 1.0 / temperature
+    acc = ops.accumulate_dtype(q.dtype)
+    lse_queue, _ = ops.lse(q, queue, inv_t, backend=backend)
+    pos = inv_t * torch.einsum("nd,npd->np", q.to(acc), positive_keys.to(acc))
+    ce = (torch.logaddexp(pos, lse_queue[:, None]) - pos).mean(dim=0)  # [P]
+    loss = (weights.to(device=ce.device, dtype=ce.dtype) * ce).sum()
+    return loss.to(result_dtype(q))
+
+
+class MoCoLoss(nn.Module):
+    """MoCo's contrastive loss (facebookresearch/moco ``builder.py`` logits + cross-entropy).
+
+    ``forward(q, k, queue)``: q, k [N, d] normalized by the model, queue [K, d] rows (MoCo
+    keeps the transpose, [d, K]: pass ``queue.T``). Keys per query: its own k row and the
+    queue; ``in_batch_negatives=True`` adds the other k rows.
+    """
+
+    def __init__(self, temperature: float = 0.07, in_batch_negatives: bool = False, *,
+                 backend: Optional[str] = "auto"):
+        super().__init__()
+        self.temperature = temperature
+        self.in_batch_negatives = in_batch_negatives
+        self.backend = backend
+
+    def forward(self, q, k, queue):
+        return moco_loss(q, k, queue, self.temperature,
+                                    in_batch_negatives=self.in_batch_negatives,
+                                    backend=self.backend)
+
+
+class CLSALoss(nn.Module):
+    """CLSA's loss for one weak view (maple-research-lab/CLSA ``model/CLSA.py`` +
+    ``training/train.py``): contrastive cross-entropy of q_weak over [k (in-batch); queue]
+    at ``T``, plus ``alpha`` x the DDM loss at ``clsa_t`` for each strong view.
+
+    ``forward(q_weak, q_strong, k, queue)``; q_strong is a tensor or a list of tensors.
+    """
+
+    def __init__(self, T: float = 0.2, clsa_t: float = 0.2, alpha: float = 1.0, *,
+                 backend: Optional[str] = "auto"):
+        super().__init__()
+        self.T = T
+        self.clsa_t = clsa_t
+        self.alpha = alpha
+        self.backend = backend
+
+    def forward(self, q_weak, q_strong, k, queue):
+        return clsa_loss(q_weak, q_strong, k, queue, self.T, self.clsa_t, self.alpha,
+                                    backend=self.backend)
+
+
+class BingoLoss(nn.Module):
+    """BINGO's multi-positive cross-entropy (haohang96/bingo ``MulposCrossEntropy`` over the
+    builder's logits): ``forward(q, positive_keys, queue, lam=None)`` with positive_keys
+    [N, P, d], queue [K, d]; ``lam`` (per call, as the original) defaults to the module's."""
+
+    def __init__(self, temperature: float = 0.2, lam=(0.5, 0.5), *,
+                 backend: Optional[str] = "auto"):
+        super().__init__()
+        self.temperature = temperature
+        self.lam = tuple(lam)
+        self.backend = backend
+
+    def forward(self, q, positive_keys, queue, lam=None):
+        return bingo_loss(q, positive_keys, queue, self.lam if lam is None else lam,
+                                     self.temperature, backend=self.backend)

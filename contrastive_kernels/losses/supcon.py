@@ -1,0 +1,138 @@
+"""SupCon (Khosla et al., 2020), SupContrast ``losses.py`` semantics.
+
+    L_i = -(T / T_base) * (1 / |P(i)|) sum_{p in P(i)} (s_ip - lse_i),  s = <f_i, f_p> / T
+
+The denominator lse_i (every row but the anchor) is the core op; the positive sum is
+lam <f^_i, C[y_i] - f^_i> with C the per-label sum of rows (or mask @ view-sum for a user
+mask), so no N x N mask exists.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import nn
+
+from .. import ops
+from .algebra import (check_labels, check_positive, gather_rows, label_segments, result_dtype, segment_sums,
+                      unit_rows)
+
+CONTRAST_MODES = ("all", "one")
+
+
+def check_supcon_options(temperature, contrast_mode, base_temperature):
+    if contrast_mode not in CONTRAST_MODES:
+        raise ValueError(f"Unknown mode: {contrast_mode!r} (contrast_mode must be 'all' or 'one')")
+    check_positive("temperature", temperature)
+    check_positive("base_temperature", base_temperature)
+
+
+def supcon_loss(features: torch.Tensor, labels: Optional[torch.Tensor] = None,
+                mask: Optional[torch.Tensor] = None, temperature: float = 0.07,
+                contrast_mode: str = "all", base_temperature: float = 0.07, *,
+                normalize: bool = False, eps: float = 1e-12, backend: Optional[str] = "auto"):
+    """Supervised contrastive loss, SupContrast ``losses.py`` semantics.
+
+    features: [bsz, n_views, ...] (extra dims flattened); labels: [bsz] or None; mask:
+    [bsz, bsz] (mask[a, b] weighs sample b as a positive of anchor a) or None; neither
+    gives SimCLR. Views are concatenated view-major; anchors are all N = bsz * n_views rows
+    (``'all'``) or the first view (``'one'``). Each anchor's own row is excluded from its
+    numerator and denominator; rows without positives contribute 0 and still count in the
+    mean. ``normalize=True`` divides rows by max(||row||, eps) first (fused in the kernel).
+    Returns a 0-dim loss in features' dtype.
+    """
+    if not isinstance(features, torch.Tensor):
+        raise TypeError(f"features must be a torch.Tensor, got {type(features).__name__}")
+    if not features.is_floating_point():
+        raise TypeError(f"features must be floating point (fp16/bf16/fp32/fp64), got {features.dtype}")
+    if features.dim() < 3:
+        raise ValueError("`features` needs to be [bsz, n_views, ...], at least 3 dimensions "
+                         f"are required; got shape {tuple(features.shape)}")
+    if features.dim() > 3:
+        features = features.reshape(features.shape[0], features.shape[1], -1)
+    if labels is not None and mask is not None:
+        raise ValueError("Cannot define both `labels` and `mask`")
+    check_supcon_options(temperature, contrast_mode, base_temperature)
+    bsz, n_views, dim = features.shape
+    if bsz == 0 or n_views == 0:
+        raise ValueError(f"features must hold at least one sample and one view, got shape "
+                         f"{tuple(features.shape)}")
+    device = features.device
+    if labels is not None:
+        if isinstance(labels, torch.Tensor) and labels.numel() != bsz:
+            raise ValueError(f"Num of labels does not match num of features: labels has "
+                             f"{labels.numel()} entries, features has bsz = {bsz}")
+        labels = check_labels("labels", labels, bsz).to(device)
+    if mask is not None and not isinstance(mask, torch.Tensor):
+        raise TypeError(f"mask must be a torch.Tensor [bsz, bsz] or None, got {type(mask).__name__}")
+    if mask is not None and tuple(mask.shape) != (bsz, bsz):
+        raise ValueError(f"mask must be [bsz, bsz] = [{bsz}, {bsz}], got {tuple(mask.shape)}")
+
+    contrast = features.transpose(0, 1).reshape(n_views * bsz, dim)  # view-major rows
+    n_anchor_views = 1 if contrast_mode == "one" else n_views
+    anchors = contrast[: n_anchor_views * bsz]
+    lam = 1.0 / temperature
+
+    # The denominator: every contrast row but the anchor itself (anchor i is contrast row i).
+    lse, _ = ops.lse(anchors, contrast, lam, self_offset=0, normalize=normalize, eps=eps,
+                     backend=backend)
+
+    acc = lse.dtype
+    k_hat = unit_rows(contrast, normalize, eps)
+    q_hat = k_hat[: anchors.shape[0]]  # anchors are the first rows of contrast
+    self_logit = lam * (q_hat * k_hat[: q_hat.shape[0]]).sum(1)
+    sample = torch.arange(q_hat.shape[0], device=device) % bsz  # batch index of each anchor
+
+    # Positive term sum_j mask_ij s_ij and its weight count, without an N x N mask.
+    if mask is not None:
+        weights = mask.to(device=device, dtype=acc)
+        per_sample = k_hat.view(n_views, bsz, dim).sum(0)            # sum over views, [bsz, d]
+        positive_keys = gather_rows(weights @ per_sample, sample)
+        self_weight = torch.diagonal(weights)[sample]
+        pos_logit_sum = lam * (q_hat * positive_keys).sum(1) - self_weight * self_logit
+        pos_count = n_views * weights.sum(1)[sample] - self_weight
+    else:
+        seg = label_segments(labels) if labels is not None else torch.arange(bsz, device=device)
+        class_sums, class_sizes = segment_sums(seg.repeat(n_views), k_hat, bsz)  # over all views
+        anchor_seg = seg[sample]
+        pos_logit_sum = lam * (q_hat * gather_rows(class_sums, anchor_seg)).sum(1) - self_logit
+        pos_count = class_sizes[anchor_seg] - 1.0
+
+    # sum_j mask_ij (s_ij - lse_i); a row with no positives (count 0) contributes 0 even
+    # when its denominator is empty (lse = -inf), where the original would give NaN.
+    weighted_log_prob = torch.where(pos_count == 0, torch.zeros_like(lse),
+                                    pos_logit_sum - pos_count * lse)
+    divisor = torch.where(pos_count < 1e-6, torch.ones_like(pos_count), pos_count)
+    loss = -(temperature / base_temperature) * (weighted_log_prob / divisor)
+    return loss.mean().to(result_dtype(features))
+
+
+class SupConLoss(nn.Module):
+    """Drop-in for SupContrast's ``SupConLoss`` (Khosla et al., 2020).
+
+    Same constructor and ``forward(features, labels=None, mask=None)`` as the original,
+    plus keyword-only ``normalize`` (fuse F.normalize of the features) and ``backend``.
+    Memory is O(N d) instead of the original's several N x N matrices.
+    """
+
+    def __init__(self, temperature: float = 0.07, contrast_mode: str = "all",
+                 base_temperature: float = 0.07, *, normalize: bool = False,
+                 backend: Optional[str] = "auto"):
+        super().__init__()
+        check_supcon_options(temperature, contrast_mode, base_temperature)
+        self.temperature = temperature
+        self.contrast_mode = contrast_mode
+        self.base_temperature = base_temperature
+        self.normalize = normalize
+        self.backend = backend
+
+    def forward(self, features: torch.Tensor, labels: Optional[torch.Tensor] = None,
+                mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        return supcon_loss(features, labels, mask, self.temperature, self.contrast_mode,
+                           self.base_temperature, normalize=self.normalize, backend=self.backend)
+
+    def extra_repr(self) -> str:
+        return (f"temperature={self.temperature}, contrast_mode={self.contrast_mode!r}, "
+                f"base_temperature={self.base_temperature}, normalize={self.normalize}, "
+                f"backend={self.backend!r}")

@@ -1,0 +1,92 @@
+"""The bad-input and edge-case table (contrastive_kernels.testing.bad_inputs) on every fused
+backend: each bad input raises its exception with a message naming the argument, each edge
+value equals the oracle's (NaN for NaN, inf for inf) and holds its special values. Cases
+with an ``xfail_reason`` are known defects (xfail strict: fixing one makes this fail until
+the reason is removed from the table)."""
+
+import functools
+import pathlib
+import re
+
+import pytest
+import torch
+
+from contrastive_kernels.testing import bad_inputs, fused_backends
+from contrastive_kernels.testing.bad_inputs import CASES, FAMILIES, TOPICS
+
+BACKENDS = fused_backends()
+BY_ID = {case.id: case for case in CASES}
+README = pathlib.Path(__file__).resolve().parents[2] / "README.md"
+
+
+def _params():
+    for case in CASES:
+        for backend in BACKENDS:
+            marks = ([pytest.mark.xfail(reason=case.xfail_reason, strict=True)]
+                     if case.xfails_on(backend) else [])
+            yield pytest.param(case, backend, id=f"{case.id}-{backend}", marks=marks)
+
+
+_PATTERN = {
+    "n": lambda x: torch.isnan(x),
+    "+": lambda x: torch.isposinf(x),
+    "-": lambda x: torch.isneginf(x),
+    "0": lambda x: x == 0,
+    "f": lambda x: torch.isfinite(x),
+}
+
+
+def check_value(out, reference, pattern):
+    assert isinstance(out, torch.Tensor), f"expected a tensor, got {type(out).__name__}"
+    out, reference = out.detach().double(), reference.detach().double()
+    assert out.shape == reference.shape, f"shape {tuple(out.shape)} != {tuple(reference.shape)}"
+    torch.testing.assert_close(out, reference, rtol=1e-4, atol=1e-5, equal_nan=True)
+    if pattern is not None:
+        flat = out.reshape(-1)
+        assert len(pattern) == flat.numel(), f"pattern {pattern!r} for {flat.numel()} values"
+        for i, (want, value) in enumerate(zip(pattern, flat)):
+            assert bool(_PATTERN[want](value)), f"element {i}: {float(value)} is not {want!r}"
+
+
+@functools.lru_cache(maxsize=None)
+def _reference(case_id):
+    return BY_ID[case_id].reference()
+
+
+# Expected noise of the bad inputs themselves: the Triton interpreter's numpy warnings on
+# -inf / empty rows, and torch's warning where a complex input is cast to real (an xfail).
+@pytest.mark.filterwarnings("ignore:divide by zero encountered:RuntimeWarning",
+                            "ignore:invalid value encountered:RuntimeWarning",
+                            "ignore:Casting complex values to real:UserWarning")
+@pytest.mark.parametrize("case,backend", list(_params()))
+def test_bad_input(case, backend):
+    if case.is_error:
+        with pytest.raises(case.raises, match=re.escape(case.match)):
+            case.run(backend)
+    else:
+        check_value(case.run(backend), _reference(case.id), case.pattern)
+
+
+def test_table_covers_every_entry_point():
+    assert len(CASES) >= 150
+    assert len({c.id for c in CASES}) == len(CASES), "case ids must be unique"
+    families = {c.family for c in CASES}
+    assert families == set(FAMILIES.values())
+    for case in CASES:
+        assert case.topic in TOPICS, case.id
+        assert case.api in FAMILIES, case.id
+        if case.is_error:
+            assert case.reference is None and case.match, case.id
+            assert case.arg in case.match, f"{case.id}: the phrase must name {case.arg!r}"
+        else:
+            assert case.reference is not None and case.pattern is not None, case.id
+
+
+def test_readme_section_is_generated(capsys):
+    text = bad_inputs.markdown()
+    assert bad_inputs.main(["--markdown"]) == 0
+    assert capsys.readouterr().out == text
+    readme = README.read_text()
+    assert text + "\n## Environment variables\n" in readme, (
+        "README.md is out of date: paste `python -m contrastive_kernels.testing.bad_inputs "
+        "--markdown` right before '## Environment variables'")

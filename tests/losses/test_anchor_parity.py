@@ -1,0 +1,65 @@
+"""Our modules against the installed anchor libraries themselves: lightly (NT-Xent with
+and without a memory bank, DCL, DCLW) and open_clip (ClipLoss), float64, loss and grads.
+pytorch-metric-learning parity is in test_pml_parity.py and test_supcon.py."""
+
+import pytest
+import torch
+
+import contrastive_kernels as ck
+from contrastive_kernels.testing import fused_backends
+
+BACKENDS = [b for b in fused_backends() if b != "triton"]
+TOL = dict(rtol=1e-10, atol=1e-12)
+
+
+def _pair(batch=12, dim=8, seed=5):
+    gen = torch.Generator().manual_seed(seed)
+    return (torch.randn(batch, dim, generator=gen, dtype=torch.float64),
+            torch.randn(batch, dim, generator=gen, dtype=torch.float64))
+
+
+def _loss_and_grads(loss_fn, *inputs):
+    leaves = [x.clone().requires_grad_() for x in inputs]
+    loss = loss_fn(*leaves)
+    return [loss.detach()] + list(torch.autograd.grad(loss, leaves))
+
+
+def _assert_same(ours, theirs):
+    for a, b in zip(ours, theirs):
+        torch.testing.assert_close(a, b.to(a.dtype), **TOL)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("name", ["DCLLoss", "DCLWLoss", "NTXentLoss"])
+def test_lightly(name, backend):
+    lightly_loss = pytest.importorskip("lightly.loss")
+    out0, out1 = _pair()
+    theirs = _loss_and_grads(getattr(lightly_loss, name)(temperature=0.2), out0, out1)
+    ours = _loss_and_grads(getattr(ck, name)(temperature=0.2, backend=backend), out0, out1)
+    _assert_same(ours, theirs)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_lightly_ntxent_memory_bank(backend):
+    lightly_loss = pytest.importorskip("lightly.loss")
+    torch.manual_seed(0)
+    theirs_fn = lightly_loss.NTXentLoss(temperature=0.3, memory_bank_size=(20, 8))
+    torch.manual_seed(0)
+    ours_fn = ck.NTXentLoss(temperature=0.3, memory_bank_size=(20, 8), backend=backend)
+    for step in range(3):  # the bank fills and wraps
+        out0, out1 = _pair(seed=step)
+        out0, out1 = out0.float(), out1.float()
+        theirs = _loss_and_grads(theirs_fn, out0, out1)
+        ours = _loss_and_grads(ours_fn, out0, out1)
+        for a, b in zip(ours, theirs):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_open_clip(backend):
+    open_clip_loss = pytest.importorskip("open_clip.loss")
+    img, txt = _pair()
+    scale = torch.tensor(14.0, dtype=torch.float64)
+    theirs = _loss_and_grads(open_clip_loss.ClipLoss(), img, txt, scale)
+    ours = _loss_and_grads(ck.ClipLoss(backend=backend), img, txt, scale)
+    _assert_same(ours, theirs)
