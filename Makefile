@@ -5,9 +5,10 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 PY := $(VENV)/bin/python
 TORCH_PIN := torch==2.14.1 triton==3.8.0
-EXT_SOURCES := $(wildcard csrc/*.cpp csrc/*.h csrc/cpu/*.cpp csrc/cpu/*.h csrc/cuda/*.cu csrc/cuda/*.cuh csrc/cuda/*.h)
+ANCHORS := lightly==1.6.0 open_clip_torch==3.3.0 torchvision==0.29.1 ftfy wcwidth regex
+EXT_SOURCES := $(wildcard csrc/*.cpp csrc/*.h csrc/*/*.cpp csrc/*/*.h csrc/*/*.cu csrc/*/*.cuh)
 
-.PHONY: install demo test test-fast bench info clean
+.PHONY: install demo test test-fast bench info clean wheel wheel-check triton-report cuda-report gpu-check gpu-check-dry test-compat
 
 install: $(VENV)/.installed $(VENV)/.built
 
@@ -16,6 +17,9 @@ $(VENV)/.installed: pyproject.toml setup.py
 	$(PY) -m pip install -q setuptools wheel
 	$(PY) -m pip install -q $(TORCH_PIN) pybind11 ninja
 	$(PY) -m pip install -q --no-build-isolation -e '.[test]'
+	# the anchor libraries the parity tests compare with, without their training stacks
+	# (lightly would pull pytorch_lightning, open_clip timm / huggingface)
+	$(PY) -m pip install -q --no-deps $(ANCHORS)
 	touch $@ $(VENV)/.built
 
 # C++ changes rebuild the extension incrementally (ninja), not the whole install.
@@ -32,13 +36,66 @@ test: install
 test-fast: install
 	$(PY) -m pytest -q -ra -m "not slow" tests
 
+# BENCH_SIZES=512x64,1024x128 replaces the (N, d) grid for a quick check; its results go to
+# the git-ignored bench/results/quick.tmp/ so that the committed full-grid ones stay.
+bench: BENCH_OUT = $(if $(BENCH_SIZES),bench/results/quick.tmp,bench/results)
 bench: install
-	mkdir -p bench/results
-	$(PY) -m pytest bench -o python_files="bench_*.py" -q --benchmark-json=bench/results/supcon_cpu.json
-	$(PY) bench/report.py bench/results/supcon_cpu.json
+	mkdir -p $(BENCH_OUT)
+	$(PY) -m pytest bench -o python_files="bench_*.py" -q --benchmark-json=$(BENCH_OUT)/supcon_cpu.json $(if $(BENCH_SIZES),--bench-sizes=$(BENCH_SIZES))
+	$(PY) bench/report.py $(BENCH_OUT)/supcon_cpu.json
+
+# A wheel of this build (CPU + CUDA kernels for sm_80 / sm_90 + PTX), named for its torch:
+# contrastive_kernels-<version>+cu130torch2.14-<python>-<platform>.whl, requiring torch==2.14.*.
+wheel: install
+	rm -rf dist
+	$(PY) -m pip wheel -q --no-build-isolation --no-deps -w dist .
+
+# Install that wheel into a fresh environment (torch reused from .venv, no source tree on the
+# path), import it and run tests/wheel_smoke.py from outside the checkout.
+WHEEL_VENV ?= build/wheel-venv
+wheel-check: wheel
+	rm -rf $(WHEEL_VENV)
+	$(PYTHON) -m venv $(WHEEL_VENV)
+	$(PY) -c "import sysconfig; print(sysconfig.get_paths()['purelib'])" > $$($(WHEEL_VENV)/bin/python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")/dev_torch.pth
+	$(WHEEL_VENV)/bin/python -m pip install -q --no-deps dist/contrastive_kernels-*.whl
+	cd /tmp && $(CURDIR)/$(WHEEL_VENV)/bin/python $(CURDIR)/tests/wheel_smoke.py $(CURDIR)/$$(ls dist/contrastive_kernels-*.whl)
 
 info: install
 	$(PY) -m contrastive_kernels.info
+
+# Regenerate the committed Triton AOT compile report (no GPU; results cached, see
+# CONTRASTIVE_KERNELS_TRITON_AOT_CACHE). tests/backends/test_triton_aot.py checks it is current.
+triton-report: install
+	env -u TRITON_INTERPRET $(PY) -m contrastive_kernels.backends.triton.aot --out docs/triton_compile_report.md
+
+# Regenerate the committed CUDA C++ compile report (nvcc, no GPU);
+# tests/backends/test_cuda_compile.py checks it is current.
+cuda-report: install
+	$(PY) csrc/cuda/compile_report.py --out docs/cuda_compile_report.md
+
+# The prepared GPU run (bench/gpu_check.py): sections written to $(RESULTS) as they finish.
+# Uses the machine's own python / torch / triton (GPU machines cannot install anything).
+RESULTS ?= bench/results/gpu
+GPU_PY ?= $(if $(wildcard $(PY)),$(PY),python3)
+gpu-check:
+	env -u TRITON_INTERPRET $(GPU_PY) bench/gpu_check.py --results $(RESULTS)
+
+# The same script on CPU under the Triton interpreter at tiny sizes (CI: keeps it working).
+gpu-check-dry:
+	$(GPU_PY) bench/gpu_check.py --dry --results $(if $(filter bench/results/gpu,$(RESULTS)),bench/results/gpu-dry.tmp,$(RESULTS))
+
+# A second environment with the GPU machines' versions (torch 2.11 and triton 3.6) running
+# the interpreter test suite of the Triton backend and the dry GPU check. Not part of
+# `make test`: the first run downloads torch with its CUDA libraries (a few GB, about 9 minutes);
+# the tests take about 3 minutes on 2 cores. The compiled extension is not rebuilt there.
+# numpy < 2.4: triton 3.6's interpreter hands scalars to range() as 1-element arrays, which
+# numpy 2.4 no longer converts to int (triton 3.8 passes 0-d ones).
+COMPAT_VENV ?= $(VENV)/compat
+COMPAT_PIN ?= torch==2.11.* triton==3.6.* 'numpy<2.4'
+test-compat:
+	test -x $(COMPAT_VENV)/bin/python || $(PYTHON) -m venv $(COMPAT_VENV)
+	$(COMPAT_VENV)/bin/python -m pip install -q $(COMPAT_PIN) pytest
+	PYTHONPATH=$(CURDIR) $(COMPAT_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/backends/test_triton.py tests/backends/test_gpu_check_dry.py
 
 clean:
 	rm -rf build *.egg-info contrastive_kernels/*.so $(VENV)

@@ -20,6 +20,7 @@
 // (I, J) and (J, I): one recompute and four products for two tiles. In both schemes a
 // row's contributions arrive in an order fixed by the shapes, so results are bitwise the
 // same for any thread count.
+#include "cpu/isa.h"  // first: the library headers, then the ISA switch
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
@@ -33,13 +34,13 @@
 #include "schedule.h"
 #include "tile_ops.h"
 
-namespace ck {
-namespace cpu {
+CK_CPU_NAMESPACE_BEGIN
 
 namespace {
 
-// Per-row inputs of the weights: lse (+inf for rows with an empty A(i), so that their
-// weights are exactly 0 whatever the logits) and g_i rq_i (0 for such rows).
+// Per-row inputs of the weights: lse (+inf for rows with an empty A(i), lse = -inf, so
+// that their weights are exactly 0 whatever the logits) and g_i rq_i (0 for such rows).
+// A NaN lse is kept: exp(s - NaN) makes that row's weights, and so its gradients, NaN.
 template <class T>
 struct RowTerms {
   const T* lse;
@@ -100,7 +101,9 @@ void pair_weights(const Operands<T>& op, RowTerms<T> rt, int64_t r0, int64_t nr,
   auto scan = [&](int64_t first, int64_t count) {
     for (int64_t i = first; i < first + count; ++i) {
       const double l = rt.lse[i];
-      if (l != std::numeric_limits<double>::infinity()) {  // +inf marks a row with no keys
+      // +inf: a row with no keys (or a true +inf lse): its weights are 0 for finite logits.
+      // A NaN lse drops out of the max / min and makes its own weights NaN.
+      if (l != std::numeric_limits<double>::infinity()) {
         hi = std::max(hi, l);
         lo = std::min(lo, l);
       }
@@ -250,7 +253,7 @@ void lse_backward_kernel(const Operands<T>& op, const T* grad_lse, const T* lse,
   const int64_t padded = round_up(op.n, panel_width<T>());
   std::vector<T> lse_safe(padded, std::numeric_limits<T>::infinity()), grq(padded, T(0));
   for (int64_t i = 0; i < op.n; ++i) {
-    if (std::isfinite(lse[i])) {
+    if (lse[i] != neg_inf<T>()) {
       lse_safe[i] = lse[i];
       grq[i] = grad_lse[i] * op.rq[i];
     }
@@ -263,7 +266,7 @@ void lse_backward_kernel(const Operands<T>& op, const T* grad_lse, const T* lse,
 
 template <class T>
 double finish_gradient(const T* x, int64_t rows, int64_t d, int64_t dp, T* acc, double scale,
-                       bool normalize, double eps, bool apply) {
+                       bool normalize, double eps, bool apply, const double* row_factor) {
   // t_i = <x_i, acc_i>; acc_i <- scale (acc_i - [||x_i|| >= eps] t_i x_i / ||x_i||^2), all in
   // double: the radial part cancels almost exactly when acc_i is nearly parallel to x_i, so
   // the norm here is the exact one rather than the kernel's rounded inverse. Row chunks of a
@@ -286,7 +289,8 @@ double finish_gradient(const T* x, int64_t rows, int64_t d, int64_t dp, T* acc, 
         if (!apply) continue;
         const double norm = std::sqrt(norm2);
         const double coef = (normalize && norm >= eps) ? t / (norm * norm) : 0.0;
-        for (int64_t c = 0; c < d; ++c) ai[c] = T(scale * (double(ai[c]) - coef * double(xi[c])));
+        const double si = row_factor != nullptr ? scale * row_factor[i] : scale;
+        for (int64_t c = 0; c < d; ++c) ai[c] = T(si * (double(ai[c]) - coef * double(xi[c])));
       }
       partial[ch] = total;
     }
@@ -298,8 +302,7 @@ double finish_gradient(const T* x, int64_t rows, int64_t d, int64_t dp, T* acc, 
 
 template void lse_backward_kernel<float>(const Operands<float>&, const float*, const float*, float*, float*);
 template void lse_backward_kernel<double>(const Operands<double>&, const double*, const double*, double*, double*);
-template double finish_gradient<float>(const float*, int64_t, int64_t, int64_t, float*, double, bool, double, bool);
-template double finish_gradient<double>(const double*, int64_t, int64_t, int64_t, double*, double, bool, double, bool);
+template double finish_gradient<float>(const float*, int64_t, int64_t, int64_t, float*, double, bool, double, bool, const double*);
+template double finish_gradient<double>(const double*, int64_t, int64_t, int64_t, double*, double, bool, double, bool, const double*);
 
-}  // namespace cpu
-}  // namespace ck
+CK_CPU_NAMESPACE_END

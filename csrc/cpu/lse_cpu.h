@@ -2,13 +2,14 @@
 // themselves (argument checks, outputs, dtype dispatch) are in ops_cpu.cpp.
 #pragma once
 
+#include "cpu/isa.h"  // first: the library headers, then the ISA switch
+
 #include <cstdint>
 
 #include "operands.h"
 #include "vec.h"
 
-namespace ck {
-namespace cpu {
+CK_CPU_NAMESPACE_BEGIN
 
 struct TileSizes {
   int64_t rows;  // a multiple of the micro-tile height
@@ -38,10 +39,10 @@ template <class T>
 void lse_backward_kernel(const Operands<T>& op, const T* grad_lse, const T* lse, T* u, T* v);
 
 // Returns sum_i <x_i, acc_i> (double); with apply, turns acc (rows of u~ or v~) into the
-// input gradient: acc_i <- scale (acc_i - [||x_i|| >= eps] <x_i, acc_i> x_i / ||x_i||^2).
+// input gradient: acc_i <- scale f_i (acc_i - [||x_i|| >= eps] <x_i, acc_i> x_i / ||x_i||^2),
+// f_i = row_factor[i] (Operands::q_grad_factor / k_grad_factor), or 1 when it is null.
 template <class T>
 double finish_gradient(const T* x, int64_t rows, int64_t d, int64_t dp, T* acc, double scale,
-                       bool normalize, double eps, bool apply);
+                       bool normalize, double eps, bool apply, const double* row_factor);
 
-}  // namespace cpu
-}  // namespace ck
+CK_CPU_NAMESPACE_END

@@ -16,20 +16,21 @@
 // own online max (or, when the tile's range allows, one shared pivot and one exponential
 // per entry). The pairs run in tournament order (schedule.h) so that the two blocks'
 // running stats are owned by one thread at a time; the order of updates is fixed by N alone.
+#include "cpu/isa.h"  // first: the library headers, then the ISA switch
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 
 #include "lse_cpu.h"
 #include "microkernel.h"
 #include "schedule.h"
 #include "tile_ops.h"
 
-namespace ck {
-namespace cpu {
+CK_CPU_NAMESPACE_BEGIN
 
 namespace {
 
@@ -53,18 +54,28 @@ void tile_logits(const Operands<T>& op, int64_t r0, int64_t nr, int64_t c0, int6
                      Vec<T>::store(out + W, logit<T>(c[i][1], a, op.rk + c0 + j + W, op.cb + c0 + j + W));
                    }
                  });
+  // Padding keys get -inf from their bias, but an infinite scale or an infinite entry of
+  // q makes their 0 * inf NaN: set them again (the last key panel only).
+  if (nc % NR != 0) {
+    const int64_t ncp = round_up(nc, NR);
+    for (int64_t i = 0; i < nr; ++i) std::fill(s + i * ld + nc, s + i * ld + ncp, neg_inf<T>());
+  }
   mask_tile(op, s, ld, r0, nr, c0, nc, neg_inf<T>());
 }
 
-// lse and o of rows r0 .. r0 + nr from their running stats (lse = m + log l); o rows
-// (stride dp) divided by l.
+// lse and o of rows r0 .. r0 + nr from their running stats: lse = pivot + log l, with the
+// finite pivot of row_update, so an empty row (l = 0) gives -inf and a NaN met anywhere
+// in the row (l NaN) gives NaN; a row whose max is +inf gives +inf unless it met a NaN.
+// o rows (stride dp) divided by l.
 template <class T>
 void finish_rows(int64_t nr, const T* m, const double* l, T* lse, T* o, int64_t dp) {
   for (int64_t i = 0; i < nr; ++i) {
-    const T pivot = (m[i] == neg_inf<T>()) ? T(0) : m[i];
-    lse[i] = l[i] > 0 ? T(double(pivot) + std::log(l[i])) : neg_inf<T>();
+    if (m[i] == std::numeric_limits<T>::infinity() && !std::isnan(l[i]))
+      lse[i] = std::numeric_limits<T>::infinity();
+    else
+      lse[i] = T(double(finite_pivot(m[i])) + std::log(l[i]));
     if (o != nullptr) {
-      const T inv = l[i] > 0 ? T(1.0 / l[i]) : T(0);
+      const T inv = l[i] > 0 || std::isnan(l[i]) ? T(1.0 / l[i]) : T(0);
       T* row = o + i * dp;
       for (int64_t c = 0; c < dp; ++c) row[c] *= inv;
     }
@@ -216,5 +227,4 @@ void lse_forward_kernel(const Operands<T>& op, T* lse, T* o) {
 template void lse_forward_kernel<float>(const Operands<float>&, float*, float*);
 template void lse_forward_kernel<double>(const Operands<double>&, double*, double*);
 
-}  // namespace cpu
-}  // namespace ck
+CK_CPU_NAMESPACE_END

@@ -18,14 +18,15 @@
 //   columns  C_J += X_IJ^T Q_I      a = X cols,   b = Q_I in feature panels  (dk side)
 #pragma once
 
+#include "cpu/isa.h"  // first: the library headers, then the ISA switch
+
 #include <algorithm>
 #include <cstdint>
 #include <type_traits>
 
 #include "vec.h"
 
-namespace ck {
-namespace cpu {
+CK_CPU_NAMESPACE_BEGIN
 
 constexpr int kMR = 6;  // rows per micro-tile: 12 accumulators + 2 b + 1 broadcast = 15 of 16 ymm
 
@@ -166,5 +167,4 @@ inline void pack_panels(const T* x, int64_t count, int64_t dp, T* out) {
   }
 }
 
-}  // namespace cpu
-}  // namespace ck
+CK_CPU_NAMESPACE_END

@@ -1,6 +1,7 @@
 // Operand layout for the CPU tile kernels (see operands.h). One pass over each input:
 // a copy only when the rows are not already contiguous accumulation-dtype rows with a
 // panel-multiple width, a K^T panel pack, and O(N + M) side arrays.
+#include "cpu/isa.h"  // first: the library headers, then the ISA switch
 #include "operands.h"
 
 #include <ATen/Parallel.h>
@@ -14,8 +15,7 @@
 
 #include "vec.h"
 
-namespace ck {
-namespace cpu {
+CK_CPU_NAMESPACE_BEGIN
 
 int kernel_threads() { return at::in_parallel_region() ? 1 : std::max(1, at::get_num_threads()); }
 
@@ -39,6 +39,49 @@ at::Tensor padded_rows(const at::Tensor& x, at::ScalarType dtype, int64_t dp) {
   at::Tensor buf = at::zeros({x.size(0), dp}, x.options().dtype(dtype));
   if (x.numel() > 0) buf.narrow(1, 0, x.size(1)).copy_(x);
   return buf;
+}
+
+// Largest magnitude of a row left as it is under normalize: two such rows (and a scaled
+// one, below 1) have dot products far from overflow for any d, and norms accumulated in
+// double stay finite.
+template <class T>
+constexpr double huge_row_bound() {
+  return sizeof(T) == sizeof(float) ? 0x1p32 : 0x1p200;
+}
+
+// Scales in place each row of x [rows, dp] (a buffer of our own) whose largest finite
+// magnitude exceeds huge_row_bound by 2^-e, which brings it into [0.5, 1): exact, so the
+// normalized row does not change. Returns the factors 2^-e (1 for other rows).
+template <class T>
+std::vector<double> scale_huge_rows(T* x, int64_t rows, int64_t d, int64_t dp,
+                                    const std::vector<double>& max_abs) {
+  std::vector<double> factor(rows, 1.0);
+  for (int64_t i = 0; i < rows; ++i) {
+    if (!(max_abs[i] > huge_row_bound<T>()) || !std::isfinite(max_abs[i])) continue;
+    int e = 0;
+    std::frexp(max_abs[i], &e);
+    factor[i] = std::ldexp(1.0, -e);
+    T* r = x + i * dp;
+    for (int64_t c = 0; c < d; ++c) r[c] = T(std::ldexp(double(r[c]), -e));
+  }
+  return factor;
+}
+
+// max_j |x_ij| per row (NaN entries skipped), and whether any row exceeds huge_row_bound.
+template <class T>
+bool huge_rows(const T* x, int64_t rows, int64_t d, int64_t stride, std::vector<double>& max_abs) {
+  max_abs.assign(rows, 0.0);
+  at::parallel_for(0, rows, 256, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const T* r = x + i * stride;
+      T mx = T(0);
+      for (int64_t c = 0; c < d; ++c) mx = std::max(mx, T(std::abs(r[c])));
+      max_abs[i] = double(mx);
+    }
+  });
+  for (int64_t i = 0; i < rows; ++i)
+    if (max_abs[i] > huge_row_bound<T>() && std::isfinite(max_abs[i])) return true;
+  return false;
 }
 
 template <class T>
@@ -84,6 +127,26 @@ Operands<T> prepare_operands(const at::Tensor& q, const at::Tensor& k, double sc
                          q.strides() == k.strides() && q.scalar_type() == k.scalar_type();
   at::Tensor qrows = padded_rows(q, dtype, op.dp);
   at::Tensor krows = same_rows ? qrows : padded_rows(k, dtype, op.dp);
+  if (normalize) {
+    // Huge rows (rare): hold them scaled, in a copy when the buffer is the caller's tensor.
+    auto tame = [&](at::Tensor& rows, const at::Tensor& input, const double*& grad_factor) {
+      std::vector<double> max_abs;
+      if (!huge_rows(rows.data_ptr<T>(), rows.size(0), op.d, op.dp, max_abs)) return;
+      if (rows.data_ptr() == input.data_ptr()) rows = rows.clone();
+      std::vector<double> f = scale_huge_rows(rows.data_ptr<T>(), rows.size(0), op.d, op.dp, max_abs);
+      at::Tensor ft = at::empty({rows.size(0)}, q.options().dtype(at::kDouble));
+      std::copy(f.begin(), f.end(), ft.data_ptr<double>());
+      grad_factor = ft.data_ptr<double>();
+      op.owned.push_back(ft);
+    };
+    tame(qrows, q, op.q_grad_factor);
+    if (same_rows) {
+      krows = qrows;
+      op.k_grad_factor = op.q_grad_factor;
+    } else {
+      tame(krows, k, op.k_grad_factor);
+    }
+  }
   op.q = qrows.data_ptr<T>();
   op.k = krows.data_ptr<T>();
   op.owned.push_back(qrows);
@@ -160,5 +223,4 @@ template Operands<double> prepare_operands<double>(
 template void row_norms<float>(const float*, int64_t, int64_t, int64_t, double*);
 template void row_norms<double>(const double*, int64_t, int64_t, int64_t, double*);
 
-}  // namespace cpu
-}  // namespace ck
+CK_CPU_NAMESPACE_END

@@ -7,6 +7,8 @@
 // multiply the dot products by the inverse norms (DESIGN.md section 1).
 #pragma once
 
+#include "cpu/isa.h"  // first: the library headers, then the ISA switch
+
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
@@ -19,8 +21,7 @@
 #include <omp.h>
 #endif
 
-namespace ck {
-namespace cpu {
+CK_CPU_NAMESPACE_BEGIN
 
 template <class T>
 struct Operands {
@@ -33,6 +34,13 @@ struct Operands {
   const T* rq = nullptr;  // [n] 1 / max(||q_i||, eps), or 1 without normalize
   const T* rk = nullptr;  // [mp] the same for keys; 0 for padding keys
   const T* cb = nullptr;  // [mp] key bias, 0 without one, -inf for padding keys
+  // With normalize, rows whose largest entry is huge (huge_row_bound) are held scaled by
+  // an exact power of two, 2^-e_i, so that no fp32 dot product of two of them overflows;
+  // the normalized rows, hence lse and o, are unchanged. The gradient of such a row is
+  // 2^-e_i times that of the held row: these factors (double, one per row) or null when
+  // no row of q (of k) was scaled.
+  const double* q_grad_factor = nullptr;
+  const double* k_grad_factor = nullptr;
   const int64_t* ql = nullptr;  // [n] labels when exclude_positives, else null
   const int64_t* kl = nullptr;  // [m]
   bool has_self = false;
@@ -69,5 +77,4 @@ inline int thread_index() { return 0; }
 // Threads for one kernel call: torch's intra-op count, 1 inside someone else's parallel region.
 int kernel_threads();
 
-}  // namespace cpu
-}  // namespace ck
+CK_CPU_NAMESPACE_END

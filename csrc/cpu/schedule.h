@@ -10,6 +10,8 @@
 // machine) holds up only the tiles that need its blocks, not the whole team at a barrier.
 #pragma once
 
+#include "cpu/isa.h"  // first: the library headers, then the ISA switch
+
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
@@ -26,8 +28,7 @@
 
 #include "operands.h"
 
-namespace ck {
-namespace cpu {
+CK_CPU_NAMESPACE_BEGIN
 
 struct TileTask {
   int64_t a, b;            // row-side block, key-side block
@@ -127,5 +128,4 @@ inline std::vector<std::pair<int64_t, int64_t>> tournament_tiles(int64_t nb) {
   return tiles;
 }
 
-}  // namespace cpu
-}  // namespace ck
+CK_CPU_NAMESPACE_END

@@ -3,14 +3,15 @@
 // log-sum-exp updates along rows and columns.
 #pragma once
 
+#include "cpu/isa.h"  // first: the library headers, then the ISA switch
+
 #include <cmath>
 #include <cstdint>
 
 #include "operands.h"
 #include "vec.h"
 
-namespace ck {
-namespace cpu {
+CK_CPU_NAMESPACE_BEGIN
 
 // Logit s_ij = (dot_ij * row_factor_i) * rk_j + cb_j (operands.h), cb = bias (or 0), -inf
 // for padding.
@@ -44,9 +45,17 @@ inline void mask_tile(const Operands<T>& op, T* x, int64_t ld, int64_t r0, int64
 // Online log-sum-exp of one tile row s[0 .. ncp) (masked entries -inf) into the running
 // (max m, sum l): l <- l e^{m - m'} + sum_j e^{s_j - m'}. With weights w, s_j is replaced
 // by e^{s_j - m'} w_j (the o product's operand). Returns e^{m - m'}, the factor that
-// rescales the row's earlier o. A row that has seen only -inf keeps pivot 0: no inf - inf.
-// The pivot is a logit itself, so a row dominated by one key gets lse == that logit
+// rescales the row's earlier o. The pivot stays finite: a row whose max is -inf (it has
+// seen only excluded keys) or +inf takes pivot 0, so no inf - inf arises, and finish_rows
+// reads l: 0 for an empty row, NaN when a NaN logit was met (the max may drop a NaN,
+// but e^{NaN - pivot} carries it into l), and a row max of +inf gives lse = +inf.
+// A finite pivot is a logit itself, so a row dominated by one key gets lse == that logit
 // exactly and the backward's exp(s - lse) is exactly 1 there (as in the naive formula).
+template <class T>
+CK_INLINE T finite_pivot(T m) {
+  return std::isfinite(m) ? m : T(0);
+}
+
 template <class T>
 inline T row_update(T* s, int64_t ncp, T& m, double& l, const T* w) {
   using VT = Vec<T>;
@@ -55,7 +64,7 @@ inline T row_update(T* s, int64_t ncp, T& m, double& l, const T* w) {
   V vmax = VT::set1(neg_inf<T>());
   for (int64_t j = 0; j < ncp; j += W) vmax = VT::max(vmax, VT::load(s + j));
   const T m_new = std::fmax(m, VT::hmax(vmax));
-  const T pivot = (m_new == neg_inf<T>()) ? T(0) : m_new;
+  const T pivot = finite_pivot(m_new);
   const T rescale = std::exp(m - pivot);
   const V vp = VT::set1(pivot);
   V sum0 = VT::zero(), sum1 = VT::zero();
@@ -96,7 +105,7 @@ inline void column_update(const T* s, int64_t ld, int64_t nr, int64_t ncp, int64
   for (int64_t j = 0; j < ncp; ++j) {
     const T m_old = j < nc ? m[j] : neg_inf<T>();
     const T m_new = std::fmax(m_old, colmax[j]);
-    const T pivot = (m_new == neg_inf<T>()) ? T(0) : m_new;
+    const T pivot = finite_pivot(m_new);
     rescale[j] = std::exp(m_old - pivot);
     colmax[j] = pivot;
     if (j < nc) m[j] = m_new;
@@ -121,9 +130,16 @@ constexpr double kSharedPivotSpread = 40;
 
 // Merges a tile's contribution to one row's running stats (m, l): the row's max in the
 // tile, and its sum of e^{s_j - pivot} taken at a common pivot.
+// A NaN logit makes sum NaN (whatever the max kept), and l NaN from then on; a row whose
+// max is already +inf (from a tile of the per-side updates) has lse +inf whatever it adds.
 template <class T>
 inline void merge_stats(T& m, double& l, T tile_row_max, double sum, T pivot) {
+  if (std::isnan(sum)) {
+    l = sum;
+    return;
+  }
   if (tile_row_max == neg_inf<T>()) return;  // nothing of this row in the tile
+  if (m == std::numeric_limits<T>::infinity()) return;
   const T m_new = std::fmax(m, tile_row_max);
   l = l * std::exp(double(m) - double(m_new)) + sum * std::exp(double(pivot) - double(m_new));
   m = m_new;
@@ -133,8 +149,10 @@ inline void merge_stats(T& m, double& l, T tile_row_max, double sum, T pivot) {
 // e_ij = e^{s_ij - M}, M the tile max, summed along rows into the stats of the tile's rows
 // (rm, rl) and along columns into those of its keys' rows (cm, cl). Valid when every row's
 // and column's own max is within kSharedPivotSpread of M (always, e.g., for normalized rows
-// with |scale| <= 20); returns false, touching no stats, otherwise. rowmax holds
-// nr entries, colmax and colsum ncp.
+// with |scale| <= 20); returns false, touching no stats, otherwise, and also when the tile
+// max is not finite (+inf logits, or a tile of only excluded or NaN entries, whose max
+// may read -inf): the per-side updates handle those. rowmax holds nr entries, colmax and
+// colsum ncp.
 template <class T>
 inline bool shared_pivot_update(const T* s, int64_t ld, int64_t nr, int64_t ncp, int64_t nc,
                                 T* rm, double* rl, T* cm, double* cl, T* rowmax, T* colmax,
@@ -154,11 +172,16 @@ inline bool shared_pivot_update(const T* s, int64_t ld, int64_t nr, int64_t ncp,
     rowmax[i] = VT::hmax(vmax);
     tile_max = std::fmax(tile_max, rowmax[i]);
   }
-  if (tile_max == neg_inf<T>()) return true;  // every pair of the tile is excluded
+  // tile_max comes from the row maxima, which may have dropped a NaN, and with it an
+  // +inf of the same row: a NaN row max, or a column max above tile_max, also bails out.
+  if (!std::isfinite(tile_max)) return false;
   for (int64_t i = 0; i < nr; ++i)
-    if (rowmax[i] != neg_inf<T>() && double(tile_max) - double(rowmax[i]) > kSharedPivotSpread) return false;
+    if (rowmax[i] != neg_inf<T>() && !(double(tile_max) - double(rowmax[i]) <= kSharedPivotSpread))
+      return false;
   for (int64_t j = 0; j < nc; ++j)
-    if (colmax[j] != neg_inf<T>() && double(tile_max) - double(colmax[j]) > kSharedPivotSpread) return false;
+    if (colmax[j] != neg_inf<T>() &&
+        !(double(tile_max) - double(colmax[j]) <= kSharedPivotSpread && colmax[j] <= tile_max))
+      return false;
   const V pivot = VT::set1(tile_max);
   for (int64_t j = 0; j < ncp; j += W) VT::store(colsum + j, VT::zero());
   for (int64_t i = 0; i < nr; ++i) {
@@ -184,5 +207,4 @@ inline void scale_rows(T* x, int64_t ld, int64_t rows, int64_t dp, const T* f) {
   }
 }
 
-}  // namespace cpu
-}  // namespace ck
+CK_CPU_NAMESPACE_END

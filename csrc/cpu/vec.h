@@ -2,21 +2,19 @@
 // (8 floats / 4 doubles), the handful of operations the kernels use, and a vectorized
 // exp for float.
 //
-// With AVX2 + FMA (setup.py builds x86 with -march=x86-64-v3) these are intrinsics;
-// elsewhere a plain array fallback keeps the same code compiling and correct (the compiler
-// auto-vectorizes what it can), so the backend works on any CPU, just slower.
+// In the AVX2 + FMA build of the kernels (cpu/isa.h: CK_CPU_AVX2) these are intrinsics;
+// in the baseline build a plain array fallback keeps the same code compiling and correct
+// (the compiler auto-vectorizes what it can, with SSE2 on x86-64), just slower. Both have
+// 32-byte registers, so panel widths and operand layouts are the same in both builds.
 #pragma once
+
+#include "cpu/isa.h"  // first: the library headers, then the ISA switch
 
 #include <cmath>
 #include <cstdint>
 #include <limits>
 
-#if defined(__AVX2__) && defined(__FMA__)
-#include <immintrin.h>
-#define CK_HAVE_AVX2 1
-#else
-#define CK_HAVE_AVX2 0
-#endif
+#define CK_HAVE_AVX2 CK_CPU_AVX2
 
 #if defined(__GNUC__)
 #define CK_INLINE inline __attribute__((always_inline))
@@ -24,8 +22,7 @@
 #define CK_INLINE inline
 #endif
 
-namespace ck {
-namespace cpu {
+CK_CPU_NAMESPACE_BEGIN
 
 template <class T>
 struct Vec;
@@ -174,5 +171,4 @@ constexpr T neg_inf() {
 template <class T>
 using VecT = typename Vec<T>::V;
 
-}  // namespace cpu
-}  // namespace ck
+CK_CPU_NAMESPACE_END

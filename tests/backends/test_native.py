@@ -8,14 +8,16 @@ import pytest
 import torch
 
 import contrastive_kernels as ck
-from contrastive_kernels import backends, ops, reference
-from contrastive_kernels.profiling import record_cpu_allocations
-from core_cases import OPTIONS, Options, make_inputs
-from tolerance import assert_close
+from contrastive_kernels import _extension, ops, reference
+from contrastive_kernels.backends import native, registry
+from contrastive_kernels.core.contract import CoreOptions
+from contrastive_kernels.testing.measure import record_cpu_allocations
+from contrastive_kernels.testing.core_cases import OPTIONS, Options, make_inputs
+from contrastive_kernels.testing.tolerance import assert_close
 
-_cpu = pytest.importorskip("contrastive_kernels._cpu")
-pytestmark = pytest.mark.skipif(_cpu.BACKEND.unavailable_reason() is not None,
-                                reason=f"cpu backend unavailable: {_cpu.BACKEND.unavailable_reason()}")
+pytestmark = pytest.mark.skipif(native.BACKEND.available() is not None,
+                                reason=f"cpu backend unavailable: {native.BACKEND.available()}")
+forward_op, backward_op = _extension.native_ops or (None, None)
 
 NS = "contrastive_kernels"
 
@@ -43,19 +45,19 @@ def _lse_grads(backend, q, k, scale, kw, weights):
 
 
 def test_schemas_match_the_python_contract():
-    fwd = torch.ops.contrastive_kernels.lse_cpu.default._schema
-    bwd = torch.ops.contrastive_kernels.lse_cpu_backward.default._schema
-    assert str(fwd) == f"{NS}::lse_cpu" + ops.FORWARD_SCHEMA
-    assert str(bwd) == f"{NS}::lse_cpu_backward" + ops.BACKWARD_SCHEMA
+    fwd = torch.ops.contrastive_kernels.lse_native.default._schema
+    bwd = torch.ops.contrastive_kernels.lse_native_backward.default._schema
+    assert str(fwd) == f"{NS}::lse_native" + ops.FORWARD_SCHEMA
+    assert str(bwd) == f"{NS}::lse_native_backward" + ops.BACKWARD_SCHEMA
 
 
 def test_backend_is_registered_and_picked_for_cpu_tensors():
     assert ck.available_backends()["cpu"] is None
     q, k, _ = make_inputs(5, 6, 4, torch.float32)
-    opts = backends.CoreOptions(True, False, False, False, False)
-    assert backends.select("auto", q, k, opts).name == "cpu"
-    meta = backends.TensorSpec(torch.device("meta"), torch.float32, (5, 4))
-    assert "CPU tensors" in _cpu.BACKEND.rejects(meta, meta, opts)
+    opts = CoreOptions(normalize=True)
+    assert registry.select("auto", q, opts).name == "cpu"
+    reasons = native.BACKEND.not_supported_reasons(torch.device("meta"), torch.float32, 4, opts)
+    assert "takes cpu tensors" in " ".join(reasons)
 
 
 def _op_args(opt, n, m, d, dtype, same_rows=False):
@@ -86,23 +88,23 @@ OPCHECK_CASES = ([(o, torch.float32, False) for o in OPTIONS] +
                               for o, dt, sym in OPCHECK_CASES])
 def test_opcheck(opt, dtype, same_rows):
     args = _op_args(opt, 7, 7 if same_rows else 11, 5, dtype, same_rows)
-    torch.library.opcheck(_cpu.forward_op, args)
-    lse, _ = _cpu.forward_op(*args)
+    torch.library.opcheck(forward_op, args)
+    lse, _ = forward_op(*args)
     detached = tuple(a.detach() if isinstance(a, torch.Tensor) else a for a in args[:-1])
     if same_rows:
         detached = (detached[0], detached[0]) + detached[2:]
     for needs in ((True, True, True), (True, False, False), (False, True, True)):
         bwd = (torch.randn_like(lse),) + detached + (lse.detach(),) + needs
-        torch.library.opcheck(_cpu.backward_op, bwd)
+        torch.library.opcheck(backward_op, bwd)
 
 
 def test_output_contract_of_the_ops():
     q, k, _ = make_inputs(6, 4, 3, torch.bfloat16)
     scale = torch.tensor(2.0)
-    lse, o = _cpu.forward_op(q, k, scale, None, None, None, None, True, 1e-12, False, False)
+    lse, o = forward_op(q, k, scale, None, None, None, None, True, 1e-12, False, False)
     assert lse.dtype == torch.float32 and lse.shape == (6,) and o.shape == (0,)
     g = torch.randn(6)
-    dq, dk, ds = _cpu.backward_op(g, q, k, scale, None, None, None, None, True, 1e-12, False,
+    dq, dk, ds = backward_op(g, q, k, scale, None, None, None, None, True, 1e-12, False,
                                   lse, False, True, False)
     assert dq.shape == (0,) and dq.dtype == torch.bfloat16
     assert dk.shape == (4, 3) and dk.dtype == torch.bfloat16 and dk.is_contiguous()
@@ -113,16 +115,16 @@ def test_bad_arguments_name_the_argument():
     q, k, _ = make_inputs(3, 4, 5, torch.float32)
     s = torch.tensor(1.0)
     with pytest.raises(RuntimeError, match="q must be 2-D"):
-        _cpu.forward_op(q[0], k, s, None, None, None, None, False, 1e-12, False, False)
+        forward_op(q[0], k, s, None, None, None, None, False, 1e-12, False, False)
     with pytest.raises(RuntimeError, match="bias must have shape"):
-        _cpu.forward_op(q, k, s, torch.zeros(3), None, None, None, False, 1e-12, False, False)
+        forward_op(q, k, s, torch.zeros(3), None, None, None, False, 1e-12, False, False)
     with pytest.raises(RuntimeError, match="k_labels must be an integer"):
-        _cpu.forward_op(q, k, s, None, torch.zeros(3, dtype=torch.long), torch.zeros(4), None,
+        forward_op(q, k, s, None, torch.zeros(3, dtype=torch.long), torch.zeros(4), None,
                         False, 1e-12, True, False)
     with pytest.raises(RuntimeError, match="eps must be > 0"):
-        _cpu.forward_op(q, k, s, None, None, None, None, True, 0.0, False, False)
+        forward_op(q, k, s, None, None, None, None, True, 0.0, False, False)
     with pytest.raises(RuntimeError, match="grad_lse must have shape"):
-        _cpu.backward_op(torch.zeros(2), q, k, s, None, None, None, None, False, 1e-12, False,
+        backward_op(torch.zeros(2), q, k, s, None, None, None, None, False, 1e-12, False,
                          torch.zeros(3), True, True, True)
 
 

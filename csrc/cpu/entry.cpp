@@ -1,0 +1,104 @@
+// The entry points of one build of the CPU kernels (cpu/isa.h), as a KernelSet: output
+// allocation per the op contract and dispatch to the float / double kernels. The checks
+// and the choice of the kernel set are in ops_cpu.cpp and dispatch.cpp, compiled once.
+#include "cpu/isa.h"  // first: the library headers, then the ISA switch
+
+#include "common/contract.h"
+#include "kernels.h"
+#include "lse_cpu.h"
+#include "operands.h"
+
+CK_CPU_NAMESPACE_BEGIN
+
+namespace {
+
+using contract::accumulate_type;
+
+template <class T>
+Operands<T> operands(const CallArgs& a) {
+  return prepare_operands<T>(a.q, a.k, a.scale, a.bias, a.q_labels, a.k_labels, a.self_offset,
+                             a.normalize, a.eps, a.exclude_positives);
+}
+
+template <class T>
+std::tuple<at::Tensor, at::Tensor> forward_impl(const Operands<T>& op, const at::Tensor& q,
+                                                bool return_o) {
+  const at::TensorOptions opts = q.options().dtype(c10::CppTypeToScalarType<T>::value);
+  at::Tensor lse = at::empty({op.n}, opts);
+  if (!return_o) {
+    lse_forward_kernel<T>(op, lse.data_ptr<T>(), nullptr);
+    return {lse, at::empty({0}, opts)};
+  }
+  // o accumulates in place when its rows already have the padded width
+  at::Tensor o_acc = at::zeros({op.n, op.dp}, opts);
+  lse_forward_kernel<T>(op, lse.data_ptr<T>(), o_acc.data_ptr<T>());
+  at::Tensor o = op.dp == op.d ? o_acc : o_acc.narrow(1, 0, op.d).contiguous();
+  return {lse, o};
+}
+
+std::tuple<at::Tensor, at::Tensor> forward(const CallArgs& a, bool return_o) {
+  if (accumulate_type(a.q.scalar_type()) == at::kDouble)
+    return forward_impl<double>(operands<double>(a), a.q, return_o);
+  return forward_impl<float>(operands<float>(a), a.q, return_o);
+}
+
+// A zeroed [rows, dp] accumulator in the accumulation dtype. When x has that dtype and
+// d == dp, it becomes the gradient output itself (as_gradient), with no copy at the end.
+template <class T>
+at::Tensor accumulator(const at::Tensor& like, int64_t dp) {
+  return at::zeros({like.size(0), dp}, like.options().dtype(c10::CppTypeToScalarType<T>::value));
+}
+
+// The [rows, d] gradient in x's dtype from a finished accumulator.
+at::Tensor as_gradient(const at::Tensor& acc, const at::Tensor& x) {
+  if (acc.scalar_type() == x.scalar_type() && acc.size(1) == x.size(1)) return acc;
+  at::Tensor out = at::empty(x.sizes(), x.options());
+  out.copy_(acc.narrow(1, 0, x.size(1)));
+  return out;
+}
+
+template <class T>
+std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_impl(
+    const Operands<T>& op, const at::Tensor& grad_lse, const at::Tensor& q, const at::Tensor& k,
+    const at::Tensor& scale, double lam, double eps, const at::Tensor& lse, bool need_dq,
+    bool need_dk, bool need_dscale) {
+  const at::ScalarType acc = c10::CppTypeToScalarType<T>::value;
+  at::Tensor g = grad_lse.to(acc).contiguous();
+  at::Tensor saved = lse.to(acc).contiguous();
+  at::Tensor u, v;
+  if (need_dq || need_dscale) u = accumulator<T>(q, op.dp);
+  if (need_dk) v = accumulator<T>(k, op.dp);
+  lse_backward_kernel<T>(op, g.data_ptr<T>(), saved.data_ptr<T>(),
+                         u.defined() ? u.data_ptr<T>() : nullptr,
+                         v.defined() ? v.data_ptr<T>() : nullptr);
+  double dscale = 0;
+  if (u.defined())
+    dscale = finish_gradient<T>(op.q, op.n, op.d, op.dp, u.data_ptr<T>(), lam, op.normalize, eps,
+                                need_dq, op.q_grad_factor);
+  if (v.defined())
+    finish_gradient<T>(op.k, op.m, op.d, op.dp, v.data_ptr<T>(), lam, op.normalize, eps, true,
+                       op.k_grad_factor);
+  at::Tensor dq = need_dq ? as_gradient(u, q) : at::empty({0}, q.options());
+  at::Tensor dk = need_dk ? as_gradient(v, k) : at::empty({0}, k.options());
+  at::Tensor ds = at::scalar_tensor(need_dscale ? dscale : 0.0, scale.options());
+  return {dq, dk, ds};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> backward(const CallArgs& a,
+                                                        const at::Tensor& grad_lse,
+                                                        const at::Tensor& scale,
+                                                        const at::Tensor& lse, bool need_dq,
+                                                        bool need_dk, bool need_dscale) {
+  if (accumulate_type(a.q.scalar_type()) == at::kDouble)
+    return backward_impl<double>(operands<double>(a), grad_lse, a.q, a.k, scale, a.scale, a.eps,
+                                 lse, need_dq, need_dk, need_dscale);
+  return backward_impl<float>(operands<float>(a), grad_lse, a.q, a.k, scale, a.scale, a.eps, lse,
+                              need_dq, need_dk, need_dscale);
+}
+
+}  // namespace
+
+extern const KernelSet kKernelSet;
+const KernelSet kKernelSet{CK_CPU_AVX2 ? kAvx2Name : kBaselineName, &forward, &backward};
+
+CK_CPU_NAMESPACE_END
