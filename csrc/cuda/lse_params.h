@@ -1,0 +1,82 @@
+// What the op wrappers hand the CUDA kernels: raw pointers, sizes and strides, no ATen
+// and no CUDA headers, so that lse_cuda.cu compiles without torch and the same runners
+// exist twice: ck::cuda_kernels (nvcc, the device) and ck::emulated_kernels (the host
+// compiler, csrc/emulation/: the same kernel source through the emulation layer).
+#pragma once
+
+#include <cstdint>
+
+namespace ck {
+
+enum class KernelDType : int { F16 = 0, BF16 = 1, F32 = 2, F64 = 3 };
+
+// One core-op call (docs/design.md section 1). Every acc pointer has the accumulation
+// type of the dtype (fp64 for F64, fp32 otherwise).
+struct KernelProblem {
+  int64_t n = 0, m = 0, d = 0;
+  const void* q = nullptr;  // [n, d] with strides (q_s0, q_s1), in elements
+  int64_t q_s0 = 0, q_s1 = 0;
+  const void* k = nullptr;  // [m, d]
+  int64_t k_s0 = 0, k_s1 = 0;
+  const void* scale = nullptr;       // acc, one element, read on the device
+  const void* bias = nullptr;        // acc [m] or null
+  const int64_t* q_labels = nullptr;  // [n] when exclude_positives, else null
+  const int64_t* k_labels = nullptr;  // [m]
+  bool has_self = false;
+  int64_t self_offset = 0;
+  bool normalize = false;
+  double eps = 1e-12;
+  KernelDType dtype = KernelDType::F32;
+  bool q_vec = false, k_vec = false;  // rows 16-byte aligned, unit inner stride: cp.async
+  void* stream = nullptr;             // cudaStream_t (ignored by the emulation)
+};
+
+struct ForwardBuffers {
+  void* rq = nullptr;   // acc [n] workspace: 1 / max(||q_i||, eps), or 1
+  void* rk = nullptr;   // acc [m]
+  void* lse = nullptr;  // acc [n]
+  void* o = nullptr;    // acc [n, d] zero-filled, or null without return_o
+  int64_t splits = 1;       // key ranges (forward_key_splits); > 1: partials, then a merge
+  void* part_m = nullptr;   // acc [splits, n] running max of each range
+  void* part_l = nullptr;   // acc [splits, n] sum of exp(s - pivot) of each range
+  void* part_o = nullptr;   // acc [splits, n, d] zero-filled, unnormalized o, with return_o
+};
+
+// Key ranges of the forward: when the row grid is small (a batch of 4096 rows is 64 blocks
+// of 64 rows), the keys are split so that about 256 blocks run, each range at least 2 key
+// tiles; the partial (max, sum, o) are merged per row in a fixed order. A function of the
+// shapes only, so results are the same on every device and run.
+inline int64_t forward_key_splits(int64_t n, int64_t m) {
+  const int64_t row_blocks = (n + 63) / 64, key_tiles = (m + 63) / 64;
+  if (row_blocks == 0) return 1;
+  int64_t splits = (256 + row_blocks - 1) / row_blocks;
+  if (splits > key_tiles / 2) splits = key_tiles / 2;
+  return splits < 1 ? 1 : splits;
+}
+
+struct BackwardBuffers {
+  const void* grad_lse = nullptr;  // acc [n], contiguous
+  const void* lse = nullptr;       // acc [n], contiguous
+  void* rq = nullptr;              // acc [n] workspace
+  void* rk = nullptr;              // acc [m] workspace
+  void* u = nullptr;       // acc [n, d] zero-filled, when dq or dscale is needed
+  void* v = nullptr;       // acc [m, d] zero-filled, when dk is needed
+  void* dq = nullptr;      // input dtype [n, d] contiguous, or null
+  void* dk = nullptr;      // input dtype [m, d] contiguous, or null
+  void* rowdot = nullptr;  // acc [n] workspace, when dscale is needed
+  void* dscale = nullptr;  // acc scalar, or null
+};
+
+// Each launches its kernels on problem.stream and returns null, or a message naming the
+// kernel whose launch failed.
+namespace cuda_kernels {
+const char* forward(const KernelProblem& problem, const ForwardBuffers& out);
+const char* backward(const KernelProblem& problem, const BackwardBuffers& out);
+}  // namespace cuda_kernels
+
+namespace emulated_kernels {
+const char* forward(const KernelProblem& problem, const ForwardBuffers& out);
+const char* backward(const KernelProblem& problem, const BackwardBuffers& out);
+}  // namespace emulated_kernels
+
+}  // namespace ck

@@ -1,0 +1,100 @@
+// contrastive_kernels::lse_cuda_emulated / lse_cuda_emulated_backward: the CUDA kernels
+// (csrc/cuda/lse_kernels.cuh) instantiated for the host through the emulation layer and
+// run on CPU tensors, with the schemas of the core ops and the same wrappers as the CUDA
+// kernels (csrc/cuda/ops_impl.h). Backend "cuda" calls them when
+// CONTRASTIVE_KERNELS_CUDA_EMULATE=1 (contrastive_kernels/backends/cuda.py).
+#include <torch/library.h>
+
+#include <ATen/ops/empty.h>
+
+#include "cuda/ops_impl.h"
+#include "emulation/selftest.h"
+
+namespace ck {
+namespace cuda_ops {
+namespace {
+
+constexpr char kEmulatedForward[] = "lse_cuda_emulated";
+constexpr char kEmulatedBackward[] = "lse_cuda_emulated_backward";
+constexpr contract::Site kForwardSite{kEmulatedForward, c10::DeviceType::CPU};
+constexpr contract::Site kBackwardSite{kEmulatedBackward, c10::DeviceType::CPU};
+
+std::tuple<at::Tensor, at::Tensor> lse_emulated(
+    const at::Tensor& q, const at::Tensor& k, const at::Tensor& scale,
+    const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& q_labels,
+    const std::optional<at::Tensor>& k_labels, std::optional<int64_t> self_offset,
+    bool normalize, double eps, bool exclude_positives, bool return_o) {
+  return forward(&emulated_kernels::forward, kForwardSite, nullptr, q, k, scale, bias, q_labels,
+                 k_labels, self_offset, normalize, eps, exclude_positives, return_o);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> lse_emulated_backward(
+    const at::Tensor& grad_lse, const at::Tensor& q, const at::Tensor& k, const at::Tensor& scale,
+    const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& q_labels,
+    const std::optional<at::Tensor>& k_labels, std::optional<int64_t> self_offset,
+    bool normalize, double eps, bool exclude_positives, const at::Tensor& lse, bool need_dq,
+    bool need_dk, bool need_dscale) {
+  return backward(&emulated_kernels::backward, kBackwardSite, nullptr, grad_lse, q, k, scale,
+                  bias, q_labels, k_labels, self_offset, normalize, eps, exclude_positives, lse,
+                  need_dq, need_dk, need_dscale);
+}
+
+// The emulation layer's own tests (selftest.h), as ops without a dispatch key.
+at::Tensor selftest_barrier() {
+  at::Tensor out = at::empty({3, 2, 128}, at::kLong);
+  emu_selftest::barrier(out.data_ptr<int64_t>());
+  return out;
+}
+
+at::Tensor selftest_shuffle() {
+  at::Tensor out = at::empty({64, 8}, at::kFloat);
+  emu_selftest::shuffle(out.data_ptr<float>());
+  return out;
+}
+
+at::Tensor selftest_ldmatrix(const at::Tensor& m, int64_t num, bool trans) {
+  TORCH_CHECK(m.numel() == 256 && m.element_size() == 2, "m: 256 16-bit values");
+  TORCH_CHECK(num == 1 || num == 2 || num == 4, "num: 1, 2 or 4");
+  const at::Tensor mc = m.contiguous();
+  at::Tensor out = at::zeros({32, 4}, at::kInt);
+  emu_selftest::ldmatrix(static_cast<const uint16_t*>(mc.data_ptr()), int(num), trans,
+                         reinterpret_cast<uint32_t*>(out.data_ptr<int32_t>()));
+  return out;
+}
+
+at::Tensor selftest_mma(const at::Tensor& a, const at::Tensor& b, const at::Tensor& c, bool bf16,
+                        bool b_trans) {
+  TORCH_CHECK(a.numel() == 256 && b.numel() == 128 && c.numel() == 128 &&
+                  a.element_size() == 2 && b.element_size() == 2 && c.scalar_type() == at::kFloat,
+              "a [16, 16], b [16, 8] 16-bit, c [16, 8] float");
+  const at::Tensor ac = a.contiguous(), bc = b.contiguous(), cc = c.contiguous();
+  at::Tensor out = at::empty({16, 8}, at::kFloat);
+  emu_selftest::mma(static_cast<const uint16_t*>(ac.data_ptr()),
+                    static_cast<const uint16_t*>(bc.data_ptr()), cc.data_ptr<float>(), bf16,
+                    b_trans, out.data_ptr<float>());
+  return out;
+}
+
+void selftest_deadlock() { emu_selftest::deadlock(); }
+
+}  // namespace
+}  // namespace cuda_ops
+}  // namespace ck
+
+TORCH_LIBRARY_FRAGMENT(contrastive_kernels, m) {
+  namespace c = ck::contract;
+  m.def(c::declaration(ck::cuda_ops::kEmulatedForward, c::kForwardSchema).c_str());
+  m.def(c::declaration(ck::cuda_ops::kEmulatedBackward, c::kBackwardSchema).c_str());
+  m.def("_cuda_emulation_test_barrier() -> Tensor", &ck::cuda_ops::selftest_barrier);
+  m.def("_cuda_emulation_test_shuffle() -> Tensor", &ck::cuda_ops::selftest_shuffle);
+  m.def("_cuda_emulation_test_ldmatrix(Tensor m, int num, bool trans) -> Tensor",
+        &ck::cuda_ops::selftest_ldmatrix);
+  m.def("_cuda_emulation_test_mma(Tensor a, Tensor b, Tensor c, bool bf16, bool b_trans) -> Tensor",
+        &ck::cuda_ops::selftest_mma);
+  m.def("_cuda_emulation_test_deadlock() -> ()", &ck::cuda_ops::selftest_deadlock);
+}
+
+TORCH_LIBRARY_IMPL(contrastive_kernels, CPU, m) {
+  m.impl(ck::cuda_ops::kEmulatedForward, &ck::cuda_ops::lse_emulated);
+  m.impl(ck::cuda_ops::kEmulatedBackward, &ck::cuda_ops::lse_emulated_backward);
+}

@@ -1,0 +1,85 @@
+"""The CUDA emulation layer itself (csrc/emulation/): block barriers, warp shuffles and
+votes, ldmatrix fragment layouts and mma.sync.m16n8k16 against a plain matmul, through
+small kernels written against csrc/cuda/device.cuh (csrc/emulation/selftest.cpp)."""
+
+import pytest
+import torch
+
+from contrastive_kernels import _extension
+
+pytestmark = pytest.mark.skipif(_extension.native_ops is None,
+                                reason=f"compiled extension not loaded: {_extension.LOAD_ERROR}")
+
+
+def _ops():
+    return torch.ops.contrastive_kernels
+
+
+def test_block_barrier_orders_shared_memory():
+    out = _ops()._cuda_emulation_test_barrier()
+    t = torch.arange(128)
+    for block in range(3):
+        assert torch.equal(out[block, 0], block * 1000 + (t + 1) % 128)
+        assert torch.equal(out[block, 1], block * 1000 + 500 + (127 - t))
+
+
+def test_warp_shuffles_and_votes():
+    out = _ops()._cuda_emulation_test_shuffle()
+    t = torch.arange(64)
+    lane = t % 32
+    base = t - lane
+    v = t.float() + 0.5
+    assert torch.equal(out[:, 7], v)
+    assert torch.equal(out[:, 0], (base + (lane ^ 1)).float() + 0.5)
+    assert torch.equal(out[:, 1], (base + (lane ^ 16)).float() + 0.5)
+    assert torch.equal(out[:, 2], (base + 3).float() + 0.5)
+    assert torch.equal(out[:, 3], 2 * ((base + (lane ^ 2)).float() + 0.5))
+    ballot = sum(1 << i for i in range(32) if i % 3 == 0) & 0xFFFFFF
+    assert torch.equal(out[:, 4], torch.full((64,), float(ballot)))
+    assert torch.equal(out[:, 5], (t >= 32).float())  # thread 40 is in warp 1 only
+    assert torch.equal(out[:, 6], torch.ones(64))
+
+
+def _expected_ldmatrix(m, num, trans):
+    mats = m.view(4, 8, 8).long() & 0xFFFF
+    out = torch.zeros(32, 4, dtype=torch.long)
+    for lane in range(32):
+        for i in range(num):
+            if trans:
+                lo, hi = mats[i, 2 * (lane % 4), lane // 4], mats[i, 2 * (lane % 4) + 1, lane // 4]
+            else:
+                lo, hi = mats[i, lane // 4, 2 * (lane % 4)], mats[i, lane // 4, 2 * (lane % 4) + 1]
+            out[lane, i] = lo | (hi << 16)
+    return out
+
+
+@pytest.mark.parametrize("num", [1, 2, 4])
+@pytest.mark.parametrize("trans", [False, True], ids=["plain", "trans"])
+def test_ldmatrix_fragment_layouts(num, trans):
+    m = (torch.arange(256, dtype=torch.int32) * 7 + 3).to(torch.int16)
+    got = _ops()._cuda_emulation_test_ldmatrix(m, num, trans).long() & 0xFFFFFFFF
+    assert torch.equal(got, _expected_ldmatrix(m, num, trans))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("b_trans", [False, True], ids=["b_col", "b_row_ldmatrix_trans"])
+def test_mma_fragment_matmul_matches_plain(dtype, b_trans):
+    gen = torch.Generator().manual_seed(1)
+    a = torch.randn(16, 16, generator=gen).to(dtype)
+    b = torch.randn(16, 8, generator=gen).to(dtype)
+    c = torch.randn(16, 8, generator=gen)
+    d = _ops()._cuda_emulation_test_mma(a.view(torch.int16), b.view(torch.int16), c,
+                                         dtype == torch.bfloat16, b_trans)
+    plain = a.double() @ b.double() + c.double()
+    # 16-bit products are exact; one fp32 rounding of the sum
+    torch.testing.assert_close(d.double(), plain, rtol=1e-6, atol=1e-6)
+    # a permutation of rows of A moves rows of D: the layout is by row, not scrambled
+    perm = torch.randperm(16, generator=gen)
+    d2 = _ops()._cuda_emulation_test_mma(a[perm].contiguous().view(torch.int16), b.view(torch.int16),
+                                          c[perm].contiguous(), dtype == torch.bfloat16, b_trans)
+    assert torch.equal(d2, d[perm])
+
+
+def test_divergent_barrier_raises_instead_of_hanging():
+    with pytest.raises(RuntimeError, match="deadlock"):
+        _ops()._cuda_emulation_test_deadlock()
