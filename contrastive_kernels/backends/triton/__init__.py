@@ -21,7 +21,7 @@ from typing import Optional
 
 import torch
 
-from .. import backends
+from ..registry import Backend, BackendError
 
 try:
     import triton  # noqa: F401
@@ -35,8 +35,6 @@ if _IMPORT_ERROR is None:
         from ._ops import lse_backward_op, lse_op  # noqa: F401
     except Exception as exc:  # pragma: no cover
         _IMPORT_ERROR = f"the Triton kernels failed to load ({type(exc).__name__}: {exc})"
-
-SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 def _interpret_env() -> bool:
@@ -53,39 +51,36 @@ def unavailable_reason() -> Optional[str]:
     return None
 
 
-def rejects(q: torch.Tensor, k: torch.Tensor, opts: backends.CoreOptions) -> Optional[str]:
-    if q.dtype not in SUPPORTED_DTYPES:
-        return f"dtype {q.dtype} is not supported (fp16, bf16, fp32, fp64)"
-    if q.device.type == "cuda":
+def device_check(device: torch.device, dtype: torch.dtype) -> Optional[str]:
+    if device.type == "cuda":
         if _ops._kernels_interpreted():
             return None  # the interpreter copies CUDA tensors to the host and back
-        major, minor = torch.cuda.get_device_capability(q.device)
-        if (major, minor) < (7, 5):
-            return f"compute capability {major}.{minor} < 7.5 (Triton needs Turing or newer)"
-        if q.dtype == torch.bfloat16 and major < 8:
-            return f"bf16 needs compute capability >= 8.0, got {major}.{minor}"
+        from . import configs
+        forced = _ops.env.get("TRITON_ARCH")
+        if forced:  # the config family is forced: the device's own is not asked
+            return configs.unsupported_arch(divmod(int(forced), 10))
+        return configs.unsupported_arch(torch.cuda.get_device_capability(device))
+    if _ops._kernels_interpreted():
         return None
-    if q.device.type == "cpu":
-        if _ops._kernels_interpreted():
-            return None
-        if _interpret_env():
-            return ("TRITON_INTERPRET=1 was set after contrastive_kernels.triton was imported; "
-                    "set it before the import to run CPU tensors through the interpreter")
-        return "CPU tensors run only under the Triton interpreter (TRITON_INTERPRET=1)"
-    return f"{q.device.type} tensors are not supported (CUDA, or CPU under TRITON_INTERPRET=1)"
+    if _interpret_env():
+        return ("TRITON_INTERPRET=1 was set after contrastive_kernels.backends.triton was "
+                "imported; set it before the import to run CPU tensors through the interpreter")
+    return "CPU tensors run only under the Triton interpreter (TRITON_INTERPRET=1)"
 
 
 def _forward(*args):
     if _IMPORT_ERROR is not None:
-        raise backends.BackendError(f"backend 'triton' is unavailable: {_IMPORT_ERROR}")
+        raise BackendError(f"backend 'triton' is unavailable: {_IMPORT_ERROR}")
     return lse_op(*args)
 
 
-BACKEND = backends.Backend(
+BACKEND = Backend(
     name="triton",
     forward=_forward,
-    unavailable_reason=unavailable_reason,
-    rejects=rejects,
-    auto_devices=("cuda",),
     description="Triton kernels (CUDA; CPU under TRITON_INTERPRET=1)",
+    devices=("cuda", "cpu"),
+    auto_devices=("cuda",),
+    priority=10,
+    available=unavailable_reason,
+    device_check=device_check,
 )

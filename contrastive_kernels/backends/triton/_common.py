@@ -2,7 +2,21 @@
 
 import triton
 import triton.language as tl
-from triton import knobs
+
+try:  # triton >= 3.4
+    from triton import knobs as _knobs
+
+    def _interpreting() -> bool:
+        return bool(_knobs.runtime.interpret)
+except ImportError:  # pragma: no cover - older triton: the variable is all there is
+    import os as _os
+
+    def _interpreting() -> bool:
+        return _os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+# the kernels work in base 2: exp2 is one MUFU.EX2 (constexpr: jit reads only those globals)
+LOG2E = tl.constexpr(1.4426950408889634)
+LN2 = tl.constexpr(0.6931471805599453)
 
 
 def offsets_need_int64(rows_a, stride_a_row, rows_b, stride_b_row, d, stride_a_d, stride_b_d):
@@ -21,7 +35,7 @@ def device_fn(fn):
     would re-patch the language on every call (milliseconds each, inside the tile loops).
     Compiled, it is an ordinary @triton.jit function that the compiler inlines.
     """
-    return fn if knobs.runtime.interpret else triton.jit(fn)
+    return fn if _interpreting() else triton.jit(fn)
 
 
 @device_fn
@@ -50,14 +64,17 @@ def load_tile(base, offs_d, stride_d, row_ok, D, EVEN_R: tl.constexpr, EVEN_D: t
 
 @device_fn
 def dot_nt(a, b, acc, TF32: tl.constexpr):
-    """acc + a @ b^T with the accumulator's dtype (fp32, or fp64 for fp64 operands)."""
-    return tl.dot(a, tl.trans(b), acc, input_precision="tf32" if TF32 else "ieee")
+    """acc + a @ b^T with the accumulator's dtype (fp32, or fp64 for fp64 operands; given
+    explicitly: triton 3.6 does not infer it from acc)."""
+    return tl.dot(a, tl.trans(b), acc, input_precision="tf32" if TF32 else "ieee",
+                  out_dtype=acc.dtype)
 
 
 @device_fn
 def mma(acc, w, y, TF32: tl.constexpr):
     """acc + w @ y: fp32 weights w [R, C] rounded to the operand y's dtype (tensor cores)."""
-    return tl.dot(w.to(y.dtype), y, acc, input_precision="tf32" if TF32 else "ieee")
+    return tl.dot(w.to(y.dtype), y, acc, input_precision="tf32" if TF32 else "ieee",
+                  out_dtype=acc.dtype)
 
 
 @device_fn
@@ -76,35 +93,81 @@ def rescale_rows(w, scale):
     return w * inv[:, None], scale * inv, new_scale
 
 
+if _interpreting():  # the interpreter cannot run inline PTX
+    def exp2(x):
+        return tl.exp2(x)
+else:
+    @triton.jit
+    def exp2(x):
+        """2^x. fp32: one ``ex2.approx.ftz`` (a single MUFU.EX2); ``tl.exp2`` lowers to
+        the non-ftz form, which ptxas wraps in a denormal fix-up (a compare and two
+        multiplies). The arguments are logits minus a pivot at or above them, so a result
+        under 2^-126 is negligible next to the pivot's own term. fp64 has no MUFU."""
+        if x.dtype == tl.float32:
+            return tl.inline_asm_elementwise("ex2.approx.ftz.f32 $0, $1;", "=r,r", [x],
+                                             dtype=tl.float32, is_pure=True, pack=1)
+        else:
+            return tl.exp2(x)
+
+
 @device_fn
-def exclude(s, q_idx, k_idx, k_ok, q_lab, k_lab, SELF_OFFSET, K_EVEN: tl.constexpr,
-            HAS_SELF: tl.constexpr, HAS_LABELS: tl.constexpr):
-    """Set the logits outside A(i) to -inf. Index / label arguments are pre-broadcast
-    ([R, 1] and [1, C] in the tile's orientation)."""
-    if not K_EVEN:
-        s = tl.where(k_ok, s, float("-inf"))
-    if HAS_SELF:
-        s = tl.where(k_idx == q_idx + SELF_OFFSET, float("-inf"), s)
-    if HAS_LABELS:
-        s = tl.where(k_lab == q_lab, float("-inf"), s)
-    return s
+def finite_or_zero(m):
+    """The online pivot: the running max where it is finite, else 0. Keeping it finite
+    means l = sum 2^(s - pivot) is 0 for an empty key set, +inf when some logit is +inf
+    and NaN when one is NaN, so lse = pivot + log2(l) needs no special case."""
+    return tl.where(tl.abs(m) < float("inf"), m, 0.0)
+
+
+@device_fn
+def tile_meets_diagonal(own0, own_n, inner0, inner_n, offset):
+    """Whether rows [own0, own0 + own_n) and keys [inner0, inner0 + inner_n) hold a pair
+    with key == row + offset: only those tiles pay for the self-exclusion mask."""
+    return (inner0 < own0 + own_n + offset) & (inner0 + inner_n > own0 + offset)
+
+
+@device_fn
+def row_norm(x):
+    """||x|| per row of an fp32 / fp64 tile as m ||x / m||, m = max |x|: squares of
+    entries above ~1.8e19 (fp32) would overflow."""
+    big = tl.max(tl.abs(x), axis=1)
+    safe = tl.where((big > 0) & (big < float("inf")), big, 1.0)
+    y = x / safe[:, None]
+    return tl.where(big < float("inf"), safe * tl.sqrt(tl.sum(y * y, axis=1)), big)
+
+
+@device_fn
+def norm_update(big, ssq, x):
+    """Online scaled sum of squares over d chunks: (max |x|, sum (x / max)^2)."""
+    new_big = tl.maximum(big, tl.max(tl.abs(x), axis=1))
+    safe = tl.where((new_big > 0) & (new_big < float("inf")), new_big, 1.0)
+    old = tl.where((big > 0) & (big < float("inf")), big, 1.0)
+    r = old / safe
+    y = x / safe[:, None]
+    return new_big, ssq * r * r + tl.sum(y * y, axis=1)
+
+
+@device_fn
+def norm_finish(big, ssq):
+    safe = tl.where((big > 0) & (big < float("inf")), big, 1.0)
+    return tl.where(big < float("inf"), safe * tl.sqrt(ssq), big)
 
 
 @triton.jit
 def inv_norm_kernel(X, OUT, R, D, stride_r, stride_d, EPS,
                     BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr, INT64: tl.constexpr):
-    """OUT[r] = 1 / max(||X[r]||, EPS), accumulated in OUT's dtype (fp32 / fp64)."""
+    """OUT[r] = 1 / max(||X[r]||, EPS), accumulated in OUT's dtype (fp32 / fp64) as
+    m ||X[r] / m|| (m = max |X[r]|) so that large entries do not overflow the squares."""
     rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     if INT64:
         rows = rows.to(tl.int64)
     row_ok = rows < R
     offs_d = tl.arange(0, BLOCK_D)
-    acc = tl.zeros([BLOCK_R], OUT.dtype.element_ty)
+    big = tl.zeros([BLOCK_R], OUT.dtype.element_ty)
+    ssq = tl.zeros([BLOCK_R], OUT.dtype.element_ty)
     for d0 in range(0, D, BLOCK_D):
         cols = d0 + offs_d
         x = tl.load(X + rows[:, None] * stride_r + cols[None, :] * stride_d,
                     mask=row_ok[:, None] & (cols < D)[None, :], other=0.0)
-        x = x.to(OUT.dtype.element_ty)
-        acc += tl.sum(x * x, axis=1)
-    norm = tl.sqrt(acc)
+        big, ssq = norm_update(big, ssq, x.to(OUT.dtype.element_ty))
+    norm = norm_finish(big, ssq)
     tl.store(OUT + rows, 1.0 / tl.maximum(norm, EPS), mask=row_ok)

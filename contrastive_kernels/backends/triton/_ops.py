@@ -1,9 +1,9 @@
 """The Triton core ops: ``contrastive_kernels::lse_triton`` and its backward.
 
-Declared with ``torch.library.triton_op`` (schemas exactly ``ops.FORWARD_SCHEMA`` /
-``ops.BACKWARD_SCHEMA``), kernels launched through ``wrap_triton`` so torch.compile sees
+Declared with ``torch.library.triton_op`` (schemas exactly ``contract.FORWARD_SCHEMA`` /
+``contract.BACKWARD_SCHEMA``), kernels launched through ``wrap_triton`` so torch.compile sees
 them; fake implementations and autograd come from
-:func:`contrastive_kernels.ops.register_core_ops`.
+:func:`contrastive_kernels.core.autograd.register_core_ops`.
 
 Host side only allocates outputs, picks the fixed config and launches; no value is read
 back (the scale is loaded from its 0-dim tensor inside the kernels).
@@ -18,7 +18,9 @@ import torch
 import triton
 from torch.library import triton_op, wrap_triton
 
-from .. import ops
+from ... import env
+from ...core import contract
+from ...core.autograd import register_core_ops
 from . import configs
 from ._common import inv_norm_kernel
 from .lse_backward import HEURISTICS as BWD_HEURISTICS
@@ -26,9 +28,10 @@ from .lse_backward import lse_bwd_kernel, lse_bwd_kernel_py
 from .lse_forward import HEURISTICS as FWD_HEURISTICS
 from .lse_forward import lse_fwd_kernel, lse_fwd_kernel_py
 
-FORWARD_NAME = f"{ops.NAMESPACE}::lse_triton"
-BACKWARD_NAME = f"{ops.NAMESPACE}::lse_triton_backward"
+FORWARD_NAME = f"{contract.NAMESPACE}::lse_triton"
+BACKWARD_NAME = f"{contract.NAMESPACE}::lse_triton_backward"
 
+_LOG2E = 1.4426950408889634
 _FP32_TINY = 1.1754943508222875e-38  # eps is passed to the kernels as an fp32 scalar
 
 
@@ -45,17 +48,29 @@ def _kernels_interpreted() -> bool:
     return isinstance(lse_fwd_kernel, InterpretedFunction)
 
 
-ARCH_ENV = "CK_TRITON_ARCH"  # "80" / "90": config family without asking the device
+ARCH_ENV = env.name("TRITON_ARCH")  # "80" / "90": config family without asking the device
 
 
 def _arch(device: torch.device):
     """Config family (80 / 90) for a CUDA device, None under the interpreter."""
     if interpreting() or device.type != "cuda":
         return None
-    forced = os.environ.get(ARCH_ENV)
+    forced = env.get("TRITON_ARCH")
     if forced:
         return configs.arch_of(divmod(int(forced), 10))
     return configs.arch_of(torch.cuda.get_device_capability(device))
+
+
+def _wrap(kernel):
+    """wrap_triton(kernel), so torch.compile sees the launch. Under the interpreter, torch
+    before 2.12 (the GPU machines' 2.11) rejects the interpreted function: there it is
+    launched directly (nothing is compiled then anyway)."""
+    try:
+        return wrap_triton(kernel)
+    except RuntimeError:
+        if _kernels_interpreted():
+            return kernel
+        raise
 
 
 def _allow_tf32(dtype: torch.dtype) -> bool:
@@ -99,28 +114,79 @@ def _launch(which: str, n_rows: int, cfg: configs.Config, kwargs: dict, reset=()
                      for c in configs.autotune_space(cfg)]
             _tuned[key] = triton.autotune(space, key=["D"], reset_to_zero=list(reset) or None)(
                 triton.heuristics(heur)(triton.jit(fn_py)))
-        wrap_triton(_tuned[key])[lambda meta: (triton.cdiv(n_rows, meta["BLOCK_O"]),)](**kwargs)
+        _wrap(_tuned[key])[lambda meta: (triton.cdiv(n_rows, meta["BLOCK_O"]),)](**kwargs)
         return
     blocks = dict(BLOCK_O=cfg.block_o, BLOCK_I=cfg.block_i)
     flags = heuristic_flags(which, {**kwargs, **blocks})
-    wrap_triton(plain)[(triton.cdiv(n_rows, cfg.block_o),)](
+    _wrap(plain)[(triton.cdiv(n_rows, cfg.block_o),)](
         **kwargs, **blocks, **flags, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
 
 
 # --------------------------------------------------------------------------- helpers
 
 
+def _bias2(bias: Optional[torch.Tensor], acc: torch.dtype) -> Optional[torch.Tensor]:
+    """bias log2(e) in the accumulation dtype, padded: the kernels work in base 2."""
+    if bias is None:
+        return None
+    return _padded(bias.to(acc) * _LOG2E, 0.0)
+
+
 def _inv_norms(x: torch.Tensor, eps: float, acc: torch.dtype) -> torch.Tensor:
     rows, d = x.shape
-    out = torch.empty(rows, dtype=acc, device=x.device)
+    # padded like _padded (zeros): the streamed side's norms are loaded without a mask
+    out = torch.zeros(rows + (-rows % configs.KEY_PAD), dtype=acc, device=x.device)
     if rows == 0:
         return out
     block_r = 16
     block_d = min(max(16, configs.next_pow2(d)), 256)
     int64 = rows * abs(x.stride(0)) + d * abs(x.stride(1)) >= 2 ** 31
-    wrap_triton(inv_norm_kernel)[(triton.cdiv(rows, block_r),)](
+    _wrap(inv_norm_kernel)[(triton.cdiv(rows, block_r),)](
         x, out, rows, d, x.stride(0), x.stride(1), max(eps, _FP32_TINY),
         BLOCK_R=block_r, BLOCK_D=block_d, INT64=int64)
+    return out
+
+
+_INT32_LABELS = (torch.int8, torch.uint8, torch.int16, torch.int32) + tuple(
+    getattr(torch, name) for name in ("uint16",) if hasattr(torch, name))
+
+
+def _per_key_inputs(bias, q_labels, k_labels):
+    """bias and labels as the kernels index them: contiguous, and both label tensors int32
+    (the kernels compare raw integers: int8 -1 and uint8 255 share their bits, and a
+    64-bit compare costs two instructions per logit).
+
+    Decided by dtype, never by reading values (that would sync): dtypes that fit int32
+    are cast; wider ones are replaced by an equality-preserving int32 code, the value's
+    position in the sorted concatenation of both label vectors (sort + searchsorted on
+    the device, O((N + M) log(N + M)))."""
+    if bias is not None:
+        bias = bias.contiguous()
+    if q_labels is not None and k_labels is not None:
+        if q_labels.dtype in _INT32_LABELS and k_labels.dtype in _INT32_LABELS:
+            q_labels = q_labels.to(torch.int32).contiguous()
+            k_labels = k_labels.to(torch.int32).contiguous()
+        else:
+            ql, kl = q_labels.to(torch.int64), k_labels.to(torch.int64)
+            ordered = torch.sort(torch.cat([ql, kl])).values
+            q_labels = torch.searchsorted(ordered, ql, out_int32=True)
+            k_labels = torch.searchsorted(ordered, kl, out_int32=True)
+    return bias, q_labels, k_labels
+
+
+def _padded(x: Optional[torch.Tensor], fill: float) -> Optional[torch.Tensor]:
+    """A contiguous copy of a per-row vector padded to a multiple of configs.KEY_PAD: the
+    kernels load the streamed side's vectors (bias, labels, inverse norms, lse, g) of a
+    whole tile without a mask, which lets the loads vectorize; the last tile's bound
+    mask drops the padding."""
+    if x is None:
+        return None
+    n = x.shape[0]
+    pad = -n % configs.KEY_PAD
+    if pad == 0 and x.is_contiguous():
+        return x
+    out = torch.full((n + pad,), fill, dtype=x.dtype, device=x.device)
+    out[:n] = x
     return out
 
 
@@ -131,25 +197,19 @@ def _inv_norm_pair(q, k, normalize, eps, acc):
     return _inv_norms(q, eps, acc), _inv_norms(k, eps, acc)
 
 
-def _labels(q_labels, k_labels, exclude_positives):
-    if exclude_positives and q_labels is not None and k_labels is not None:
-        return q_labels, k_labels
-    return None, None
-
-
 # --------------------------------------------------------------------------- forward
 
 
 # The schemas are given explicitly: inferred from the type hints, ``Optional[int]`` would
 # read ``SymInt?`` where the core-op contract says ``int?`` (tests assert the exact text).
-@triton_op(FORWARD_NAME, mutates_args=(), schema=ops.FORWARD_SCHEMA)
+@triton_op(FORWARD_NAME, mutates_args=(), schema=contract.FORWARD_SCHEMA)
 def lse_triton(q: torch.Tensor, k: torch.Tensor, scale: torch.Tensor, bias: Optional[torch.Tensor],
                q_labels: Optional[torch.Tensor], k_labels: Optional[torch.Tensor],
                self_offset: Optional[int], normalize: bool, eps: float,
                exclude_positives: bool, return_o: bool) -> Tuple[torch.Tensor, torch.Tensor]:
     n, d = q.shape
     m = k.shape[0]
-    acc = ops.accumulate_dtype(q.dtype)
+    acc = contract.accumulate_dtype(q.dtype)
     lse = torch.empty(n, dtype=acc, device=q.device)
     # o accumulates in place when d is chunked: zero-initialized
     o = (torch.zeros((n, d), dtype=acc, device=q.device) if return_o
@@ -157,9 +217,12 @@ def lse_triton(q: torch.Tensor, k: torch.Tensor, scale: torch.Tensor, bias: Opti
     if n == 0:
         return lse, o
     scale = scale.to(acc)
-    q_labels, k_labels = _labels(q_labels, k_labels, exclude_positives)
+    q_labels, k_labels = contract.active_labels(q_labels, k_labels, exclude_positives)
+    bias, q_labels, k_labels = _per_key_inputs(bias, q_labels, k_labels)
+    bias, k_labels = _bias2(bias, acc), _padded(k_labels, 0)
     inv_q, inv_k = _inv_norm_pair(q, k, normalize, eps, acc)
-    cfg = configs.select("fwd_o" if return_o else "fwd", d, q.dtype, _arch(q.device))
+    cfg = configs.select("fwd_o" if return_o else "fwd", d, q.dtype, _arch(q.device),
+                         tf32=_allow_tf32(q.dtype))
     block_d, _ = configs.block_d_for(cfg, d, q.dtype)
     _launch("fwd", n, cfg, dict(
         Q=q, K=k, SCALE=scale, BIAS=bias, QLAB=q_labels, KLAB=k_labels, INVQ=inv_q, INVK=inv_k,
@@ -182,8 +245,9 @@ def _launch_bwd(dk_side, grad_lse, q, k, scale, bias, q_labels, k_labels, self_o
     inv_x, inv_y = (inv_k, inv_q) if dk_side else (inv_q, inv_k)
     nx, d = x.shape
     ny = y.shape[0]
-    acc = ops.accumulate_dtype(q.dtype)
-    cfg = configs.select("bwd_dk" if dk_side else "bwd_dq", d, q.dtype, _arch(q.device))
+    acc = contract.accumulate_dtype(q.dtype)
+    cfg = configs.select("bwd_dk" if dk_side else "bwd_dq", d, q.dtype, _arch(q.device),
+                         tf32=_allow_tf32(q.dtype))
     block_d, single = configs.block_d_for(cfg, d, q.dtype)
     flags = _flags(q.dtype)
     # The interpreter rounds fp32 -> bf16 stores toward zero (compiled Triton rounds to
@@ -209,7 +273,7 @@ def _launch_bwd(dk_side, grad_lse, q, k, scale, bias, q_labels, k_labels, self_o
     return dx, ds_part
 
 
-@triton_op(BACKWARD_NAME, mutates_args=(), schema=ops.BACKWARD_SCHEMA)
+@triton_op(BACKWARD_NAME, mutates_args=(), schema=contract.BACKWARD_SCHEMA)
 def lse_triton_backward(grad_lse: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
                         scale: torch.Tensor, bias: Optional[torch.Tensor],
                         q_labels: Optional[torch.Tensor], k_labels: Optional[torch.Tensor],
@@ -217,7 +281,7 @@ def lse_triton_backward(grad_lse: torch.Tensor, q: torch.Tensor, k: torch.Tensor
                         exclude_positives: bool, lse: torch.Tensor, need_dq: bool,
                         need_dk: bool, need_dscale: bool
                         ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    acc = ops.accumulate_dtype(q.dtype)
+    acc = contract.accumulate_dtype(q.dtype)
     dq = q.new_empty((0,))
     dk = k.new_empty((0,))
     if q.shape[0] == 0 or k.shape[0] == 0:
@@ -226,10 +290,12 @@ def lse_triton_backward(grad_lse: torch.Tensor, q: torch.Tensor, k: torch.Tensor
         dk = torch.zeros_like(k, memory_format=torch.contiguous_format) if need_dk else dk
         return dq, dk, torch.zeros((), dtype=scale.dtype, device=scale.device)
     scale_acc = scale.to(acc)
-    q_labels, k_labels = _labels(q_labels, k_labels, exclude_positives)
+    q_labels, k_labels = contract.active_labels(q_labels, k_labels, exclude_positives)
+    bias, q_labels, k_labels = _per_key_inputs(bias, q_labels, k_labels)
+    bias, q_labels, k_labels = _bias2(bias, acc), _padded(q_labels, 0), _padded(k_labels, 0)
     inv_q, inv_k = _inv_norm_pair(q, k, normalize, eps, acc)
-    grad_lse = grad_lse.contiguous()
-    lse = lse.contiguous()
+    grad_lse = _padded(grad_lse, 0.0)
+    lse = _padded(lse, float("-inf"))
     args = (grad_lse, q, k, scale_acc, bias, q_labels, k_labels, self_offset, eps, lse,
             inv_q, inv_k)
     ds_parts = []
@@ -257,4 +323,4 @@ lse_backward_op = torch.ops.contrastive_kernels.lse_triton_backward.default
 # same outputs, and they need no kernel (under the interpreter a launch on fake tensors
 # would read data pointers). torch.compile still sees the kernels: triton_op decomposes
 # the op into its wrap_triton calls under functionalization.
-ops.register_core_ops(lse_op, lse_backward_op, fake=True)
+register_core_ops(lse_op, lse_backward_op)

@@ -1,24 +1,32 @@
 """Ahead-of-time compilation of every shipped config, without a GPU.
 
-    python -m contrastive_kernels.triton.aot [--out docs/triton_compile_report.md] [--jobs 2]
+    python -m contrastive_kernels.backends.triton.aot [--out REPORT.md] [--jobs 2]
 
+(``make triton-report`` writes the committed docs/triton_compile_report.md this way)
 compiles each entry of :data:`configs.TABLE` for its arch (sm_80 / sm_90a) with
 ``triton.compile(ASTSource(...), target=GPUTarget("cuda", arch, 32))`` and reads:
 
 - registers and spill stores / loads from ptxas' ``-v`` log (the ptxas run of the
-  compile itself, captured with TRITON_DUMP_PTXAS_LOG), cross-checked with
-  ``cuobjdump -res-usage`` on the cubin;
+  compile itself, captured with Triton's ``dump_ptxas_log`` knob, set for the compile
+  only), cross-checked with ``cuobjdump -res-usage`` on the cubin;
 - shared memory: Triton's dynamic allocation (``metadata.shared``) plus ptxas' static one;
-- whether the PTX issues wgmma (Hopper warp-group MMA).
+- whether the PTX issues wgmma (Hopper warp-group MMA);
+- from the SASS (``cuobjdump -sass``) of the main loop: instructions, MUFU.EX2 and
+  tensor-core instructions per thread per streamed tile, and from them and the per-SM
+  rates of :data:`RATES` a predicted ceiling (fraction of the dtype's peak, :func:`predict`).
 
 Each config is compiled in its heaviest specialization: every feature on (bias, labels,
 self-exclusion, normalization; o for ``fwd_o``; dx and dscale for the backward), no
 EVEN_* shortcut (masked tails), 32-bit offsets, 16-byte aligned pointers and row strides,
-unit column strides, and the largest d tile of its range. fp16 / bf16 share a config
-but are compiled separately.
+unit column strides, int32 labels (the launcher's), and the largest d tile of its range.
+fp16 / bf16 share a config but are compiled separately; fp32 is compiled both as tf32
+and as IEEE fp32 (torch's default), each with its own configs.
 
 The Triton kernels must be importable in compiled mode: run this with TRITON_INTERPRET
 unset (the tests start it in a subprocess).
+
+Results are cached per job (``CONTRASTIVE_KERNELS_TRITON_AOT_CACHE``: a directory, or ``0``
+to recompile; default ``~/.cache/contrastive_kernels/triton_aot``).
 """
 
 from __future__ import annotations
@@ -35,13 +43,19 @@ import sys
 import tempfile
 import time
 
+from ... import env
+
 # Max shared memory per block (bytes). The "80" family also runs on sm_86 / sm_89 (the
 # configs are picked by capability < 9.0), whose limit (99 KiB) is below A100's 163 KiB:
 # check against the smaller one. sm_90: 227 KiB.
 SMEM_LIMIT = {80: 101376, 90: 232448}
 REG_LIMIT = 255
-DTYPES = {"16": ("fp16", "bf16"), "32": ("fp32",), "64": ("fp64",)}
-_ACC = {"fp16": "fp32", "bf16": "fp32", "fp32": "fp32", "fp64": "fp64"}
+# dtype class of configs.TABLE -> the dtypes compiled for it. "tf32": fp32 operands on
+# tf32 tensor cores (torch's matmul precision "high" / "medium"); "fp32": IEEE fp32
+# (precision "highest", torch's default), FMA on the CUDA cores.
+DTYPES = {"16": ("fp16", "bf16"), "tf32": ("tf32",), "fp32": ("fp32",), "64": ("fp64",)}
+_ACC = {"fp16": "fp32", "bf16": "fp32", "tf32": "fp32", "fp32": "fp32", "fp64": "fp64"}
+_OPERAND = {"tf32": "fp32"}
 
 
 @dataclasses.dataclass
@@ -61,6 +75,14 @@ class Row:
     error: str = ""
     probe: str = ""  # "int64": the 64-bit-offset specialization of a shipped config
     int64_offsets: bool = False  # TTIR adds 64-bit offsets to the row pointers
+    # SASS of the main loop (one streamed tile, common path), per thread
+    loop_instr: int = -1
+    loop_ex2: int = -1
+    loop_mma: int = -1
+    tile_elems: int = -1  # logits of one tile per thread (BLOCK_O BLOCK_I / threads)
+    ceiling: float = -1.0  # predicted fraction of the arch's peak for the dtype
+    bound: str = ""  # the resource that sets the ceiling
+    sass: str = dataclasses.field(default="", repr=False)  # cached, not reported
 
     @property
     def spills(self) -> int:
@@ -78,6 +100,9 @@ class Row:
             out.append(f"shared memory {self.shared} B > sm_{self.arch} limit {SMEM_LIMIT[self.arch]} B")
         if self.registers > REG_LIMIT:
             out.append(f"{self.registers} registers > {REG_LIMIT}")
+        if self.loop_ex2 > ex2_limit(self.tile_elems):
+            out.append(f"{self.loop_ex2} exp per thread per tile > {self.tile_elems} logits "
+                       "per thread: the tile is computed more than once")
         return out
 
 
@@ -86,13 +111,15 @@ def _signature(kernel: str, dtype: str, cfg, block_d: int, int64: bool = False):
     from . import lse_backward, lse_forward
 
     acc = _ACC[dtype]
-    common = dict(TF32=dtype == "fp32", UPCAST=False, RESCALE=dtype == "fp16",
+    tf32 = dtype == "tf32"
+    dtype = _OPERAND.get(dtype, dtype)
+    common = dict(TF32=tf32, UPCAST=False, RESCALE=dtype == "fp16",
                   BLOCK_O=cfg.block_o, BLOCK_I=cfg.block_i, BLOCK_D=block_d,
                   HAS_SELF=True, HAS_BIAS=True, HAS_LABELS=True, HAS_NORM=True,
                   EVEN_D=False, SINGLE_D=cfg.single, INT64=int64)
     if kernel in ("fwd", "fwd_o"):
         fn = lse_forward.lse_fwd_kernel_py
-        ptrs = dict(Q=dtype, K=dtype, SCALE=acc, BIAS=acc, QLAB="i64", KLAB="i64", INVQ=acc,
+        ptrs = dict(Q=dtype, K=dtype, SCALE=acc, BIAS=acc, QLAB="i32", KLAB="i32", INVQ=acc,
                     INVK=acc, LSE=acc, O=acc)
         ints = dict(N="i32", M="i32", D="i32", SELF_OFFSET="i32", stride_qn="i32",
                     stride_kn="i32")
@@ -104,7 +131,7 @@ def _signature(kernel: str, dtype: str, cfg, block_d: int, int64: bool = False):
         aligned = ("D", "stride_qn", "stride_kn")
     else:
         fn = lse_backward.lse_bwd_kernel_py
-        ptrs = dict(X=dtype, Y=dtype, SCALE=acc, BIAS=acc, XLAB="i64", YLAB="i64", INVX=acc,
+        ptrs = dict(X=dtype, Y=dtype, SCALE=acc, BIAS=acc, XLAB="i32", YLAB="i32", INVX=acc,
                     INVY=acc, LSE=acc, G=acc, DX=dtype, ACC_BUF=acc, DS_PART=acc)
         ints = dict(NX="i32", NY="i32", D="i32", SELF_OFFSET="i32", EPS="fp32",
                     stride_xn="i32", stride_yn="i32")
@@ -136,8 +163,8 @@ _SPILL = re.compile(r"(\d+) bytes spill stores, (\d+) bytes spill loads")
 _SMEM = re.compile(r"(\d+) bytes smem")
 
 
-CACHE_ENV = "CK_TRITON_AOT_CACHE"  # a directory, or "0" to recompile everything
-_CACHE_VERSION = 1  # bump when what _compile_one measures changes
+CACHE_ENV = env.name("TRITON_AOT_CACHE")  # a directory, or "0" to recompile everything
+_CACHE_VERSION = 3  # bump when what _compile_one measures changes
 
 
 def _cache_path(job):
@@ -147,8 +174,8 @@ def _cache_path(job):
 
     import triton
 
-    where = os.environ.get(CACHE_ENV, os.path.join(os.path.expanduser("~"), ".cache",
-                                                   "contrastive_kernels", "triton_aot"))
+    where = env.get("TRITON_AOT_CACHE", os.path.join(os.path.expanduser("~"), ".cache",
+                                                     "contrastive_kernels", "triton_aot"))
     if where == "0":
         return None
     import inspect
@@ -197,13 +224,17 @@ def _compile_one(job) -> Row:
         fn, signature, const, attrs = _signature(kernel, dtype, cfg, block_d,
                                                  int64=probe == "int64")
         src = ASTSource(JITFunction(fn), signature, constexprs=const, attrs=attrs)
-        knobs.nvidia.dump_ptxas_log = True
-        knobs.compilation.always_compile = True
         log = io.StringIO()
-        with contextlib.redirect_stdout(log):
-            compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32),
-                                      options=dict(num_warps=cfg.num_warps,
-                                                   num_stages=cfg.num_stages))
+        # Knobs set for this compile only: scope() restores them (and the TRITON_* variables
+        # that setting a knob exports) on exit, so importing or calling this module leaves
+        # Triton's global configuration as it found it.
+        with knobs.nvidia.scope(), knobs.compilation.scope():
+            knobs.nvidia.dump_ptxas_log = True  # ptxas -v log printed to stdout
+            knobs.compilation.always_compile = True  # a cache hit would skip ptxas
+            with contextlib.redirect_stdout(log):
+                compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32),
+                                          options=dict(num_warps=cfg.num_warps,
+                                                       num_stages=cfg.num_stages))
         text = log.getvalue()
         regs = _PTXAS.findall(text)
         spills = _SPILL.findall(text)
@@ -219,6 +250,8 @@ def _compile_one(job) -> Row:
             if row.registers < 0:
                 row.registers = res["REG"]
             row.local = res.get("LOCAL", 0)
+        row.sass = _sass(compiled.asm["cubin"]) or ""
+        analyse(row, job)
     except Exception as exc:  # reported, and failed by the test
         row.error = f"{type(exc).__name__}: {str(exc)[:400]}"
     row.seconds = time.time() - t0
@@ -251,6 +284,143 @@ def _cuobjdump(cubin: bytes):
     return dict(REG=int(m[1]), STACK=int(m[2]), SHARED=int(m[3]), LOCAL=int(m[4]))
 
 
+def analyse(row: Row, job) -> Row:
+    """The SASS counts and the model of a compiled row (from its SASS, kept in the cache
+    so that a change of the counting needs no recompile)."""
+    kernel, dtype, arch, d_max, cfg = job[:5]
+    if row.sass:
+        counts = loop_counts(row.sass)
+        if counts:
+            row.loop_instr, row.loop_ex2, row.loop_mma = counts
+    model = predict(kernel, dtype, arch, cfg, row.loop_instr, row.loop_ex2, row.loop_mma)
+    row.tile_elems, row.ceiling, row.bound = model
+    return row
+
+
+def _sass(cubin: bytes):
+    tool = _tool("cuobjdump")
+    if tool is None:
+        return None
+    with tempfile.NamedTemporaryFile(suffix=".cubin", delete=False) as f:
+        f.write(cubin)
+    try:
+        return subprocess.run([tool, "-sass", f.name], capture_output=True, text=True,
+                              check=False).stdout
+    finally:
+        os.unlink(f.name)
+
+
+# --------------------------------------------------------------------------- SASS model
+
+_INSTR = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(.*?)\s*;")
+_TENSOR_OPS = ("HMMA", "HGMMA", "DMMA")
+# Per-row exps on top of one per logit: the online rescale factor, which the compiler may
+# evaluate in the layouts of both the logits and the o accumulator; at most
+# min(EX2_SLACK, logits / 2) of them. A tile computed twice adds a whole tile's worth.
+EX2_SLACK = 8
+
+
+def ex2_limit(tile_elems: int) -> int:
+    return tile_elems + min(EX2_SLACK, tile_elems // 2)
+
+
+def _opcode(text: str) -> str:
+    if text.startswith("@"):
+        text = text.split(None, 1)[1]
+    return text.split()[0]
+
+
+def loop_counts(sass: str):
+    """(instructions, MUFU.EX2, tensor-core instructions) per thread per iteration of the
+    main loop: the innermost loop (backward branch) holding the most MUFU.EX2 and tensor
+    instructions, on its common path: blocks that a forward branch inside the loop skips
+    (the self-exclusion mask of diagonal tiles, the bound mask of the last tile) are left
+    out. None when there is no such loop."""
+    ins = []
+    for m in _INSTR.finditer(sass):
+        addr, text = int(m[1], 16), m[2]
+        op = _opcode(text)
+        target = None
+        if op == "BRA":
+            t = re.search(r"0x([0-9a-f]+)", text.split("BRA", 1)[1])
+            target = int(t[1], 16) if t else None
+        ins.append((addr, op, target))
+    loops = [(t, a) for a, op, t in ins if t is not None and t < a]  # t == a: the trap
+
+    def work(lo, hi):
+        return sum(op.startswith(("MUFU.EX2",) + _TENSOR_OPS) for a, op, _ in ins
+                   if lo <= a <= hi)
+
+    loops = [lp for lp in loops if work(*lp)]
+    if not loops:
+        return None
+    best = max(work(*lp) for lp in loops)
+    lo, hi = min((lp for lp in loops if work(*lp) == best), key=lambda lp: lp[1] - lp[0])
+    skipped = [(a, t) for a, op, t in ins if t is not None and lo <= a < t <= hi]
+    total = n_ex2 = n_mma = 0
+    for a, op, _ in ins:
+        if not lo <= a <= hi or any(b < a < t for b, t in skipped):
+            continue
+        total += 1
+        n_ex2 += op.startswith("MUFU.EX2")
+        n_mma += op.startswith(_TENSOR_OPS)
+    return total, n_ex2, n_mma
+
+
+# Per-SM, per-clock rates. Tensor / FMA FLOP: NVIDIA A100 (sm_80) and H100 (sm_90)
+# architecture whitepapers: dense fp16/bf16 1024 FMA/clk/SM on A100 and 2x on H100, tf32
+# half of that, fp64 DMMA 64 / 128 FMA/clk/SM, IEEE fp32 FFMA 64 / 128 per clk/SM (peak
+# TFLOPS = rate x SMs x boost clock: 312 / 989 bf16, 156 / 495 tf32, 19.5 / 67 fp64 and
+# fp32). MUFU (ex2): 16 results/clk/SM on both (CUDA C Programming Guide, arithmetic
+# instruction throughput, cc 8.0 / 9.0). Issue: 4 warp schedulers x 1 warp-instruction /
+# clk per SM.
+RATES = {
+    80: dict(flop={"fp16": 2048, "bf16": 2048, "tf32": 1024, "fp32": 128, "fp64": 128},
+             mufu=16, issue=4),
+    90: dict(flop={"fp16": 4096, "bf16": 4096, "tf32": 2048, "fp32": 256, "fp64": 256},
+             mufu=16, issue=4),
+}
+# Floors of the predicted ceiling (fraction of the dtype's peak) that the compile test
+# enforces: the d <= 128 bf16 / tf32 configs, set a few points under what the model gives
+# for the fixed kernels (heaviest specialization), so that a change that adds instructions
+# to the main loop or duplicates work fails. The issue's aims for sm_90 bf16 are forward
+# 75 % and each backward grid 60 %: the backward grids meet them; the forward (one exp,
+# a label compare and the scaling per logit against an 8-HGMMA tile) reaches 69 %.
+CEILING_FLOORS = {
+    ("fwd", "bf16", 90, "d <= 128"): 0.65,
+    ("fwd_o", "bf16", 90, "d <= 128"): 0.85,
+    ("bwd_dq", "bf16", 90, "d <= 128"): 0.90,
+    ("bwd_dk", "bf16", 90, "d <= 128"): 0.75,
+    ("fwd", "bf16", 80, "d <= 128"): 0.95,
+    ("fwd_o", "bf16", 80, "d <= 128"): 0.95,
+    ("bwd_dq", "bf16", 80, "d <= 128"): 0.95,
+    ("bwd_dk", "bf16", 80, "d <= 128"): 0.95,
+    ("fwd", "tf32", 90, "d <= 128"): 0.65,
+    ("fwd_o", "tf32", 90, "d <= 128"): 0.85,
+}
+
+
+def predict(kernel, dtype, arch, cfg, instr, ex2, mma):
+    """(logits per thread per tile, predicted ceiling, bound) of one streamed tile of a
+    single-tile config (d = its BLOCK_D).
+
+    A program's tile costs, on its SM's shared resources: tensor (or FFMA) time
+    flops / rate, MUFU time ex2 x threads / 16, issue time instr x warps / 4. Perfect
+    overlap gives the ceiling tensor / max(tensor, MUFU, issue). Chunked configs are not
+    modelled: ptxas lays their inner d loops outside the tile loop's address range."""
+    threads = 32 * cfg.num_warps
+    elems = cfg.block_o * cfg.block_i // threads
+    if instr < 0 or not cfg.single:
+        return elems, -1.0, ""
+    n_mm = 1 if kernel == "fwd" else 2  # logits; + o (fwd_o) or + dx (backward)
+    flops = 2 * n_mm * cfg.block_o * cfg.block_i * cfg.block_d
+    rate = RATES[arch]
+    t = dict(tensor=flops / rate["flop"][dtype], mufu=ex2 * threads / rate["mufu"],
+             issue=instr * cfg.num_warps / rate["issue"])
+    bound = max(t, key=t.get)
+    return elems, round(t["tensor"] / t[bound], 3), bound
+
+
 def jobs(kernels=None, archs=None):
     from . import configs
     out = []
@@ -279,7 +449,7 @@ def _cached(job):
     path = _cache_path(job)
     if path and os.path.exists(path):
         with open(path) as f:
-            return Row(**json.load(f))
+            return analyse(Row(**json.load(f)), job)
     return None
 
 
@@ -302,29 +472,62 @@ def report(rows, path=None) -> str:
     lines = [
         "# Triton kernels: ahead-of-time compile report",
         "",
-        "Generated by `python -m contrastive_kernels.triton.aot` (run by "
-        "`tests/test_triton_aot.py`), no GPU needed: every shipped config of "
-        "`contrastive_kernels/triton/configs.py` compiled with "
+        "Generated by `make triton-report` (`python -m contrastive_kernels.backends.triton.aot "
+        "--out docs/triton_compile_report.md`; `tests/backends/test_triton_aot.py` checks "
+        "that it is current), no GPU needed: every shipped config of "
+        "`contrastive_kernels/backends/triton/configs.py` compiled with "
         f"triton {triton.__version__} for its arch, registers and spills from ptxas `-v` "
         "(cross-checked with `cuobjdump -res-usage`), shared memory = Triton's dynamic "
-        "allocation + ptxas' static one. Limits: 255 registers, no spills, shared memory "
+        "allocation + ptxas' static one. Every path that runs by default is compiled: "
+        "fp16 / bf16, fp32 as IEEE (`fp32`, torch's default matmul precision \"highest\") "
+        "and as `tf32` (precision \"high\" / \"medium\"), fp64. Limits: 255 registers, "
+        "no spills, shared memory "
         f"<= {SMEM_LIMIT[80]} B (sm_80 configs, so that they also fit sm_86 / sm_89) / "
         f"{SMEM_LIMIT[90]} B (sm_90).",
         "",
-        "Heaviest specialization per config: bias, labels, self-exclusion and normalization "
-        "on, masked tails everywhere, largest d tile of the range. Config: `O` rows owned "
+        "Heaviest specialization per config: bias, labels (int32, as the launcher passes "
+        "them), self-exclusion and normalization on, masked tails everywhere, largest d tile of the range. Config: `O` rows owned "
         "per program, `I` streamed tile, `D` d tile (single = whole d in one tile, chunk = "
         "loop over d), `w` warps, `s` pipeline stages.",
         "",
+        "Main loop (SASS, `cuobjdump -sass`, per thread per streamed tile): `instr` all "
+        "instructions, `ex2` MUFU.EX2 (the exps), `mma` tensor-core instructions "
+        "(HMMA / HGMMA / DMMA), `logits` the tile's logits per thread (BLOCK_O BLOCK_I / "
+        "threads: more exps than that, beyond a few per row, means the tile is computed "
+        "twice). Chunked configs: the counts of the tile loop without its d loops, which "
+        "ptxas places elsewhere; no ceiling.",
+        "",
+        "**Performance model.** One streamed tile of one program uses its SM's shared "
+        "resources for: tensor time = the tile's MMA FLOPs (2 BLOCK_O BLOCK_I d per product: "
+        "one for `fwd`, two for `fwd_o` and the backward grids) / the SM's tensor FLOP/clk; "
+        "MUFU time = ex2 x threads / 16 per clk; issue time = instr x warps / 4 per clk. "
+        "With perfect overlap the tile takes the largest of the three, so "
+        "`ceiling` = tensor time / max(tensor, MUFU, issue) is the best fraction of the "
+        "dtype's peak the kernel can reach, and `bound` names the limiting resource. "
+        "Per-SM rates (FLOP/clk): sm_80 (A100) fp16/bf16 2048, tf32 1024, fp64 (DMMA) 128, "
+        "IEEE fp32 (FFMA) 128; sm_90 (H100) 4096, 2048, 256, 256 — NVIDIA's A100 and H100 "
+        "architecture whitepapers (peak = rate x SMs x boost clock: 312 / 989 TFLOPS bf16). "
+        "MUFU.EX2 16/clk/SM (CUDA C Programming Guide, throughput of arithmetic "
+        "instructions, cc 8.0 and 9.0); issue 4 warp-instructions/clk/SM (4 schedulers). "
+        "Not modelled: memory and shared-memory bandwidth, latency, pipeline bubbles, "
+        "occupancy (a ceiling, not a prediction of the measured rate). For IEEE fp32 the "
+        "peak is the FFMA rate, whose FFMAs also take issue slots. Floors enforced by "
+        "`tests/backends/test_triton_aot.py`: "
+        + ", ".join(f"{k} {dt} sm_{a} {dr} >= {100 * v:.0f}%"
+                    for (k, dt, a, dr), v in CEILING_FLOORS.items()) + ".",
+        "",
         "| kernel | dtype | arch | d range | config | registers | spill st/ld (B) | "
-        "shared (B) | wgmma |",
-        "|---|---|---|---|---|---:|---:|---:|---|",
+        "shared (B) | wgmma | instr | ex2 | mma | logits | ceiling | bound |",
+        "|---|---|---|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---|",
     ]
     for r in rows:
         spill = f"{r.spill_stores}/{r.spill_loads}" + (f" +{r.local} local" if r.local else "")
+        ceiling = f"{100 * r.ceiling:.0f}%" if r.ceiling >= 0 else "-"
         lines.append(f"| {r.kernel} | {r.dtype} | sm_{r.arch} | {r.d_range}"
                      f"{' (64-bit offsets)' if r.probe == 'int64' else ''} | {r.config} | "
-                     f"{r.registers} | {spill} | {r.shared} | {'yes' if r.wgmma else 'no'} |"
+                     f"{r.registers} | {spill} | {r.shared} | {'yes' if r.wgmma else 'no'} | "
+                     f"{r.loop_instr} | {r.loop_ex2} | {r.loop_mma} | {r.tile_elems} | "
+                     f"{ceiling} | {r.bound} |"
                      + (f" ERROR {r.error}" if r.error else ""))
     text = "\n".join(lines) + "\n"
     if path:
@@ -353,8 +556,8 @@ def main(argv=None) -> int:
     if args.json:
         import json
         with open(args.json, "w") as f:
-            json.dump([dict(dataclasses.asdict(r), spills=r.spills, problems=r.problems())
-                       for r in rows], f, indent=1)
+            json.dump([dict({k: v for k, v in dataclasses.asdict(r).items() if k != "sass"},
+                            spills=r.spills, problems=r.problems()) for r in rows], f, indent=1)
     bad = [(r, p) for r in rows for p in r.problems()]
     for r, p in bad:
         print(f"FAIL {r.kernel} {r.dtype} sm_{r.arch} {r.config}: {p}", file=sys.stderr)

@@ -1,6 +1,8 @@
 """Fixed launch configurations of the Triton kernels, chosen on paper.
 
-One entry per (kernel, d range, dtype class, arch). Kernels:
+One entry per (kernel, d range, dtype class, arch). Dtype classes: "16" (fp16 / bf16),
+"tf32" (fp32 operands on tf32 tensor cores, torch precision "high" / "medium"), "fp32"
+(IEEE fp32, torch's default "highest": FFMA on the CUDA cores), "64". Kernels:
 
 - ``fwd``    forward, lse only;
 - ``fwd_o``  forward with o (an extra [BLOCK_O, BLOCK_D] fp32 accumulator);
@@ -13,17 +15,19 @@ feature dimension is one tile (``SINGLE_D``: the owned tile is loaded once, the
 accumulators live in registers); otherwise the kernels loop over d in ``block_d`` chunks
 and the [rows, d] accumulators (o, dq, dk) live in an fp32 buffer in global memory.
 
-Budget (checked by ``tests/test_triton_aot.py`` through ptxas for sm_80 and sm_90, see
-``docs/triton_compile_report.md``): no spills, at most 255 registers per thread, and
-shared memory within 99 KiB for the sm_80 family (so sm_86 / sm_89 fit too) / 227 KiB
-for sm_90. Reasoning per entry:
+Budget (checked by ``tests/backends/test_triton_aot.py`` through ptxas for sm_80 and
+sm_90, see ``docs/triton_compile_report.md``): no spills, at most 255 registers per
+thread, and shared memory within 99 KiB for the sm_80 family (so sm_86 / sm_89 fit too) /
+227 KiB for sm_90. Reasoning per entry:
 
 - registers: an fp32 [R, C] tile costs R * C / (32 * num_warps) registers per thread;
   the logits tile, the accumulator and the owned operand together stay near 128-160,
   which leaves room for addresses and the softmax temporaries;
 - shared memory: the streamed operand is multi-buffered (``num_stages`` copies of
   [block_i, block_d]) and the owned one is staged once; fp32 tiles cost twice fp16.
-- sm_90 fp16 / bf16: block_o is a multiple of 64 per warp group so tl.dot lowers to wgmma.
+- sm_90 fp16 / bf16: block_o is a multiple of 64 per warp group so tl.dot lowers to wgmma;
+- no duplicated work: a 64 x 32 logits tile cannot be split over 8 warps, which then
+  compute it twice (the report counts the exps per thread to catch it).
 
 Autotuning is opt-in: set ``CONTRASTIVE_KERNELS_TRITON_AUTOTUNE=1`` to let
 ``triton.autotune`` pick among :func:`autotune_space` (same ``block_d``) per d and dtype.
@@ -33,12 +37,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import os
 from typing import Iterator, Optional
 
 import torch
 
-AUTOTUNE_ENV = "CONTRASTIVE_KERNELS_TRITON_AUTOTUNE"
+from ... import env
+
+AUTOTUNE_ENV = env.name("TRITON_AUTOTUNE")
 KERNELS = ("fwd", "fwd_o", "bwd_dq", "bwd_dk")
 ARCHS = (80, 90)
 INF = None  # d_max of the chunked entry
@@ -65,46 +70,64 @@ def _c(bo, bi, bd, w, s, single=True):
 
 # (kernel, dtype class, arch) -> [(d_max, Config)], d_max ascending, the last one chunked.
 # A single-tile entry covers d up to d_max with BLOCK_D = next_pow2(d) (the AOT report
-# compiles its largest tile). Where ptxas reported spills for a first choice, the streamed
-# tile was halved (block_i 64 -> 32) or the warps doubled: see docs/triton_compile_report.md.
+# compiles its largest tile). Choices are checked in docs/triton_compile_report.md (no
+# spills, no duplicated tile); where a first choice spilled, the streamed tile was halved.
+# 8 warps on a 64-row tile only with a streamed tile of 64: with 32 columns the two warp
+# groups cannot split the logits tile and both compute it (twice the exps and MMAs).
 _T16_80 = {
     "fwd": [(64, _c(128, 64, 64, 4, 3)), (128, _c(128, 64, 128, 8, 3)),
             (256, _c(128, 64, 256, 8, 2)), (INF, _c(128, 64, 64, 8, 3, False))],
-    "fwd_o": [(128, _c(128, 64, 128, 8, 2)), (256, _c(64, 64, 256, 8, 2)),
+    "fwd_o": [(128, _c(128, 32, 128, 8, 2)), (256, _c(64, 32, 256, 4, 2)),
               (INF, _c(128, 64, 64, 8, 3, False))],
-    "bwd_dq": [(128, _c(64, 32, 128, 4, 2)), (256, _c(64, 32, 256, 8, 2)),
-               (INF, _c(128, 64, 64, 8, 2, False))],
-    "bwd_dk": [(128, _c(64, 32, 128, 4, 2)), (256, _c(64, 32, 256, 8, 2)),
-               (INF, _c(128, 64, 64, 8, 2, False))],
+    # fp16's online rescaling costs the dq grid a few registers more: 32-row tiles
+    "bwd_dq": [(128, _c(32, 32, 128, 4, 2)), (256, _c(32, 32, 256, 4, 2)),
+               (INF, _c(128, 16, 64, 8, 2, False))],
+    "bwd_dk": [(128, _c(64, 32, 128, 4, 2)), (256, _c(64, 64, 256, 8, 2)),
+               (INF, _c(128, 32, 64, 8, 2, False))],
 }
 _T16_90 = {  # block_o a multiple of 64 rows per warp group: tl.dot lowers to wgmma
     "fwd": [(64, _c(128, 64, 64, 4, 3)), (128, _c(128, 128, 128, 8, 3)),
             (256, _c(128, 64, 256, 8, 2)), (INF, _c(128, 128, 64, 8, 4, False))],
-    "fwd_o": [(128, _c(128, 64, 128, 8, 3)), (256, _c(64, 64, 256, 8, 2)),
+    "fwd_o": [(128, _c(128, 64, 128, 8, 3)), (256, _c(64, 64, 256, 4, 2)),
               (INF, _c(128, 64, 64, 8, 3, False))],
-    "bwd_dq": [(128, _c(128, 32, 128, 8, 2)), (256, _c(64, 32, 256, 8, 2)),
-               (INF, _c(128, 64, 64, 8, 3, False))],
-    "bwd_dk": [(128, _c(128, 32, 128, 8, 2)), (256, _c(64, 32, 256, 8, 2)),
+    "bwd_dq": [(128, _c(128, 32, 128, 8, 2)), (256, _c(64, 64, 256, 8, 2)),
+               (INF, _c(128, 32, 64, 8, 3, False))],
+    "bwd_dk": [(128, _c(128, 32, 128, 8, 2)), (256, _c(64, 64, 256, 8, 2)),
                (INF, _c(128, 64, 64, 8, 3, False))],
 }
-_T32 = {  # tf32 / IEEE fp32 operands: twice the bytes of fp16 per tile
+_TF32 = {  # tf32 operands: twice the bytes of fp16 per tile
     "fwd": [(64, _c(128, 64, 64, 8, 3)), (128, _c(64, 64, 128, 4, 2)),
             (INF, _c(128, 64, 32, 8, 3, False))],
     "fwd_o": [(128, _c(64, 32, 128, 4, 2)), (INF, _c(64, 64, 32, 4, 3, False))],
-    "bwd_dq": [(128, _c(64, 32, 128, 8, 2)), (INF, _c(64, 64, 32, 4, 2, False))],
-    "bwd_dk": [(128, _c(64, 32, 128, 8, 2)), (INF, _c(64, 64, 32, 4, 2, False))],
+    "bwd_dq": [(64, _c(64, 32, 64, 4, 2)), (INF, _c(64, 32, 32, 4, 2, False))],
+    "bwd_dk": [(64, _c(64, 32, 64, 4, 2)), (INF, _c(64, 32, 32, 4, 2, False))],
+}
+# IEEE fp32 (torch's default precision "highest"): tl.dot runs as FFMA on the CUDA cores
+# with both operands and the product in registers, so the tiles are small and d is
+# chunked early; the chunk loop costs little next to the FFMAs.
+_FP32 = {
+    "fwd": [(32, _c(64, 64, 32, 4, 2)), (INF, _c(64, 64, 32, 4, 2, False))],
+    "fwd_o": [(32, _c(64, 32, 32, 4, 2)), (INF, _c(64, 32, 32, 4, 2, False))],
+    # one pipeline stage: with two, sm_80's software pipeline spilled a few bytes
+    "bwd_dq": [(32, _c(32, 32, 32, 4, 2)), (INF, _c(32, 32, 16, 4, 1, False))],
+    "bwd_dk": [(32, _c(32, 32, 32, 4, 2)), (INF, _c(32, 32, 16, 4, 1, False))],
 }
 _T64 = {  # fp64 (DMMA on sm_80 / sm_90): correctness more than speed
     "fwd": [(32, _c(64, 32, 32, 4, 2)), (INF, _c(64, 32, 16, 4, 2, False))],
     "fwd_o": [(32, _c(64, 32, 32, 4, 2)), (INF, _c(64, 32, 16, 4, 2, False))],
-    "bwd_dq": [(32, _c(64, 32, 32, 8, 2)), (INF, _c(64, 32, 16, 4, 2, False))],
-    "bwd_dk": [(32, _c(64, 32, 32, 8, 2)), (INF, _c(64, 32, 16, 4, 2, False))],
+    "bwd_dq": [(32, _c(32, 32, 32, 4, 2)), (INF, _c(64, 16, 16, 4, 2, False))],
+    "bwd_dk": [(32, _c(32, 32, 32, 4, 2)), (INF, _c(64, 16, 16, 4, 2, False))],
 }
 TABLE = {
     ("16", 80): _T16_80, ("16", 90): _T16_90,
-    ("32", 80): _T32, ("32", 90): _T32,
+    ("tf32", 80): _TF32, ("tf32", 90): _TF32,
+    ("fp32", 80): _FP32, ("fp32", 90): _FP32,
     ("64", 80): _T64, ("64", 90): _T64,
 }
+DTYPE_CLASSES = ("16", "tf32", "fp32", "64")
+# The launcher pads the streamed side's per-row vectors to a multiple of this (every
+# block_i divides it): the kernels load them a whole tile at a time without a mask.
+KEY_PAD = 128
 
 # Under TRITON_INTERPRET=1 each tile op is a numpy call: modest tiles keep the tests quick
 # while odd shapes still cross several row / key tiles and d = 130 takes the chunked path.
@@ -112,20 +135,47 @@ INTERPRET = {kernel: [(64, _c(64, 64, 64, 4, 1)), (INF, _c(64, 64, 64, 4, 1, Fal
              for kernel in KERNELS}
 
 
-def dtype_class(dtype: torch.dtype) -> str:
+def dtype_class(dtype: torch.dtype, tf32: bool = True) -> str:
+    """Config class: "16" (fp16 / bf16), "tf32" / "fp32" (fp32 operands on tf32 tensor
+    cores / as IEEE fp32), "64"."""
     if dtype in (torch.float16, torch.bfloat16):
         return "16"
     if dtype == torch.float32:
-        return "32"
+        return "tf32" if tf32 else "fp32"
     if dtype == torch.float64:
         return "64"
     raise TypeError(f"no Triton config for {dtype}")
 
 
-def arch_of(capability) -> int:
-    """Config family of a compute capability: 90 for Hopper and newer, 80 below."""
+# Shared memory per block (opt-in maximum) by compute capability; the tables need up to
+# 99 KiB (the 80 family) / 227 KiB (the 90 family).
+_FAMILY = {
+    8: 80,   # sm_80 (163 KiB), sm_86 / sm_89 (99 KiB), sm_87 (163 KiB): mma.sync
+    9: 90,   # sm_90 (227 KiB): wgmma
+    10: 90,  # sm_100 / sm_103 (227 KiB): the sm_90 tiles fit; not measured there
+    12: 80,  # sm_120 / sm_121 (99 KiB): mma.sync like sm_80; the sm_90 tiles would not fit
+}
+
+
+def unsupported_arch(capability) -> Optional[str]:
+    """Why no config family fits compute capability ``capability``, or None."""
     major, minor = capability
-    return 90 if major * 10 + minor >= 90 else 80
+    if major < 8:
+        return (f"compute capability {major}.{minor}: the configs need sm_80's tensor cores "
+                "(bf16, tf32) and up to 99 KiB of shared memory per block (sm_75 has 64 KiB)")
+    if major not in _FAMILY:
+        return (f"compute capability {major}.{minor}: no config family checked for it "
+                "(known: 8.x, 9.0, 10.x, 12.x); set CONTRASTIVE_KERNELS_TRITON_ARCH=80 or 90 "
+                "to force one")
+    return None
+
+
+def arch_of(capability) -> int:
+    """Config family of a compute capability (see ``_FAMILY``); ValueError when none fits."""
+    reason = unsupported_arch(capability)
+    if reason:
+        raise ValueError(reason)
+    return _FAMILY[capability[0]]
 
 
 _forced: list = []
@@ -145,14 +195,16 @@ def next_pow2(x: int) -> int:
     return 1 << max(0, int(x) - 1).bit_length()
 
 
-MIN_DOT_K = {"16": 16, "32": 16, "64": 16}
+MIN_DOT_K = 16
 
 
-def select(kernel: str, d: int, dtype: torch.dtype, arch: Optional[int]) -> Config:
-    """The fixed config for ``kernel`` at feature size d; ``arch`` None = interpreter."""
+def select(kernel: str, d: int, dtype: torch.dtype, arch: Optional[int],
+           tf32: bool = True) -> Config:
+    """The fixed config for ``kernel`` at feature size d; ``arch`` None = interpreter;
+    ``tf32``: whether fp32 operands run on tf32 tensor cores (else IEEE fp32)."""
     if _forced:
         return _forced[-1]
-    table = INTERPRET if arch is None else TABLE[(dtype_class(dtype), arch)]
+    table = INTERPRET if arch is None else TABLE[(dtype_class(dtype, tf32), arch)]
     entries = table[kernel]
     for d_max, cfg in entries:
         if d_max is not None and d <= d_max:
@@ -163,7 +215,7 @@ def select(kernel: str, d: int, dtype: torch.dtype, arch: Optional[int]) -> Conf
 def block_d_for(cfg: Config, d: int, dtype: torch.dtype) -> tuple:
     """(BLOCK_D, single): the d tile actually launched for feature size d."""
     if cfg.single and next_pow2(d) <= cfg.block_d:
-        return max(MIN_DOT_K[dtype_class(dtype)], next_pow2(d)), True
+        return max(MIN_DOT_K, next_pow2(d)), True
     return cfg.block_d, False
 
 
@@ -176,7 +228,7 @@ def shipped():
 
 
 def autotune_enabled() -> bool:
-    return os.environ.get(AUTOTUNE_ENV, "") not in ("", "0")
+    return env.get("TRITON_AUTOTUNE", "") not in ("", "0")
 
 
 def autotune_space(cfg: Config) -> list:

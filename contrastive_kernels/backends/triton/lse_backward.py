@@ -1,7 +1,8 @@
 """Backward kernel: dq on a row-block grid, dk on a column-block grid (deterministic).
 
 One kernel, two orientations (``DK`` constexpr). A program owns BLOCK_O rows of X and
-streams BLOCK_I rows of Y, recomputing the logits from X, Y and the saved lse:
+streams BLOCK_I rows of Y, recomputing the logits from X, Y and the saved lse, in base 2
+(t = s log2(e), P = 2^{t - lse log2(e)}):
 
     DK = False:  X = q (own), Y = k;  P_ij = e^{s_ij - lse_i}
                  u_i  = sum_j P_ij k_j / ||k_j||        then  u_i *= g_i
@@ -13,9 +14,12 @@ dx^ = scale * (u or v) and, through the normalization Jacobian (x^ = x / max(||x
 
     dx = (dx^ - x [||x|| >= eps] <x, dx^> / max(||x||, eps)^2) / max(||x||, eps).
 
+Rows with lse = -inf (A(i) empty) get no gradient; a NaN lse gives NaN gradients.
+
 dscale = sum_ij g_i P_ij c^_ij with c^_ij = <q^_i, k^_j>, read off the logits tile
-(equal to sum_i <q^_i, u_i>, without dividing by the scale); each program writes its
-partial sum, the host adds them in a fixed order.
+(equal to sum_i <q^_i, u_i>, without dividing by the scale): accumulated elementwise in a
+[BLOCK_O, BLOCK_I] tile and reduced once at the end; each program writes its partial sum,
+the host adds them in a fixed order.
 
 SINGLE_D keeps the owned tile and the [BLOCK_O, BLOCK_D] accumulator in registers. With
 larger d the accumulator lives in an fp32 buffer (global memory, zero-initialized),
@@ -25,7 +29,8 @@ updated chunk by chunk per streamed tile with a block barrier between tiles.
 import triton
 import triton.language as tl
 
-from ._common import dot_nt, exclude, load_tile, mma, offsets_need_int64, rescale_rows
+from ._common import (LOG2E, dot_nt, exp2, load_tile, mma, norm_finish, norm_update,
+                      offsets_need_int64, rescale_rows, row_norm, tile_meets_diagonal)
 
 
 def _int64(a):
@@ -58,7 +63,8 @@ def lse_bwd_kernel_py(
     EVEN_D: tl.constexpr, SINGLE_D: tl.constexpr, INT64: tl.constexpr,
 ):
     pid = tl.program_id(0)
-    own = pid * BLOCK_O + tl.arange(0, BLOCK_O)
+    own0 = pid * BLOCK_O
+    own = own0 + tl.arange(0, BLOCK_O)
     if INT64:
         own = own.to(tl.int64)
     own_ok = own < NX
@@ -68,23 +74,25 @@ def lse_bwd_kernel_py(
     inv_x = tl.zeros([BLOCK_O], ACC) + 1.0
     if HAS_NORM:
         inv_x = tl.load(INVX + own, mask=own_ok, other=0.0)
-    x_lab = own
     if HAS_LABELS:
         x_lab = tl.load(XLAB + own, mask=own_ok, other=0)
     if DK:
         if HAS_BIAS:
-            b_own = tl.load(BIAS + own, mask=own_ok, other=0.0).to(ACC)
+            b2_own = tl.load(BIAS + own, mask=own_ok, other=0.0)  # bias log2(e)
     else:
+        # only lse = -inf rows (empty A(i), or past NX) are dead: a NaN lse must reach P
         lse_o = tl.load(LSE + own, mask=own_ok, other=float("-inf")).to(ACC)
-        live_o = own_ok & (lse_o > float("-inf"))
-        lse_o = tl.where(live_o, lse_o, float("inf"))  # P = e^{s - inf} = 0 on dead rows
-        g_o = tl.where(live_o, tl.load(G + own, mask=own_ok, other=0.0).to(ACC), 0.0)
+        dead_o = lse_o == float("-inf")
+        lse2_o = tl.where(dead_o, float("inf"), lse_o * LOG2E)  # P = 2^{t - inf} = 0
+        g_o = tl.where(dead_o, 0.0, tl.load(G + own, mask=own_ok, other=0.0).to(ACC))
+        rf_o = inv_x * (lam * LOG2E)
     x_base = X + own[:, None] * stride_xn
     if SINGLE_D:
         xt = load_tile(x_base, offs_d, stride_xd, own_ok, D, EVEN_O, EVEN_D, UPCAST)
         if NEED_DX:
             acc = tl.zeros([BLOCK_O, BLOCK_D], ACC)
-    ds = tl.zeros([BLOCK_O], ACC)
+    if NEED_DS:
+        ds_acc = tl.zeros([BLOCK_O, BLOCK_I], ACC)
     w_scale = tl.zeros([BLOCK_O], ACC)  # fp16: the accumulator is kept in units of w_scale
     for i0 in range(0, NY, BLOCK_I):
         inner = i0 + tl.arange(0, BLOCK_I)
@@ -101,42 +109,65 @@ def lse_bwd_kernel_py(
                 xc = load_tile(x_base, d0 + offs_d, stride_xd, own_ok, D, EVEN_O, EVEN_D, UPCAST)
                 yc = load_tile(y_base, d0 + offs_d, stride_yd, inner_ok, D, EVEN_I, EVEN_D, UPCAST)
                 c = dot_nt(xc, yc, c, TF32)
+        # per-streamed-row vectors: padded by the launcher, so whole-tile (vectorized) loads
         if HAS_NORM:
-            inv_y = tl.load(INVY + inner, mask=inner_ok, other=0.0)
-            c = c * inv_x[:, None] * inv_y[None, :]
-        s = c * lam
-        y_lab = inner
+            inv_y = tl.load(INVY + inner)
         if HAS_LABELS:
-            y_lab = tl.load(YLAB + inner, mask=inner_ok, other=0)
+            y_lab = tl.load(YLAB + inner)
         if DK:
             # rows of the tile are keys (own), columns are queries (inner)
-            if HAS_BIAS:
-                s = s + b_own[:, None]
-            s = exclude(s, inner[None, :], own[:, None], own_ok[:, None], y_lab[None, :],
-                        x_lab[:, None], SELF_OFFSET, EVEN_O, HAS_SELF, HAS_LABELS)
-            lse_i = tl.load(LSE + inner, mask=inner_ok, other=float("-inf")).to(ACC)
-            live_i = inner_ok & (lse_i > float("-inf"))
-            lse_i = tl.where(live_i, lse_i, float("inf"))
-            g_i = tl.where(live_i, tl.load(G + inner, mask=inner_ok, other=0.0).to(ACC), 0.0)
-            gp = tl.exp(s - lse_i[None, :]) * g_i[None, :]
+            lse_i = tl.load(LSE + inner).to(ACC)
+            dead_i = lse_i == float("-inf")
+            lse2_i = tl.where(dead_i, float("inf"), lse_i * LOG2E)
+            g_i = tl.where(dead_i, 0.0, tl.load(G + inner).to(ACC))
+            col_f = tl.zeros([BLOCK_I], ACC) + lam * LOG2E
             if HAS_NORM:
-                w = gp * inv_y[None, :]
-            else:
-                w = gp
-        else:
-            if HAS_BIAS:
-                s = s + tl.load(BIAS + inner, mask=inner_ok, other=0.0).to(ACC)[None, :]
-            s = exclude(s, own[:, None], inner[None, :], inner_ok[None, :], x_lab[:, None],
-                        y_lab[None, :], SELF_OFFSET, EVEN_I, HAS_SELF, HAS_LABELS)
-            p = tl.exp(s - lse_o[:, None])
+                col_f = col_f * inv_y
+                g_i = g_i * inv_y
+            t = c * col_f[None, :]
+            if HAS_NORM:
+                if HAS_BIAS:
+                    t = t * inv_x[:, None] + b2_own[:, None]
+                else:
+                    t = t * inv_x[:, None]
+            elif HAS_BIAS:
+                t = t + b2_own[:, None]
+            t = t - lse2_i[None, :]
+            if HAS_LABELS:
+                t = tl.where(x_lab[:, None] == y_lab[None, :], float("-inf"), t)
+            if HAS_SELF:
+                if tile_meets_diagonal(i0, BLOCK_I, own0, BLOCK_O, SELF_OFFSET):
+                    t = tl.where(own[:, None] == inner[None, :] + SELF_OFFSET, float("-inf"), t)
+            if not EVEN_I:
+                if i0 + BLOCK_I > NY:
+                    t = tl.where(inner_ok[None, :], t, float("-inf"))
+            # w = g_i P_ij / ||q_i||; the dscale term adds <q^_i, k^_j> = c w / ||k_j||
+            w = exp2(t) * g_i[None, :]
             if NEED_DS:
-                gp = p * g_o[:, None]
+                ds_acc += w * c
+        else:
+            if HAS_NORM:
+                c = c * inv_y[None, :]
+            if HAS_BIAS:
+                b2 = tl.load(BIAS + inner)  # bias log2(e), from the launcher
+                t = c * rf_o[:, None] + (b2[None, :] - lse2_o[:, None])
+            else:
+                t = c * rf_o[:, None] - lse2_o[:, None]
+            if HAS_LABELS:
+                t = tl.where(y_lab[None, :] == x_lab[:, None], float("-inf"), t)
+            if HAS_SELF:
+                if tile_meets_diagonal(own0, BLOCK_O, i0, BLOCK_I, SELF_OFFSET):
+                    t = tl.where(inner[None, :] == own[:, None] + SELF_OFFSET, float("-inf"), t)
+            if not EVEN_I:
+                if i0 + BLOCK_I > NY:
+                    t = tl.where(inner_ok[None, :], t, float("-inf"))
+            p = exp2(t)
+            if NEED_DS:
+                ds_acc += p * c  # g_i / ||q_i|| applied once at the end
             if HAS_NORM:
                 w = p * inv_y[None, :]
             else:
                 w = p
-        if NEED_DS:
-            ds += tl.sum(gp * c, axis=1)
         if NEED_DX:
             if RESCALE:
                 w, ratio, w_scale = rescale_rows(w, w_scale)
@@ -157,7 +188,10 @@ def lse_bwd_kernel_py(
                     tl.store(a_ptrs, ac, mask=a_mask)
                 tl.debug_barrier()
     if NEED_DS:
-        tl.store(DS_PART + pid, tl.sum(ds, axis=0))
+        ds = tl.sum(ds_acc, axis=1) * inv_x
+        if not DK:
+            ds = ds * g_o
+        tl.store(DS_PART + pid, tl.sum(tl.where(own_ok, ds, 0.0), axis=0))
     if NEED_DX:
         # dx^ = lam * u (row factor g on the dq side)
         if DK:
@@ -171,7 +205,7 @@ def lse_bwd_kernel_py(
             if HAS_NORM:
                 xf = xt.to(ACC)
                 t = tl.sum(xf * dhat, axis=1)
-                nrm = tl.sqrt(tl.sum(xf * xf, axis=1))
+                nrm = row_norm(xf)
                 inv_e = 1.0 / tl.maximum(nrm, EPS)
                 radial = tl.where(nrm >= EPS, t * inv_e * inv_e, 0.0)
                 dhat = (dhat - xf * radial[:, None]) * inv_e[:, None]
@@ -180,16 +214,17 @@ def lse_bwd_kernel_py(
         else:
             if HAS_NORM:
                 t = tl.zeros([BLOCK_O], ACC)
-                n2 = tl.zeros([BLOCK_O], ACC)
+                big = tl.zeros([BLOCK_O], ACC)
+                ssq = tl.zeros([BLOCK_O], ACC)
                 for d0 in range(0, D, BLOCK_D):
                     dd = d0 + offs_d
                     a_mask = own_ok[:, None] & (dd < D)[None, :]
                     xf = load_tile(x_base, dd, stride_xd, own_ok, D, EVEN_O, EVEN_D, UPCAST).to(ACC)
                     ac = tl.load(ACC_BUF + own[:, None] * D + dd[None, :], mask=a_mask, other=0.0)
                     t += tl.sum(xf * ac, axis=1)
-                    n2 += tl.sum(xf * xf, axis=1)
+                    big, ssq = norm_update(big, ssq, xf)
                 t = t * row_c
-                nrm = tl.sqrt(n2)
+                nrm = norm_finish(big, ssq)
                 inv_e = 1.0 / tl.maximum(nrm, EPS)
                 radial = tl.where(nrm >= EPS, t * inv_e * inv_e, 0.0)
             for d0 in range(0, D, BLOCK_D):

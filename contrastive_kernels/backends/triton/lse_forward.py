@@ -1,12 +1,17 @@
 """Forward kernel: masked log-sum-exp (and o) on a row-block grid.
 
 Program ``pid`` owns rows [pid * BLOCK_O, (pid + 1) * BLOCK_O) of q and streams the keys
-in BLOCK_I tiles with an online max / sum-exp (flash-attention style):
+in BLOCK_I tiles with an online max / sum-exp (flash-attention style), in base 2:
 
     c   = <q_i, k_j>                       fp32 (fp64) accumulator, d in BLOCK_D chunks
-    s   = c * (scale / ||q_i||) / ||k_j|| + b_j,   excluded pairs -> -inf
-    m'  = max(m, rowmax s);  l = l e^{m - m'} + sum_j e^{s_ij - m'};  o likewise
-    lse = m + log l   (-inf when A(i) is empty; o = 0 there)
+    t   = c * r_i / ||k_j|| + b_j log2(e),  r_i = scale log2(e) / ||q_i||  (bias pre-scaled)
+          excluded pairs -> -inf
+    m'  = max(m, rowmax t);  p = finite(m') (else 0)
+    l   = l 2^{p_old - p} + sum_j 2^{t_ij - p};  o likewise
+    lse = (p + log2 l) ln 2   (l = 0 -> -inf: A(i) empty; l = +inf -> +inf; NaN -> NaN)
+
+The self-exclusion mask is applied only on key tiles that meet the diagonal and the
+key-bound mask only on the last tile.
 
 SINGLE_D: the q tile is loaded once and o accumulates in registers. Otherwise q and k are
 re-read chunk by chunk per key tile and o accumulates in its (zero-initialized) fp32
@@ -17,7 +22,8 @@ between key tiles so every thread sees the chunk another thread wrote.
 import triton
 import triton.language as tl
 
-from ._common import dot_nt, exclude, load_tile, mma, offsets_need_int64, rescale_rows
+from ._common import (LN2, LOG2E, dot_nt, exp2, finite_or_zero, load_tile, mma,
+                      offsets_need_int64, rescale_rows, tile_meets_diagonal)
 
 
 def _int64(a):
@@ -49,23 +55,24 @@ def lse_fwd_kernel_py(
     SINGLE_D: tl.constexpr, INT64: tl.constexpr,
 ):
     pid = tl.program_id(0)
-    rows = pid * BLOCK_O + tl.arange(0, BLOCK_O)
+    row0 = pid * BLOCK_O
+    rows = row0 + tl.arange(0, BLOCK_O)
     if INT64:
         rows = rows.to(tl.int64)
     row_ok = rows < N
     offs_d = tl.arange(0, BLOCK_D)
     lam = tl.load(SCALE)
     ACC = lam.dtype
-    row_f = tl.zeros([BLOCK_O], ACC) + lam
+    row_f = tl.zeros([BLOCK_O], ACC) + lam * LOG2E
     if HAS_NORM:
         row_f = row_f * tl.load(INVQ + rows, mask=row_ok, other=0.0)
-    q_lab = rows  # placeholder when no labels
     if HAS_LABELS:
         q_lab = tl.load(QLAB + rows, mask=row_ok, other=0)
     q_base = Q + rows[:, None] * stride_qn
     if SINGLE_D:
         qt = load_tile(q_base, offs_d, stride_qd, row_ok, D, EVEN_N, EVEN_D, UPCAST)
     m_i = tl.full([BLOCK_O], float("-inf"), ACC)
+    piv = tl.zeros([BLOCK_O], ACC)
     l_i = tl.zeros([BLOCK_O], ACC)
     if RETURN_O:
         if SINGLE_D:
@@ -79,28 +86,37 @@ def lse_fwd_kernel_py(
         k_base = K + cols[:, None] * stride_kn
         if SINGLE_D:
             kt = load_tile(k_base, offs_d, stride_kd, col_ok, D, EVEN_M, EVEN_D, UPCAST)
-            s = dot_nt(qt, kt, tl.zeros([BLOCK_O, BLOCK_I], ACC), TF32)
+            c = dot_nt(qt, kt, tl.zeros([BLOCK_O, BLOCK_I], ACC), TF32)
         else:
-            s = tl.zeros([BLOCK_O, BLOCK_I], ACC)
+            c = tl.zeros([BLOCK_O, BLOCK_I], ACC)
             for d0 in range(0, D, BLOCK_D):
                 qc = load_tile(q_base, d0 + offs_d, stride_qd, row_ok, D, EVEN_N, EVEN_D, UPCAST)
                 kc = load_tile(k_base, d0 + offs_d, stride_kd, col_ok, D, EVEN_M, EVEN_D, UPCAST)
-                s = dot_nt(qc, kc, s, TF32)
-        s = s * row_f[:, None]
+                c = dot_nt(qc, kc, c, TF32)
+        # per-key vectors: padded by the launcher, so whole-tile (vectorized) loads
         if HAS_NORM:
-            inv_k = tl.load(INVK + cols, mask=col_ok, other=0.0)
-            s = s * inv_k[None, :]
+            inv_k = tl.load(INVK + cols)
+            c = c * inv_k[None, :]
         if HAS_BIAS:
-            s = s + tl.load(BIAS + cols, mask=col_ok, other=0.0).to(ACC)[None, :]
-        k_lab = cols
+            b2 = tl.load(BIAS + cols)  # bias log2(e), from the launcher
+            s = c * row_f[:, None] + b2[None, :]
+        else:
+            s = c * row_f[:, None]
         if HAS_LABELS:
-            k_lab = tl.load(KLAB + cols, mask=col_ok, other=0)
-        s = exclude(s, rows[:, None], cols[None, :], col_ok[None, :], q_lab[:, None],
-                    k_lab[None, :], SELF_OFFSET, EVEN_M, HAS_SELF, HAS_LABELS)
+            k_lab = tl.load(KLAB + cols)
+            s = tl.where(k_lab[None, :] == q_lab[:, None], float("-inf"), s)
+        if HAS_SELF:
+            if tile_meets_diagonal(row0, BLOCK_O, n0, BLOCK_I, SELF_OFFSET):
+                s = tl.where(cols[None, :] == rows[:, None] + SELF_OFFSET, float("-inf"), s)
+        if not EVEN_M:
+            if n0 + BLOCK_I > M:
+                s = tl.where(col_ok[None, :], s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, axis=1))
-        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)  # no inf - inf
-        alpha = tl.exp(m_i - m_use)
-        p = tl.exp(s - m_use[:, None])
+        piv_new = finite_or_zero(m_new)
+        # <= 0 whenever l > 0 (the old pivot was a finite max); clamped so that a row that
+        # has seen nothing (l = 0, pivot 0) cannot form 0 * inf
+        alpha = exp2(tl.minimum(piv - piv_new, 0.0))
+        p = exp2(s - piv_new[:, None])
         l_i = l_i * alpha + tl.sum(p, axis=1)
         if RETURN_O:
             w = p
@@ -124,13 +140,12 @@ def lse_fwd_kernel_py(
                     tl.store(o_ptrs, oc, mask=o_mask)
                 tl.debug_barrier()
         m_i = m_new
-    has_any = l_i > 0
-    l_safe = tl.where(has_any, l_i, 1.0)
-    m_fin = tl.where(m_i == float("-inf"), 0.0, m_i)
-    lse = tl.where(has_any, m_fin + tl.log(l_safe), float("-inf"))
+        piv = piv_new
+    # l = 0 (A(i) empty) -> -inf, +inf -> +inf, NaN -> NaN: no special case
+    lse = (piv + tl.log2(l_i)) * LN2
     tl.store(LSE + rows, lse, mask=row_ok)
     if RETURN_O:
-        inv_l = tl.where(has_any, 1.0 / l_safe, 0.0)
+        inv_l = tl.where(l_i == 0, 0.0, 1.0 / l_i)
         if RESCALE:
             inv_l = inv_l * w_scale
         if SINGLE_D:
