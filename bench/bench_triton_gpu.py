@@ -1,129 +1,96 @@
-"""Core op (lse) forward and backward on a CUDA GPU: the Triton kernels against the torch
-tiled backend and the naive reference, over N = M in {16384, 65536, 262144},
-d in {128, 256, 1024}, bf16 and fp32. Skips without a CUDA device.
+"""Core op (lse) forward and backward on a CUDA GPU: the fused backends of the registry
+usable there (Triton, torch tiled) against the naive reference, over N = M in
+{16384, 65536, 262144}, d in {128, 256, 1024}, bf16 and fp32. Skips without a CUDA device.
 
-    pytest bench/bench_triton_gpu.py --benchmark-json=bench/results/triton_gpu_pytest.json
+    pytest bench/bench_triton_gpu.py [--bench-sizes 16384x128,65536x256]
 
-Each case records in ``extra_info`` (and in bench/results/triton_gpu.json, written at the
-end of the session): the median time from ``triton.testing.do_bench`` (CUDA events), the
-TFLOP/s against the matmul floor (forward 2 N M d; backward 6 N M d, and the 8 N M d
-the two-grid scheme actually spends), the same floor at the GEMM rate torch.mm reaches
-on this GPU in the dtype, and the peak extra memory (``torch.cuda.max_memory_allocated``
-above the inputs). Cases over the time budget (``CK_BENCH_MAX_TFLOP``, default 60 TFLOP of
-floor work per call) or over the memory of the GPU are skipped with the reason.
+Each case is a :class:`harness.Row` in bench/results/triton_gpu.json (written at the end of
+the session): min / median / max seconds by CUDA events (``triton.testing.do_bench`` for
+short calls, a few event pairs for long ones), peak extra memory
+(``torch.cuda.max_memory_allocated`` above the inputs), and the matmul floor (forward
+2 N M d; backward 6 N M d) at the GEMM rate torch.mm reaches on this GPU in the dtype
+(fp32 at torch's float32 matmul precision); ``extra`` adds TFLOP/s against the floor and
+against the 8 N M d the two-grid Triton backward actually spends. Cases over the time
+budget (``CONTRASTIVE_KERNELS_BENCH_MAX_TFLOP``, default 60 TFLOP of floor work per call)
+or over the memory of the GPU are skipped with the reason.
 """
-
-import json
-import os
-import pathlib
 
 import pytest
 import torch
 
 import contrastive_kernels as ck
-from contrastive_kernels import reference
+from contrastive_kernels import env
+from contrastive_kernels.testing import fused_backends
+from contrastive_kernels.testing.measure import peak_memory_bytes, time_fn
+
+import harness
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
-NS = (16384, 65536, 262144)
-DS = (128, 256, 1024)
+SUBJECT = "lse"
+SIZES = [(n, d) for n in (16384, 65536, 262144) for d in (128, 256, 1024)]
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
-CONTENDERS = ("triton", "torch", "reference")
-PASSES = ("forward", "backward")
-MAX_TFLOP = float(os.environ.get("CK_BENCH_MAX_TFLOP", "60"))
-RESULTS = pathlib.Path(__file__).parent / "results" / "triton_gpu.json"
+# the reference is the registry's oracle backend, never among the fused ones
+CONTENDERS = (fused_backends("cuda") if torch.cuda.is_available() else []) + ["reference"]
+DIRECTIONS = ("forward", "backward")
+TWO_GRID = frozenset({"triton"})  # backward recomputes the logits on both grids: 8 N M d
+RESULTS = harness.RESULTS / "triton_gpu.json"
 _rows: list = []
+
+
+def pytest_generate_tests(metafunc):
+    if {"n", "d"} <= set(metafunc.fixturenames):
+        sizes = harness.sizes_for(metafunc.config, SIZES)
+        metafunc.parametrize("n,d", sizes, ids=[f"N{n}-d{d}" for n, d in sizes])
 
 
 @pytest.fixture(scope="session", autouse=True)
 def _write_results():
     yield
     if _rows:
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        RESULTS.write_text(json.dumps({"device": torch.cuda.get_device_name(),
-                                       "torch": torch.__version__, "rows": _rows}, indent=1))
+        harness.write_rows(RESULTS, _rows, script="bench_triton_gpu.py",
+                           fp32_precision=torch.get_float32_matmul_precision())
 
 
 @pytest.fixture(scope="session")
-def gemm_tflops():
-    """torch.mm rate (TFLOP/s) per dtype at 8192^3 on this GPU (fp32: torch's precision)."""
-    import triton.testing
-
-    rates = {}
-    for name, dtype in DTYPES.items():
-        a = torch.randn(8192, 8192, device="cuda", dtype=dtype)
-        ms = triton.testing.do_bench(lambda: a @ a, return_mode="median")
-        rates[name] = 2 * 8192 ** 3 / ms / 1e9
-        del a
-    return rates
+def gemm_flop_s():
+    """torch.mm rate (FLOP/s) per dtype at 8192^3 on this GPU."""
+    return {name: harness.gemm_rate("cuda", dtype) for name, dtype in DTYPES.items()}
 
 
-def _floor_flops(n, m, d, which):
-    return {"forward": 2, "backward": 6}[which] * n * m * d
-
-
-def _skip_reason(contender, n, d, dtype, which):
+def _skip_reason(contender, n, d, which):
     total = torch.cuda.get_device_properties(0).total_memory
     if contender == "reference":
         need = 6 * n * n * 4 + 4 * n * d * 4  # several fp32 N x N matrices
         if need > 0.8 * total:
             return f"reference needs about {need / 2**30:.0f} GiB at N = {n}"
-    flops = _floor_flops(n, n, d, which)
-    if flops > MAX_TFLOP * 1e12:
-        return (f"{flops / 1e12:.0f} TFLOP of floor work per call > CK_BENCH_MAX_TFLOP="
-                f"{MAX_TFLOP:g}")
-    if contender == "torch" and flops > MAX_TFLOP * 1e12 / 8:
+    flop = harness.floor_flop(n, n, d, which)
+    budget = harness.max_tflop() * 1e12
+    if flop > budget:
+        return (f"{flop / 1e12:.0f} TFLOP of floor work per call > "
+                f"{env.name('BENCH_MAX_TFLOP')}={harness.max_tflop():g}")
+    if contender == "torch" and flop > budget / 8:
         return "torch tiled backend: over an eighth of the time budget (fp32 tiles, Python loop)"
     return None
 
 
 def _call(contender, q, k, scale):
-    kw = dict(normalize=True, self_offset=0)
-    if contender == "reference":
-        return reference.lse_reference(q, k, scale, None, None, None, 0, True, 1e-12, False,
-                                       False)[0]
-    return ck.ops.lse(q, k, scale, backend=contender, **kw)[0]
-
-
-def _time_ms(fn):
-    """Median ms by CUDA events: do_bench when a call is short, else 3 timed calls."""
-    import triton.testing
-
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    fn()
-    start.record()
-    fn()
-    end.record()
-    torch.cuda.synchronize()
-    first = start.elapsed_time(end)
-    if first < 200:
-        return triton.testing.do_bench(fn, warmup=25, rep=200, return_mode="median")
-    times = []
-    for _ in range(3):
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
-    return sorted(times)[1]
+    return ck.ops.lse(q, k, scale, normalize=True, self_offset=0, backend=contender)[0]
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("which", PASSES)
+@pytest.mark.parametrize("which", DIRECTIONS)
 @pytest.mark.parametrize("dtype_name", list(DTYPES))
-@pytest.mark.parametrize("d", DS)
-@pytest.mark.parametrize("n", NS)
 @pytest.mark.parametrize("contender", CONTENDERS)
-def test_lse_gpu(benchmark, gemm_tflops, contender, n, d, dtype_name, which):
+def test_lse_gpu(gemm_flop_s, contender, n, d, dtype_name, which):
     dtype = DTYPES[dtype_name]
-    reason = _skip_reason(contender, n, d, dtype, which)
+    reason = _skip_reason(contender, n, d, which)
     if reason:
         pytest.skip(reason)
     gen = torch.Generator(device="cuda").manual_seed(0)
     q = torch.randn(n, d, device="cuda", dtype=dtype, generator=gen)
     k = torch.randn(n, d, device="cuda", dtype=dtype, generator=gen)
-    acc = torch.float32
-    scale = torch.tensor(10.0, device="cuda", dtype=acc, requires_grad=True)
+    scale = torch.tensor(10.0, device="cuda", dtype=torch.float32, requires_grad=True)
     if which == "backward":
         q.requires_grad_()
         k.requires_grad_()
@@ -137,26 +104,13 @@ def test_lse_gpu(benchmark, gemm_tflops, contender, n, d, dtype_name, which):
             with torch.no_grad():
                 _call(contender, q, k, scale)
 
-    torch.cuda.synchronize()
-    base = torch.cuda.memory_allocated()
-    torch.cuda.reset_peak_memory_stats()
-    fn()
-    torch.cuda.synchronize()
-    peak = torch.cuda.max_memory_allocated() - base
-    ms = _time_ms(fn)
-
-    def step():
-        fn()
-        torch.cuda.synchronize()
-
-    benchmark.pedantic(step, rounds=3 if ms < 1000 else 1, iterations=1, warmup_rounds=0)
-    floor = _floor_flops(n, n, d, which)
-    spent = 8 * n * n * d if (which == "backward" and contender == "triton") else floor
-    row = dict(contender=contender, pass_=which, N=n, M=n, d=d, dtype=dtype_name,
-               median_ms=ms, tflops_floor=floor / ms / 1e9, tflops_spent=spent / ms / 1e9,
-               floor_ms_at_gemm_rate=floor / (gemm_tflops[dtype_name] * 1e9),
-               gemm_tflops=gemm_tflops[dtype_name], peak_bytes=peak,
-               fp32_precision=torch.get_float32_matmul_precision())
-    row["x_floor"] = ms / row["floor_ms_at_gemm_rate"]
-    benchmark.extra_info.update(row)
+    peak = peak_memory_bytes(fn, "cuda")
+    timing = time_fn(fn, "cuda")
+    two_grid = which == "backward" and contender in TWO_GRID
+    row = harness.make_row(SUBJECT, contender, "cuda", dtype, which, n, n, d, timing, peak,
+                           gemm_flop_s[dtype_name])
+    spent = harness.floor_flop(n, n, d, which, two_grid=two_grid)
+    row.extra.update(tflops_floor=row.floor_flop / timing.median / 1e12,
+                     tflops_spent=spent / timing.median / 1e12,
+                     fp32_precision=torch.get_float32_matmul_precision())
     _rows.append(row)

@@ -3,24 +3,29 @@
 For each loss, each backend and a few seeds: the relative error of the loss,
 |fused - ref| / |ref|, and of its gradients, max|g_fused - g_ref| / max|g_ref|, over all
 differentiable inputs. Prints the table for docs/losses.md ("matches its reference to X
-in float64", X = the larger of the two over all seeds) and optionally writes JSON.
+in float64", X = the larger of the two over all seeds) and optionally writes the rows
+(one per loss and backend, the harness row format, errors in ``extra``) as JSON.
 
     python bench/loss_accuracy.py [--backends torch cpu] [--seeds 3] [--json out.json]
+                                  [--b 128] [--k 1024] [--d 128]
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 
 import torch
 import torch.nn.functional as F
 
-import contrastive_kernels as ck
 from contrastive_kernels import functional as fn
-from contrastive_kernels import reference as R
+from contrastive_kernels.testing import fused_backends
+from contrastive_kernels.testing import reference_losses as R
 
+import harness
+
+# batch, queue / bank, feature and class sizes; main() may replace the first three, which
+# the case makers below read when they are called
 B, K, D, C = 128, 1024, 128, 100
 
 
@@ -161,15 +166,29 @@ def markdown(rows, backends):
     return "\n".join(lines)
 
 
+def json_rows(rows, seeds):
+    """The table in the harness row format: one row per loss and backend."""
+    return [harness.make_row("loss_accuracy", be, "cpu", torch.float64, "forward+backward",
+                             None, None, D, loss=r["loss"], source=r["source"],
+                             module=r["module"], functional=r["functional"],
+                             loss_rel_err=e["loss"], grad_rel_err=e["grad"], seeds=seeds,
+                             B=B, K=K, C=C)
+            for r in rows for be, e in r["errors"].items()]
+
+
 def main(argv=None):
+    global B, K, D
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--backends", nargs="+", default=None,
-                        help="default: every usable backend except the Triton interpreter")
+                        help="default: every fused backend of the registry usable on CPU")
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--b", type=int, default=B, help="batch size")
+    parser.add_argument("--k", type=int, default=K, help="queue / memory bank size")
+    parser.add_argument("--d", type=int, default=D, help="feature size")
     parser.add_argument("--json")
     args = parser.parse_args(argv)
-    usable = [b for b, why in ck.available_backends().items() if why is None and b != "reference"]
-    backends = args.backends or [b for b in usable if b != "triton" or torch.cuda.is_available()]
+    B, K, D = args.b, args.k, args.d
+    backends = args.backends or fused_backends("cpu")
     rows = measure(backends, args.seeds)
     print(f"sizes: B = {B}, K = {K}, d = {D}, C = {C}; {args.seeds} seeds; float64\n")
     print(markdown(rows, backends))
@@ -177,10 +196,8 @@ def main(argv=None):
         for be, e in r["errors"].items():
             print(f"{r['loss']:28s} {be:7s} loss {e['loss']:.2e}  grads {e['grad']:.2e}")
     if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(rows, fh, indent=1)
+        harness.write_rows(args.json, json_rows(rows, args.seeds), script="loss_accuracy.py")
     return rows
-
 
 if __name__ == "__main__":
     main()

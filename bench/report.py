@@ -1,38 +1,54 @@
-"""Turn a pytest-benchmark JSON of bench_supcon_cpu.py into a PNG plot and a markdown table.
+"""Turn the JSON of bench_supcon_cpu.py into a PNG plot and a markdown table.
 
     python bench/report.py bench/results/supcon_cpu.json
 
-writes supcon_cpu.png (time and peak memory against N, log-log, d = 128) and
-supcon_cpu.md (every case) beside the JSON.
+writes supcon_cpu.png (median time, with the min-max spread, and peak memory against N,
+log-log, d = 128) and supcon_cpu.md (every case) beside the JSON. Reads a pytest-benchmark
+JSON or a ``harness.write_rows`` file.
 """
 
-import json
 import os
 import sys
 from collections import defaultdict
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-def load(path):
-    with open(path) as fh:
-        data = json.load(fh)
-    rows = [b["extra_info"] for b in data["benchmarks"] if b.get("extra_info", {}).get("contender")]
-    return rows, data.get("machine_info", {})
+import harness  # noqa: E402
+
+SUBJECT = "supcon_all"
+
+
+def _spread(r):
+    # rows from before the spread was recorded carry the median only
+    return r.get("min_s", r["median_s"]), r["median_s"], r.get("max_s", r["median_s"])
 
 
 def markdown(rows, machine):
     ref = {(r["N"], r["d"]): r for r in rows if r["contender"] == "reference"}
-    gemm = rows[0]["gemm_gflops"] if rows else float("nan")
-    lines = [f"SupCon 'all', forward + backward, fp32, CPU ({machine.get('cpu', {}).get('brand_raw', 'unknown CPU')}, "
-             f"{os.cpu_count()} threads); fp32 GEMM rate measured in the run: {gemm:.0f} GFLOP/s. "
-             "Floor = 8 N^2 d FLOPs at that rate.", "",
-             "| contender | N | d | median time (s) | x floor | peak memory (MiB) | vs reference (time / memory) |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+    rates = [r.get("gemm_flop_s") or r.get("gemm_gflops", float("nan")) * 1e9 for r in rows]
+    device = rows[0].get("device") if rows else None
+    device = device or (f"{machine.get('cpu', {}).get('brand_raw', 'unknown CPU')}, "
+                        f"{os.cpu_count()} threads")
+    halved = sorted({r["contender"] for r in rows if r.get("floor_halved")})
+    floor_text = "Floor = 8 N^2 d FLOPs at that rate"
+    if halved:
+        floor_text += (f" (4 N^2 d for {', '.join(halved)}, which computes each symmetric "
+                       "tile of q = k once)")
+    lines = [f"SupCon 'all', forward + backward, fp32, CPU ({device}); fp32 GEMM rate measured "
+             f"in the run: {(rates[0] if rates else float('nan')) / 1e9:.0f} GFLOP/s. "
+             f"{floor_text}. Times: min / median / max of the rounds.", "",
+             "| contender | N | d | time min / median / max (s) | floor (s) | x floor | "
+             "peak memory (MiB) | vs reference (median time / memory) |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in sorted(rows, key=lambda r: (r["N"], r["d"], r["contender"])):
         base = ref.get((r["N"], r["d"]))
-        versus = (f"{base['median_s'] / r['median_s']:.1f}x / {base['peak_bytes'] / max(r['peak_bytes'], 1):.0f}x"
+        versus = (f"{base['median_s'] / r['median_s']:.1f}x / "
+                  f"{base['peak_bytes'] / max(r['peak_bytes'], 1):.0f}x"
                   if base and r is not base else "")
-        lines.append(f"| {r['contender']} | {r['N']} | {r['d']} | {r['median_s']:.3f} | {r['x_floor']:.2f} | "
-                     f"{r['peak_bytes'] / 2**20:.1f} | {versus} |")
+        lo, mid, hi = _spread(r)
+        lines.append(f"| {r['contender']} | {r['N']} | {r['d']} | {lo:.3f} / {mid:.3f} / {hi:.3f} | "
+                     f"{r['floor_s']:.4f} | {r['x_floor']:.2f} | {r['peak_bytes'] / 2**20:.1f} | "
+                     f"{versus} |")
     return "\n".join(lines) + "\n"
 
 
@@ -45,16 +61,21 @@ def plot(rows, path, d=128):
     series = defaultdict(list)
     for r in rows:
         if r["d"] == d:
-            series[r["contender"]].append((r["N"], r["median_s"], r["peak_bytes"] / 2**20))
+            series[r["contender"]].append((r["N"], *_spread(r), r["peak_bytes"] / 2**20))
     fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(11, 4.2))
     for name, pts in sorted(series.items()):
         pts.sort()
         ns = [p[0] for p in pts]
-        ax_t.plot(ns, [p[1] for p in pts], marker="o", label=name)
-        ax_m.plot(ns, [p[2] for p in pts], marker="o", label=name)
-    floor = sorted({(r["N"], r["floor_s"]) for r in rows if r["d"] == d})
-    if floor:
-        ax_t.plot([f[0] for f in floor], [f[1] for f in floor], "k--", label="matmul floor")
+        mids = [p[2] for p in pts]
+        err = [[m - p[1] for m, p in zip(mids, pts)], [p[3] - m for m, p in zip(mids, pts)]]
+        ax_t.errorbar(ns, mids, yerr=err, marker="o", capsize=3, label=name)
+        ax_m.plot(ns, [p[4] for p in pts], marker="o", label=name)
+    for halved, style, label in ((False, "k--", "matmul floor"),
+                                 (True, "k:", "matmul floor, symmetric tiles once")):
+        floor = sorted({(r["N"], r["floor_s"]) for r in rows
+                        if r["d"] == d and bool(r.get("floor_halved")) == halved})
+        if floor:
+            ax_t.plot([f[0] for f in floor], [f[1] for f in floor], style, label=label)
     for ax, label in ((ax_t, "forward + backward time (s)"), (ax_m, "peak memory (MiB)")):
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
@@ -69,11 +90,12 @@ def plot(rows, path, d=128):
 
 def main(argv):
     path = argv[1] if len(argv) > 1 else "bench/results/supcon_cpu.json"
-    rows, machine = load(path)
+    rows, machine = harness.load_rows(path, SUBJECT)
     stem = os.path.splitext(path)[0]
     with open(stem + ".md", "w") as fh:
         fh.write(markdown(rows, machine))
-    plot(rows, stem + ".png")
+    sizes = {r["d"] for r in rows}
+    plot(rows, stem + ".png", d=128 if 128 in sizes or not sizes else max(sizes))
     print(f"wrote {stem}.md and {stem}.png")
     return 0
 

@@ -1,9 +1,10 @@
 """``python -m contrastive_kernels.demo``: the fused SupCon loss against the reference.
 
 SupCon 'all' on bsz 4096 x 2 views, d 128, labels from 100 classes: for the naive
-SupContrast formulation and each fused backend usable here, the loss, its difference
-from the reference, the gradient's largest difference, forward + backward time (median)
-and peak memory. Runs on the CPU, and on the GPU too when one is present.
+SupContrast formulation and each fused backend of the registry usable on the device, the
+loss, its difference from the reference, the gradient's largest difference, forward +
+backward time (min / median / max) and peak memory. Runs on the CPU, and on the GPU too
+when one is present.
 """
 
 from __future__ import annotations
@@ -13,17 +14,13 @@ import sys
 
 import torch
 
-from . import SupConLoss, available_backends
+from . import SupConLoss
 from .info import report
-from .profiling import peak_memory_bytes
-from .reference import supcon_loss_reference
-from .timing import median_seconds
+from .testing import fused_backends
+from .testing.measure import peak_memory_bytes, time_fn
+from .testing.reference_losses import supcon_loss_reference
 
-
-def _fused_backends(device: torch.device):
-    usable = [name for name, reason in available_backends().items() if reason is None]
-    wanted = ["cpu", "torch"] if device.type == "cpu" else ["triton", "torch"]
-    return [name for name in wanted if name in usable]
+NAME_W, LOSS_W, DIFF_W, GDIFF_W, TIME_W, MEM_W = 38, 14, 14, 17, 25, 11
 
 
 def _measure(loss_fn, feats, labels, device, repeats):
@@ -37,10 +34,10 @@ def _measure(loss_fn, feats, labels, device, repeats):
 
     loss = step().detach()
     grad = feats.grad.detach().clone()
-    seconds = median_seconds(step, device, repeats=repeats)
+    timing = time_fn(step, device, repeats=repeats)
     feats.grad = None  # freed before, not during, the memory recording
     peak = peak_memory_bytes(step, device)
-    return loss, grad, seconds, peak
+    return loss, grad, timing, peak
 
 
 def run(device: torch.device, bsz: int, views: int, dim: int, repeats: int) -> None:
@@ -50,23 +47,29 @@ def run(device: torch.device, bsz: int, views: int, dim: int, repeats: int) -> N
     n = bsz * views
     print(f"\nSupCon 'all', bsz {bsz} x {views} views (N = {n}), d {dim}, fp32, on {device}:"
           f" forward + backward")
-    rows = [("reference (SupContrast formulation)", lambda f, y: supcon_loss_reference(f, y))]
-    rows += [(f"fused, backend={name!r}", SupConLoss(backend=name)) for name in _fused_backends(device)]
-    header = f"  {'implementation':<38}{'loss':>14}{'|loss - ref|':>14}{'max|grad - ref|':>17}{'time (s)':>10}{'peak MiB':>11}"
+    rows = [("reference (SupContrast formulation)", supcon_loss_reference)]
+    rows += [(f"fused, backend={name!r}", SupConLoss(backend=name))
+             for name in fused_backends(device.type)]
+    header = (f"  {'implementation':<{NAME_W}}{'loss':>{LOSS_W}}{'|loss - ref|':>{DIFF_W}}"
+              f"{'max|grad - ref|':>{GDIFF_W}}{'time min/med/max (s)':>{TIME_W}}"
+              f"{'peak MiB':>{MEM_W}}")
     print(header)
     print("  " + "-" * (len(header) - 2))
     ref = None
     for name, loss_fn in rows:
-        loss, grad, seconds, peak = _measure(loss_fn, feats, labels, device, repeats)
+        loss, grad, timing, peak = _measure(loss_fn, feats, labels, device, repeats)
         if ref is None:
-            ref = (loss, grad, seconds, peak)
+            ref = (loss, grad, timing, peak)
             diff, gdiff = "", ""
         else:
             diff = f"{abs(loss.item() - ref[0].item()):.2e}"
             gdiff = f"{(grad - ref[1]).abs().max().item():.2e}"
-        print(f"  {name:<38}{loss.item():>14.6f}{diff:>14}{gdiff:>17}{seconds:>10.3f}{peak / 2**20:>11.1f}")
-        if ref is not None and name != rows[0][0]:
-            print(f"  {'':<38}{'':>14}{'':>14}{'':>17}{ref[2] / seconds:>9.1f}x{ref[3] / max(peak, 1):>10.0f}x")
+        print(f"  {name:<{NAME_W}}{loss.item():>{LOSS_W}.6f}{diff:>{DIFF_W}}{gdiff:>{GDIFF_W}}"
+              f"{timing.format():>{TIME_W}}{peak / 2**20:>{MEM_W}.1f}")
+        if ref[2] is not timing:
+            print(f"  {'':<{NAME_W + LOSS_W + DIFF_W + GDIFF_W}}"
+                  f"{ref[2].median / timing.median:>{TIME_W - 1}.1f}x"
+                  f"{ref[3] / max(peak, 1):>{MEM_W - 1}.0f}x")
 
 
 def main(argv=None) -> int:
@@ -80,7 +83,7 @@ def main(argv=None) -> int:
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
     for device in devices:
         run(device, args.bsz, args.views, args.dim, args.repeats)
-    print("\n(x: how many times faster / smaller than the reference)")
+    print("\n(x: how many times faster (median time) / smaller (peak memory) than the reference)")
     return 0
 
 
