@@ -18,7 +18,7 @@ from contrastive_kernels.backends import cuda as cuda_backend
 from contrastive_kernels.backends import registry
 from contrastive_kernels.backends.reference import lse_reference
 from contrastive_kernels.testing.core_cases import DTYPES, OPTIONS, SHAPES, make_inputs
-from contrastive_kernels.testing.core_check import check_against_oracle
+from contrastive_kernels.testing.core_check import check_against_oracle, gradcheck_float64
 
 pytestmark = pytest.mark.skipif(cuda_backend.emulated_ops is None,
                                 reason=f"emulated CUDA ops not built: {_extension.LOAD_ERROR}")
@@ -45,17 +45,7 @@ def test_oracle_larger_tiles(shape, dtype):
 
 @pytest.mark.parametrize("opt", OPTIONS, ids=lambda o: o.id)
 def test_gradcheck_float64(opt):
-    n, m, d = 7, 9, 5
-    q, k, gen = make_inputs(n, m, d, torch.float64)
-    kw = opt.kwargs(n, m, "cpu", torch.float64, gen)
-    kw["return_o"] = False
-    scale = torch.tensor(opt.scale, dtype=torch.float64, requires_grad=True)
-
-    def f(q_, k_, s_):
-        lse, _ = ck.ops.lse(q_, k_, s_, backend="cuda", **kw)
-        return torch.where(torch.isfinite(lse), lse, 0.0)
-
-    assert torch.autograd.gradcheck(f, (q.requires_grad_(), k.requires_grad_(), scale))
+    assert gradcheck_float64("cuda", opt)
 
 
 def _args(dtype=torch.float32, n=5, m=7, d=6, labels=True):

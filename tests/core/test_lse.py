@@ -6,7 +6,7 @@ import torch
 import contrastive_kernels as ck
 from contrastive_kernels.testing import fused_backends
 from contrastive_kernels.testing.core_cases import DTYPES, OPTIONS, SHAPES, make_inputs
-from contrastive_kernels.testing.core_check import check_against_oracle
+from contrastive_kernels.testing.core_check import check_against_oracle, gradcheck_float64
 
 # Fused backends of the registry checked here on CPU tensors ("triton" runs under
 # TRITON_INTERPRET=1); test_built_backends_are_usable keeps this list from shrinking in CI.
@@ -24,17 +24,7 @@ def test_lse_matches_oracle(backend, dtype, shape, opt):
 @pytest.mark.parametrize("backend", FUSED_BACKENDS)
 @pytest.mark.parametrize("opt", OPTIONS, ids=lambda o: o.id)
 def test_gradcheck_float64(backend, opt):
-    n, m, d = 7, 9, 5
-    q, k, gen = make_inputs(n, m, d, torch.float64)
-    kw = opt.kwargs(n, m, "cpu", torch.float64, gen)
-    kw["return_o"] = False
-    scale = torch.tensor(opt.scale, dtype=torch.float64, requires_grad=True)
-
-    def f(q_, k_, s_):
-        lse, _ = ck.ops.lse(q_, k_, s_, backend=backend, **kw)
-        return torch.where(torch.isfinite(lse), lse, 0.0)
-
-    assert torch.autograd.gradcheck(f, (q.requires_grad_(), k.requires_grad_(), scale))
+    assert gradcheck_float64(backend, opt)
 
 
 @pytest.mark.parametrize("backend", FUSED_BACKENDS)
