@@ -25,3 +25,13 @@ def cuda_device():
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA device")
     return torch.device("cuda")
+
+
+@pytest.fixture(autouse=True)
+def _emulate_cuda_for_cuda_cases(request, monkeypatch):
+    """A case parametrized with backend="cuda" on CPU tensors runs the CUDA kernel source
+    through the emulation layer (what TRITON_INTERPRET=1 is for the Triton backend)."""
+    callspec = getattr(request.node, "callspec", None)
+    if callspec is not None and callspec.params.get("backend") == "cuda":
+        monkeypatch.setenv("CONTRASTIVE_KERNELS_CUDA_EMULATE", "1")
+    yield

@@ -3,6 +3,15 @@ parameter tables (``core_cases``, ``loss_cases``, ``supcon_cases``), the oracle 
 core-op backend (``core_check``) and the tolerance rule (``tolerance``)."""
 
 
+def emulated_backends() -> list:
+    """Backends whose GPU kernels can run on CPU tensors through an emulation this build
+    holds (``cuda`` under CONTRASTIVE_KERNELS_CUDA_EMULATE=1, which tests/conftest.py sets
+    for cases parametrized with backend="cuda")."""
+    from .. import _extension
+
+    return ["cuda"] if _extension.emulated_ops is not None else []
+
+
 def fused_backends(device: str = "cpu") -> list:
     """Registry backends other than the oracle that can run fp32 calls on ``device`` here,
     in "auto" order (the Triton backend counts on CPU when it runs interpreted)."""

@@ -319,7 +319,8 @@ CK_DEVICE Acc quad_max(Acc v) {
   return v;
 }
 
-// r_i = 1 / max(||x_i||, eps) with normalize, else 1. One warp per row.
+// r_i = 1 / max(||x_i||, eps) with normalize, else 1. One warp per row. The norm is taken
+// as m ||x / m||, m = max_j |x_j|: sum x^2 itself overflows fp32 once an entry passes ~1.8e19.
 template <class Tag>
 CK_GLOBAL void CK_LAUNCH_BOUNDS(kThreads)
     inverse_norms_kernel(const typename Tag::S* x, int64_t rows, int64_t d, int64_t s0, int64_t s1,
@@ -328,16 +329,24 @@ CK_GLOBAL void CK_LAUNCH_BOUNDS(kThreads)
   const int64_t row = int64_t(blockIdx.x) * kWarps + threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
   if (row >= rows) return;  // whole warps leave together
-  Acc ss = 0;
-  if (normalize)
+  Acc big = 0, ss = 0;
+  if (normalize) {
     for (int64_t c = lane; c < d; c += 32) {
       const Acc v = to_acc<Tag>(x[row * s0 + c * s1]);
+      big = fmax_nan_skip(big, v < 0 ? -v : v);
+    }
+CK_UNROLL
+    for (int m = 16; m > 0; m /= 2) big = fmax_nan_skip(big, ck_shfl_xor(big, m));
+    const Acc inv_big = big > Acc(0) ? Acc(1) / big : Acc(1);  // a NaN still reaches ss
+    for (int64_t c = lane; c < d; c += 32) {
+      const Acc v = to_acc<Tag>(x[row * s0 + c * s1]) * inv_big;
       ss = ck_fma(v, v, ss);
     }
+  }
 CK_UNROLL
   for (int m = 16; m > 0; m /= 2) ss += ck_shfl_xor(ss, m);
   if (lane == 0) {
-    const Acc norm = ck_sqrt(ss), e = Acc(eps);
+    const Acc norm = (big > Acc(0) ? big : Acc(1)) * ck_sqrt(ss), e = Acc(eps);
     r[row] = normalize ? Acc(1) / (norm > e ? norm : (norm != norm ? norm : e)) : Acc(1);
   }
 }
@@ -602,7 +611,7 @@ CK_UNROLL
   if (dx == nullptr) return;
   const Acc ri = r[row], scale = *scale_ptr;
   const bool jacobian = normalize && ck_sqrt(ss) >= Acc(eps);
-  const Acc coef = jacobian ? ri * ri * dot : Acc(0);
+  const Acc coef = jacobian ? ri * (ri * dot) : Acc(0);  // r^2 alone underflows for huge rows
   for (int64_t c = lane; c < d; c += 32) {
     const Acc xv = to_acc<Tag>(x[row * s0 + c * s1]);
     dx[row * d + c] = from_acc<Tag>(scale * (w[row * d + c] - coef * xv));

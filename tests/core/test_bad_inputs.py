@@ -11,10 +11,10 @@ import re
 import pytest
 import torch
 
-from contrastive_kernels.testing import bad_inputs, fused_backends
+from contrastive_kernels.testing import bad_inputs, emulated_backends, fused_backends
 from contrastive_kernels.testing.bad_inputs import CASES, FAMILIES, TOPICS
 
-BACKENDS = fused_backends()
+BACKENDS = fused_backends() + emulated_backends()
 BY_ID = {case.id: case for case in CASES}
 README = pathlib.Path(__file__).resolve().parents[2] / "README.md"
 
