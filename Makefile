@@ -58,7 +58,7 @@ wheel-check: wheel
 	$(PYTHON) -m venv $(WHEEL_VENV)
 	$(PY) -c "import sysconfig; print(sysconfig.get_paths()['purelib'])" > $$($(WHEEL_VENV)/bin/python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")/dev_torch.pth
 	$(WHEEL_VENV)/bin/python -m pip install -q --no-deps dist/contrastive_kernels-*.whl
-	cd /tmp && $(CURDIR)/$(WHEEL_VENV)/bin/python $(CURDIR)/tests/wheel_smoke.py $(CURDIR)/$$(ls dist/contrastive_kernels-*.whl)
+	cd /tmp && $(CURDIR)/$(WHEEL_VENV)/bin/python $(CURDIR)/tests/wheel_smoke.py $(abspath $(wildcard dist/contrastive_kernels-*.whl))
 
 info: install
 	$(PY) -m contrastive_kernels.info
