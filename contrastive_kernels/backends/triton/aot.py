@@ -269,17 +269,24 @@ def _tool(name: str):
     return path if os.path.exists(path) else None
 
 
-def _cuobjdump(cubin: bytes):
+def _run_cuobjdump(cubin: bytes, flag: str):
+    """cuobjdump's output for ``flag`` on a cubin, or None without the tool."""
     tool = _tool("cuobjdump")
     if tool is None:
         return None
     with tempfile.NamedTemporaryFile(suffix=".cubin", delete=False) as f:
         f.write(cubin)
     try:
-        out = subprocess.run([tool, "-res-usage", f.name], capture_output=True, text=True,
-                             check=False).stdout
+        return subprocess.run([tool, flag, f.name], capture_output=True, text=True,
+                              check=False).stdout
     finally:
         os.unlink(f.name)
+
+
+def _cuobjdump(cubin: bytes):
+    out = _run_cuobjdump(cubin, "-res-usage")
+    if out is None:
+        return None
     m = re.search(r"REG:(\d+) STACK:(\d+) SHARED:(\d+) LOCAL:(\d+)", out)
     if not m:
         return None
@@ -300,16 +307,7 @@ def analyse(row: Row, job) -> Row:
 
 
 def _sass(cubin: bytes):
-    tool = _tool("cuobjdump")
-    if tool is None:
-        return None
-    with tempfile.NamedTemporaryFile(suffix=".cubin", delete=False) as f:
-        f.write(cubin)
-    try:
-        return subprocess.run([tool, "-sass", f.name], capture_output=True, text=True,
-                              check=False).stdout
-    finally:
-        os.unlink(f.name)
+    return _run_cuobjdump(cubin, "-sass")
 
 
 def jobs(kernels=None, archs=None):
