@@ -40,7 +40,7 @@ def _exploits_symmetry(contender: str) -> bool:
 
     if contender not in registry.names():
         return False
-    backend, _ = registry._load(contender)
+    backend = registry.loaded(contender)
     return backend is not None and backend.symmetric_tiles
 
 

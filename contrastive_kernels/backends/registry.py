@@ -120,6 +120,11 @@ def _load(name: str):
     return _loaded[name]
 
 
+def loaded(name: str) -> Optional[Backend]:
+    """The backend called ``name`` if its module imports here, else None."""
+    return _load(name)[0]
+
+
 def get_backend(name: str) -> Backend:
     if name not in MODULES:
         raise ValueError(f"backend={name!r} is not one of {('auto',) + names()}")

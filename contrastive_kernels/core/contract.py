@@ -73,7 +73,9 @@ class CoreOptions:
 
     def features(self) -> frozenset:
         """The optional features this call uses (names of :data:`FEATURES`)."""
-        return frozenset(f for f, on in zip(FEATURES, dataclasses.astuple(self)) if on)
+        flags = {"normalize": self.normalize, "bias": self.has_bias, "labels": self.has_labels,
+                 "self_offset": self.has_self, "return_o": self.return_o}
+        return frozenset(name for name, on in flags.items() if on)
 
 
 FEATURES = ("normalize", "bias", "labels", "self_offset", "return_o")

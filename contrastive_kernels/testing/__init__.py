@@ -22,7 +22,7 @@ def fused_backends(device: str = "cpu") -> list:
 
     out = []
     for name in registry.names():
-        backend, _ = registry._load(name)
+        backend = registry.loaded(name)
         if backend is None or name == "reference":
             continue
         if not backend.not_supported_reasons(torch.device(device), torch.float32, 8,
