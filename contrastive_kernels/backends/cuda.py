@@ -8,6 +8,10 @@
   through the op pair ``contrastive_kernels::lse_cuda_emulated`` / ``_backward`` (the role
   ``TRITON_INTERPRET=1`` plays for Triton). The variable is read at every call.
 
+fp32 inputs use tf32 tensor cores exactly when ``torch.get_float32_matmul_precision()`` is
+not ``"highest"`` (read by the C++ op wrapper at every call); ``CONTRASTIVE_KERNELS_CUDA_SPLITS``
+forces the number of ranges of the split grids (tests). See docs/cuda.md.
+
 ``auto`` on CUDA tensors prefers ``triton`` (priority 10) over ``cuda`` (priority 15)
 until GPU figures say otherwise: :data:`PRIORITY` is the one line to change
 (docs/cuda.md).

@@ -45,17 +45,25 @@ def naive(compute_dtype):
     return fn
 
 
-def check_against_oracle(backend, n, m, d, dtype, opt, device="cpu", seed=0):
-    """Run the case on `backend` (tensors on `device`) and assert every output is close."""
+def oracle_case(n, m, d, dtype, opt, seed=0):
+    """(q, k, scale, kw, weights, oracle) of one table case: the inputs (CPU, in ``dtype``;
+    kw's float tensors in the accumulation dtype), the grad-output weights, and the float64
+    oracle's (lse, o, dq, dk, dscale)."""
     q, k, gen = make_inputs(n, m, d, dtype, seed=seed)
-    acc = acc_dtype(dtype)
-    kw = opt.kwargs(n, m, "cpu", acc, gen)
+    kw = opt.kwargs(n, m, "cpu", acc_dtype(dtype), gen)
     weights = torch.randn(n, generator=gen, dtype=torch.float64)
     scale = torch.tensor(opt.scale)
     oracle_kw = {key: (v.double() if isinstance(v, torch.Tensor) and v.is_floating_point() else v)
                  for key, v in kw.items()}
     oracle = lse_and_grads(naive(torch.float64), q.double(), k.double(), scale.double(),
                            oracle_kw, weights)
+    return q, k, scale, kw, weights, oracle
+
+
+def check_against_oracle(backend, n, m, d, dtype, opt, device="cpu", seed=0):
+    """Run the case on `backend` (tensors on `device`) and assert every output is close."""
+    q, k, scale, kw, weights, oracle = oracle_case(n, m, d, dtype, opt, seed)
+    acc = acc_dtype(dtype)
     baseline = lse_and_grads(naive(dtype), q, k, scale.to(dtype), kw, weights)
     device_kw = {key: (v.to(device) if isinstance(v, torch.Tensor) else v) for key, v in kw.items()}
     ours = lse_and_grads(fused(backend), q.to(device), k.to(device), scale.to(acc).to(device),

@@ -7,7 +7,8 @@ static instruction mix of its SASS (cuobjdump -sass, shipped in Triton's package
 
 tests/backends/test_cuda_compile.py regenerates the report into a temporary file and
 compares it with the committed one, and checks 0 spills, HMMA in the bf16 / fp16 tile
-kernels and no local memory traffic (LDL / STL) anywhere.
+kernels (logits and second products), tf32 HMMA in the fp32 ones and no local memory
+traffic (LDL / STL) anywhere.
 """
 
 from __future__ import annotations
@@ -42,6 +43,10 @@ SASS_CLASSES = {
     "FFMA": r"FFMA", "DFMA": r"DFMA", "SHFL": r"SHFL", "BAR": r"BAR",
     "LDL/STL": r"(?:LDL|STL)",
 }
+# Matched against the whole mnemonic (with its modifiers): the tf32 MMAs of the fp32
+# logits (mma.sync.m16n8k8 tf32 is HMMA.1688.F32.TF32) and the transposed ldmatrix that
+# feeds the B operand of the second products (LDSM.16.MT88).
+SASS_FULL_CLASSES = {"HMMA.TF32": r"HMMA\.\w+\.F32\.TF32", "LDSM.T": r"LDSM\.16\.MT88(?:\.\w+)*"}
 
 
 def dynamic_smem(kernel: str, dtype: str) -> int:
@@ -134,7 +139,8 @@ def sass_mix(cubin: Path) -> dict:
         m = re.match(r"\s*Function : (\w+)", line)
         if m:
             current = m[1]
-            mixes[current] = {"total": 0, **{k: 0 for k in SASS_CLASSES}}
+            mixes[current] = {"total": 0, **{k: 0 for k in SASS_CLASSES},
+                              **{k: 0 for k in SASS_FULL_CLASSES}}
             continue
         m = re.match(r"\s*/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)", line)
         if m and current is not None:
@@ -142,6 +148,9 @@ def sass_mix(cubin: Path) -> dict:
             mixes[current]["total"] += 1
             for key, pattern in SASS_CLASSES.items():
                 if re.fullmatch(pattern, op):
+                    mixes[current][key] += 1
+            for key, pattern in SASS_FULL_CLASSES.items():
+                if re.fullmatch(pattern, m[1]):
                     mixes[current][key] += 1
     return mixes
 
@@ -175,23 +184,28 @@ def render(report: dict) -> str:
         "Columns: registers per thread, spill stores / loads and stack frame (bytes), static and "
         "dynamic shared memory per block (bytes; the tile kernels carve their dynamic buffer "
         "in `lse_kernels.cuh`), then the static SASS instruction counts of the kernel: all "
-        "instructions, tensor-core MMAs (HMMA), ldmatrix (LDSM), cp.async (LDGSTS), "
+        "instructions, tensor-core MMAs (HMMA; of which tf32: HMMA.TF32), ldmatrix (LDSM; of "
+        "which transposed, the B operand of the second products: LDSM.T), cp.async (LDGSTS), "
         "special-function ops (MUFU: exp / log / rcp), FP32 / FP64 FMAs, shuffles, barriers and "
         "local-memory traffic (LDL/STL, which must be 0). The main loop of a 64 x 64 tile with "
-        "a 32-wide chunk of d is, per warp, 2 x 8 HMMA (bf16 / fp16) fed by 2 x 5 LDSM; "
-        "the exp of the online log-sum-exp is 32 MUFU per thread per tile.",
+        "a 32-wide chunk of d is, per warp, 2 x 8 HMMA (bf16 / fp16) fed by 2 x 5 LDSM, or "
+        "4 x 8 tf32 HMMA (fp32 when torch allows tf32); a second product (o, u, v) adds 16 "
+        "HMMA fed by 8 LDSM.T per chunk (32 HMMA for bf16 o: weights and their rounding "
+        "residue); the exp of the online log-sum-exp is 32 MUFU per thread per tile.",
         "",
     ]
     head = ("| kernel | dtype | regs | spill st/ld | stack | smem static | smem dynamic | "
-            "SASS | HMMA | LDSM | LDGSTS | MUFU | FFMA | DFMA | SHFL | BAR | LDL/STL |")
+            "SASS | HMMA | HMMA.TF32 | LDSM | LDSM.T | LDGSTS | MUFU | FFMA | DFMA | SHFL | BAR | "
+            "LDL/STL |")
     for arch, rows in report.items():
-        lines += [f"## sm_{arch}", "", head, "|" + "---|" * 17]
+        lines += [f"## sm_{arch}", "", head, "|" + "---|" * 19]
         for r in rows:
             lines.append(
                 f"| {r['kernel']} | {r['dtype']} | {r.get('registers', '?')} | "
                 f"{r.get('spill_stores', '?')}/{r.get('spill_loads', '?')} | {r.get('stack', '?')} | "
                 f"{r.get('static_smem', 0)} | {r['dynamic_smem']} | {r.get('total', '?')} | "
-                f"{r.get('HMMA', '?')} | {r.get('LDSM', '?')} | {r.get('LDGSTS', '?')} | "
+                f"{r.get('HMMA', '?')} | {r.get('HMMA.TF32', '?')} | {r.get('LDSM', '?')} | "
+                f"{r.get('LDSM.T', '?')} | {r.get('LDGSTS', '?')} | "
                 f"{r.get('MUFU', '?')} | {r.get('FFMA', '?')} | {r.get('DFMA', '?')} | "
                 f"{r.get('SHFL', '?')} | {r.get('BAR', '?')} | {r.get('LDL/STL', '?')} |")
         lines.append("")

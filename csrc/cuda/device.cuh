@@ -12,6 +12,8 @@
 //   ck_any / ck_all / ck_ballot    warp votes
 //   ck_ldmatrix_x1/x2/x4[_trans]   ldmatrix.sync.aligned.m8n8.x{1,2,4}[.trans].shared.b16
 //   ck_mma_m16n8k16<BF16>          mma.sync.aligned.m16n8k16.row.col.f32.{bf16,f16}...f32
+//   ck_mma_m16n8k8_tf32            mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32
+//   ck_cvt_tf32                    cvt.rna.tf32.f32 (fp32 -> tf32 bits in a b32 register)
 //   ck_cp_async_16                 cp.async.cg.shared.global, 16 bytes, zero-fill
 //   ck_cp_async_commit             cp.async.commit_group
 //   ck_cp_async_wait<N> / _wait_all cp.async.wait_group N / 0
@@ -104,6 +106,24 @@ CK_DEVICE void ck_mma_m16n8k16(float (&d)[4], const uint32_t (&a)[4], const uint
   }
 }
 
+// d = a b + c with tf32 operands (cvt.rna.tf32.f32 bits): A 16 x 8 row-major (a0 (g, t),
+// a1 (g + 8, t), a2 (g, t + 4), a3 (g + 8, t + 4)), B 8 x 8 column-major (b0 (k = t, n = g),
+// b1 (k = t + 4, n = g)), C / D as m16n8k16.
+CK_DEVICE void ck_mma_m16n8k8_tf32(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2],
+                                   const float (&c)[4]) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0, %1, %2, %3}, "
+      "{%4, %5, %6, %7}, {%8, %9}, {%10, %11, %12, %13};\n"
+      : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]), "f"(c[0]), "f"(c[1]),
+        "f"(c[2]), "f"(c[3]));
+}
+CK_DEVICE uint32_t ck_cvt_tf32(float x) {
+  uint32_t r;
+  asm("cvt.rna.tf32.f32 %0, %1;\n" : "=r"(r) : "f"(x));
+  return r;
+}
+
 // 16 bytes global -> shared, bypassing L1; bytes past src_bytes are zero-filled.
 CK_DEVICE void ck_cp_async_16(void* dst, const void* src, int src_bytes) {
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(ck_smem_address(dst)),
@@ -180,6 +200,12 @@ inline void ck_mma_m16n8k16(float (&d)[4], const uint32_t (&a)[4], const uint32_
                             const float (&c)[4]) {
   ::ck_emu::mma_m16n8k16(d, a, b, c, BF16);
 }
+
+inline void ck_mma_m16n8k8_tf32(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2],
+                                const float (&c)[4]) {
+  ::ck_emu::mma_m16n8k8_tf32(d, a, b, c);
+}
+inline uint32_t ck_cvt_tf32(float x) { return ::ck_emu::tf32_round_bits(x); }
 
 inline void ck_cp_async_16(void* dst, const void* src, int src_bytes) {
   ::ck_emu::cp_async(dst, src, 16, src_bytes);

@@ -13,23 +13,47 @@
 // warp w holds rows 16 w .. 16 w + 15; lane (g = lane / 4, t = lane % 4) holds, for key
 // sub-tile nt (8 keys), s[nt] = {S[g][2t], S[g][2t+1], S[g+8][2t], S[g+8][2t+1]}.
 //   - bf16 / fp16: ldmatrix.x4 fragments of Q and K, mma.sync.m16n8k16, fp32 accumulate;
-//   - fp32 / fp64: the same layout computed with FMA (exact IEEE products and sums).
+//   - fp32: mma.sync.m16n8k8 tf32 (operands rounded by cvt.rna.tf32.f32) when torch's fp32
+//     matmul precision is not "highest" (KernelProblem::tf32, set per call by the op
+//     wrapper), else FMA (exact IEEE products and sums); fp64: FMA.
 // Masks, scale, inverse norms, bias and the online log-sum-exp are applied in registers
 // by row and column; row statistics are reduced over the 4 lanes of a quad by shuffles.
-// The second products (o = P K, u = X K, v = X^T Q) take the probability / weight tile
-// through shared memory and accumulate in fp32 (fp64) with FMA, into an fp32 / fp64
-// buffer that one block owns exclusively (rows for o and u, keys for v): no atomics.
 //
-// Forward split over keys when the row grid is small (forward_key_splits, lse_params.h):
-// grid.y ranges of whole key tiles write partial (max, sum, o); merge_splits_kernel
-// combines them per row in range order.
+// The second products o = P K, u = X K (rows own the output) and v = X^T Q (keys own it):
+//   - bf16 / fp16: on tensor cores. The weight tile never leaves registers: the
+//     accumulator layout of two adjacent 8-key sub-tiles is the A-fragment layout of one
+//     16-key step of mma.sync.m16n8k16, so the fp32 weights are rounded to the input dtype
+//     and packed in place (weight_fragments; fp16 rows scaled by their largest weight in
+//     the tile, the scale undone on the fp32 products; only the factors that vary along the
+//     reduction are rounded, the row factors g_i rq_i (dq) and rk_j (dk) multiply the fp32
+//     products; bf16 o adds a second A operand, the rounding residue). The B operand, the
+//     staged K (Q) chunk [64 keys][kBK], k-major over the keys, comes by ldmatrix.x4.trans.
+//     Per chunk of d the 16 x kBK products of a warp start at zero in registers and are
+//     added to an fp32 buffer in global memory that the block owns (each element one
+//     lane's): d is arbitrary, so a register accumulator over all of d does not fit.
+//   - fp32 with tf32 allowed: mma.sync.m16n8k8 tf32, weights from registers too
+//     (tf32_weight_fragments: the key order inside an 8-key step is chosen so that the
+//     accumulator registers are the A fragment as they are), B by 32-bit shared loads.
+//   - fp32 under "highest", fp64: the weight tile through shared memory, FMA in the
+//     accumulation type (exact).
+// The key grid of the backward computes the transposed tile S^T = K Q^T (logits_tile<kT>),
+// so that its own keys are the warps' rows and v = X^T Q has the same shape as u = X K.
+//
+// Split grids when the own grid is small (forward_key_splits / backward_splits,
+// lse_params.h; CONTRASTIVE_KERNELS_CUDA_SPLITS forces a count): grid.y ranges of whole
+// tiles of the other side. Forward: partial (max, sum, o) per key range, merged per row in
+// range order by merge_splits_kernel. Backward: the dq grid splits the keys, the dk grid the
+// rows; range r writes slice r of a zero-filled workspace [S, rows, d] and the per-row
+// epilogue adds the S slices in range order (deterministic, bitwise repeatable).
 //
 // Backward (deterministic, two grids): the dq kernel (row grid) recomputes each tile and
 // accumulates u~_i = sum_j x_ij k_j, x_ij = g_i rq_i rk_j exp(s_ij - lse_i); the dk kernel
 // (key grid) recomputes the same tiles and accumulates v~_j = sum_i x_ij q_i; a per-row
 // epilogue applies scale and the normalization Jacobian,
 //     dq_i = scale (u~_i - [normalize, ||q_i|| >= eps] rq_i^2 <q_i, u~_i> q_i),
-// and dscale = sum_i <q_i, u~_i> is summed by one warp in a fixed order.
+// and dscale = sum_ij x_ij <q_i, k_j> (= sum_i <q_i, u~_i>), summed by the dq kernel per
+// (range, row) from the fp32 weights and the raw dot products of the tile, then by one warp
+// in a fixed order.
 #pragma once
 
 #include <cstdint>
@@ -191,9 +215,12 @@ CK_DEVICE void stage_chunk(typename Tag::S* dst, const typename Tag::S* x, int64
 }
 
 // acc += Qs Ks^T for the staged chunk, in the accumulator layout described above.
+// tf32 (fp32 inputs, p.tf32): mma.sync.m16n8k8 on operands rounded by cvt.rna.tf32.f32,
+// read from the staged chunks with plain 32-bit loads (fragment rows g at a stride of
+// kBK + 4 words: the 32 lanes of a fragment load hit 32 different banks).
 template <class Tag>
 CK_DEVICE void chunk_product(const typename Tag::S* qs, const typename Tag::S* ks,
-                             typename Tag::Acc (&acc)[8][4]) {
+                             typename Tag::Acc (&acc)[8][4], bool tf32 = false) {
   constexpr int LDS = kLds<Tag>;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   if constexpr (Tag::kMma) {
@@ -215,6 +242,24 @@ CK_UNROLL
     using Acc = typename Tag::Acc;
     const int g = lane / 4, t = lane % 4;
     const int r0 = warp * 16 + g;
+    if constexpr (std::is_same_v<Tag, TagF32>) {
+      if (tf32) {
+CK_UNROLL
+        for (int kk = 0; kk < Tag::kBK; kk += 8) {
+          const uint32_t a[4] = {ck_cvt_tf32(qs[r0 * LDS + kk + t]),
+                                 ck_cvt_tf32(qs[(r0 + 8) * LDS + kk + t]),
+                                 ck_cvt_tf32(qs[r0 * LDS + kk + t + 4]),
+                                 ck_cvt_tf32(qs[(r0 + 8) * LDS + kk + t + 4])};
+CK_UNROLL
+          for (int nt = 0; nt < 8; ++nt) {
+            const uint32_t b[2] = {ck_cvt_tf32(ks[(8 * nt + g) * LDS + kk + t]),
+                                   ck_cvt_tf32(ks[(8 * nt + g) * LDS + kk + t + 4])};
+            ck_mma_m16n8k8_tf32(acc[nt], a, b, acc[nt]);
+          }
+        }
+        return;
+      }
+    }
     auto step = [&](int kk) {
       const Acc qa = qs[r0 * LDS + kk], qb = qs[(r0 + 8) * LDS + kk];
 CK_UNROLL
@@ -238,10 +283,19 @@ CK_UNROLL_N(4)
 
 // The logits tile of rows row0.., keys col0..: dot products over every chunk of d, then
 // s = dot (scale rq_i) rk_j + bias_j, -inf outside A(i) (and outside the matrix).
-template <class Tag>
+// kT: the transposed tile S^T (the warps' rows are the 64 keys, the columns the 64 rows of
+// q), for the key grid of the backward, whose second product v = X^T Q then takes its A
+// operand from registers like the row grid's. fin(h, row, col, dot, logit) gives the value
+// kept (the backward's weights), element by element; h: which of the lane's two rows.
+struct KeepLogit {
+  template <class Acc>
+  CK_DEVICE Acc operator()(int, int64_t, int64_t, Acc, Acc logit) const { return logit; }
+};
+
+template <class Tag, bool kT = false, class Fin = KeepLogit>
 CK_DEVICE void logits_tile(const KernelProblem& p, const Smem<Tag>& sm, const typename Tag::Acc* rq,
                            const typename Tag::Acc* rk, typename Tag::Acc scale, int64_t row0,
-                           int64_t col0, typename Tag::Acc (&s)[8][4]) {
+                           int64_t col0, typename Tag::Acc (&s)[8][4], Fin fin = Fin()) {
   using S = typename Tag::S;
   using Acc = typename Tag::Acc;
 CK_UNROLL
@@ -256,34 +310,60 @@ CK_UNROLL
         stage_chunk<Tag>(sm.k_stage(i), static_cast<const S*>(p.k), col0, p.m, p.k_s0, p.k_s1,
                          k0, p.d, p.k_vec);
       },
-      [&](int i, int64_t) { chunk_product<Tag>(sm.q_stage(i), sm.k_stage(i), s); });
+      [&](int i, int64_t) {
+        if constexpr (kT) chunk_product<Tag>(sm.k_stage(i), sm.q_stage(i), s, p.tf32);
+        else chunk_product<Tag>(sm.q_stage(i), sm.k_stage(i), s, p.tf32);
+      });
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int g = lane / 4, t = lane % 4;
   const Acc* bias = static_cast<const Acc*>(p.bias);
+  if constexpr (kT) {
 CK_UNROLL
-  for (int h = 0; h < 2; ++h) {
-    const int64_t row = row0 + warp * 16 + g + 8 * h;
-    const bool row_ok = row < p.n;
-    const Acc a = row_ok ? scale * rq[row] : Acc(0);
-    const int64_t label = (row_ok && p.q_labels != nullptr) ? p.q_labels[row] : 0;
+    for (int h = 0; h < 2; ++h) {
+      const int64_t col = col0 + warp * 16 + g + 8 * h;  // the key of this register row
+      const bool col_ok = col < p.m;
+      const Acc rkc = col_ok ? rk[col] : Acc(0);
+      const Acc bc = (col_ok && bias != nullptr) ? bias[col] : Acc(0);
+      const int64_t label = (col_ok && p.q_labels != nullptr) ? p.k_labels[col] : 0;
 CK_UNROLL
-    for (int nt = 0; nt < 8; ++nt)
+      for (int nt = 0; nt < 8; ++nt)
 CK_UNROLL
-      for (int e2 = 0; e2 < 2; ++e2) {
-        const int64_t col = col0 + 8 * nt + 2 * t + e2;
-        bool ok = row_ok && col < p.m;
-        if (ok && p.has_self && col - row == p.self_offset) ok = false;
-        if (ok && p.q_labels != nullptr && p.k_labels[col] == label) ok = false;
-        Acc& v = s[nt][2 * h + e2];
-        v = ok ? v * a * rk[col] + (bias != nullptr ? bias[col] : Acc(0)) : neg_inf<Acc>();
-      }
+        for (int e2 = 0; e2 < 2; ++e2) {
+          const int64_t row = row0 + 8 * nt + 2 * t + e2;
+          bool ok = col_ok && row < p.n;
+          if (ok && p.has_self && col - row == p.self_offset) ok = false;
+          if (ok && p.q_labels != nullptr && p.q_labels[row] == label) ok = false;
+          Acc& v = s[nt][2 * h + e2];
+          v = fin(h, row, col, v, ok ? v * (scale * rq[row]) * rkc + bc : neg_inf<Acc>());
+        }
+    }
+  } else {
+CK_UNROLL
+    for (int h = 0; h < 2; ++h) {
+      const int64_t row = row0 + warp * 16 + g + 8 * h;
+      const bool row_ok = row < p.n;
+      const Acc a = row_ok ? scale * rq[row] : Acc(0);
+      const int64_t label = (row_ok && p.q_labels != nullptr) ? p.q_labels[row] : 0;
+CK_UNROLL
+      for (int nt = 0; nt < 8; ++nt)
+CK_UNROLL
+        for (int e2 = 0; e2 < 2; ++e2) {
+          const int64_t col = col0 + 8 * nt + 2 * t + e2;
+          bool ok = row_ok && col < p.m;
+          if (ok && p.has_self && col - row == p.self_offset) ok = false;
+          if (ok && p.q_labels != nullptr && p.k_labels[col] == label) ok = false;
+          Acc& v = s[nt][2 * h + e2];
+          v = fin(h, row, col, v,
+                  ok ? v * a * rk[col] + (bias != nullptr ? bias[col] : Acc(0)) : neg_inf<Acc>());
+        }
+    }
   }
 }
 
-// out[r][c0 + c] (+)= sum_j W[r][j] X[j][c] for the 64 x kBK outputs of one staged chunk:
-// W the weight tile (row stride kLdp, transposed when trans_w), X the staged chunk.
-// out rows (row0 + r) own their memory in this block; beta scales the old value per row.
-template <class Tag, bool kTransW>
+// out[r][c0 + c] (+)= sum_j W[r][j] X[j][c] for the 64 x kBK outputs of one staged chunk,
+// with FMA (fp32 / fp64): W the weight tile in shared memory (row stride kLdp), X the staged
+// chunk. out rows (row0 + r) own their memory in this block; beta scales the old value per row.
+template <class Tag>
 CK_DEVICE void chunk_update(typename Tag::Acc* out, int64_t out_rows, int64_t d, int64_t row0,
                             int64_t k0, const typename Tag::Acc* w, const typename Tag::S* x,
                             const typename Tag::Acc* beta) {
@@ -295,10 +375,7 @@ CK_DEVICE void chunk_update(typename Tag::Acc* out, int64_t out_rows, int64_t d,
     if (row >= out_rows || col >= d) continue;
     Acc sum = 0;
 CK_UNROLL_N(4)
-    for (int j = 0; j < 64; ++j) {
-      const Acc wv = kTransW ? w[j * kLdp + r] : w[r * kLdp + j];
-      sum = ck_fma(wv, to_acc<Tag>(x[j * LDS + c]), sum);
-    }
+    for (int j = 0; j < 64; ++j) sum = ck_fma(w[r * kLdp + j], to_acc<Tag>(x[j * LDS + c]), sum);
     Acc* o = out + row * d + col;
     *o = (beta != nullptr ? *o * beta[r] : *o) + sum;
   }
@@ -365,6 +442,161 @@ CK_UNROLL
         sm.ps[(warp * 16 + g + 8 * h) * kLdp + 8 * nt + 2 * t + e2] = s[nt][2 * h + e2];
 }
 
+// The weight tile s (accumulator layout: rows warp * 16 + g (+ 8), keys 8 nt + 2 t (+ 1))
+// as the A fragments of mma.sync.m16n8k16 for its 64 keys, 4 steps of 16: the accumulator
+// layout of two adjacent 8-key sub-tiles is the A layout of one 16-key step (a0 / a1: rows
+// g / g + 8, keys 2t, 2t + 1; a2 / a3: keys 2t + 8, 2t + 9), so the weights never leave
+// registers. Rounded to the input dtype. fp16: each row is first multiplied by the inverse
+// of its largest |weight| in the tile (mult returns that largest weight, to undo on the
+// fp32 products): the weights are probabilities times inverse norms (and g), which can
+// exceed 65504 or sink into fp16 subnormals; scaled, they are at most 1 in magnitude.
+// bf16 has the range of fp32: mult = 1. kLo (bf16 o): lo gets the rounding residue
+// w - bf16(w), rounded to bf16 again, a second A operand: w is then carried to ~16 bits.
+template <class Tag, bool kLo = false>
+CK_DEVICE void weight_fragments(const float (&s)[8][4], uint32_t (&a)[4][4], float (&mult)[2],
+                                uint32_t (&lo)[4][4]) {
+  float inv[2] = {1.f, 1.f};
+  mult[0] = mult[1] = 1.f;
+  if constexpr (!Tag::kBF16) {
+CK_UNROLL
+    for (int h = 0; h < 2; ++h) {
+      float mx = 0.f;
+CK_UNROLL
+      for (int nt = 0; nt < 8; ++nt)
+CK_UNROLL
+        for (int e2 = 0; e2 < 2; ++e2) {
+          const float v = s[nt][2 * h + e2];
+          mx = fmax_nan_skip(mx, v < 0.f ? -v : v);
+        }
+      mx = quad_max(mx);
+      const bool use = mx > 0.f && ck_isfinite(mx);
+      mult[h] = use ? mx : 1.f;
+      inv[h] = use ? 1.f / mx : 1.f;
+    }
+  }
+  auto pack = [](float x0, float x1) {
+    return uint32_t(from_acc<Tag>(x0)) | (uint32_t(from_acc<Tag>(x1)) << 16);
+  };
+  auto residue = [](float x0, float x1) {
+    return uint32_t(from_acc<Tag>(x0 - to_acc<Tag>(from_acc<Tag>(x0)))) |
+           (uint32_t(from_acc<Tag>(x1 - to_acc<Tag>(from_acc<Tag>(x1)))) << 16);
+  };
+CK_UNROLL
+  for (int kk = 0; kk < 4; ++kk)
+CK_UNROLL
+    for (int h = 0; h < 2; ++h)
+CK_UNROLL
+      for (int half = 0; half < 2; ++half) {
+        const float x0 = s[2 * kk + half][2 * h] * inv[h], x1 = s[2 * kk + half][2 * h + 1] * inv[h];
+        a[kk][2 * half + h] = pack(x0, x1);
+        if constexpr (kLo) lo[kk][2 * half + h] = residue(x0, x1);
+      }
+}
+
+// fp32 weights for mma.sync.m16n8k8 tf32, one 8-key step per sub-tile nt. The reduction
+// order inside a step is free as long as A and B agree: A column t holds key 2t, column
+// t + 4 key 2t + 1, so a0..a3 = s[nt][0], s[nt][2], s[nt][1], s[nt][3] with no shuffle,
+// and B row t (t + 4) is read from key 2t (2t + 1). tf32 has fp32's range: no scaling.
+CK_DEVICE void tf32_weight_fragments(const float (&s)[8][4], uint32_t (&a)[8][4]) {
+CK_UNROLL
+  for (int nt = 0; nt < 8; ++nt) {
+    a[nt][0] = ck_cvt_tf32(s[nt][0]);
+    a[nt][1] = ck_cvt_tf32(s[nt][2]);
+    a[nt][2] = ck_cvt_tf32(s[nt][1]);
+    a[nt][3] = ck_cvt_tf32(s[nt][3]);
+  }
+}
+
+// The fp32 products of one chunk added to the block's buffer: out[r][k0 + c] = beta_r
+// out[r][k0 + c] + mult_r acc (the warp's 16 rows, lane (g, t): rows g, g + 8, columns
+// 8 nt + 2t, + 1).
+template <class Tag, bool kBeta, int NT>
+CK_DEVICE void add_chunk_products(float* out, int64_t out_rows, int64_t d, int64_t row0,
+                                  int64_t k0, const float (&acc)[NT][4], const float (&beta)[2],
+                                  const float (&mult)[2]) {
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int g = lane / 4, t = lane % 4;
+CK_UNROLL
+  for (int h = 0; h < 2; ++h) {
+    const int64_t row = row0 + warp * 16 + g + 8 * h;
+    if (row >= out_rows) continue;
+    float* o = out + row * d;
+CK_UNROLL
+    for (int nt = 0; nt < NT; ++nt)
+CK_UNROLL
+      for (int e2 = 0; e2 < 2; ++e2) {
+        const int64_t col = k0 + 8 * nt + 2 * t + e2;
+        if (col >= d) continue;
+        const float prod = acc[nt][2 * h + e2] * mult[h];
+        o[col] = kBeta ? ck_fma(o[col], beta[h], prod) : o[col] + prod;
+      }
+  }
+}
+
+// The second product on tf32 tensor cores (fp32 inputs, p.tf32): the weights of
+// tf32_weight_fragments times the staged fp32 chunk x [64 keys][kLds], B fragments by
+// plain 32-bit loads (b0: key 8 nt + 2t, b1: key 8 nt + 2t + 1, feature 8 f + g; rows
+// 2t apart at a stride of kBK + 4 words: 32 different banks).
+template <class Tag, bool kBeta>
+CK_DEVICE void tf32_chunk_update(float* out, int64_t out_rows, int64_t d, int64_t row0,
+                                 int64_t k0, const uint32_t (&a)[8][4], const float* x,
+                                 const float (&beta)[2], const float (&mult)[2]) {
+  constexpr int LDS = kLds<Tag>, NT = Tag::kBK / 8;
+  const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  float acc[NT][4];
+CK_UNROLL
+  for (int f = 0; f < NT; ++f)
+CK_UNROLL
+    for (int e = 0; e < 4; ++e) acc[f][e] = 0.f;
+CK_UNROLL  // fully: a[nt] must stay in registers
+  for (int nt = 0; nt < 8; ++nt)
+CK_UNROLL
+    for (int f = 0; f < NT; ++f) {
+      const uint32_t b[2] = {ck_cvt_tf32(x[(8 * nt + 2 * t) * LDS + 8 * f + g]),
+                             ck_cvt_tf32(x[(8 * nt + 2 * t + 1) * LDS + 8 * f + g])};
+      ck_mma_m16n8k8_tf32(acc[f], a[nt], b, acc[f]);
+    }
+  add_chunk_products<Tag, kBeta, NT>(out, out_rows, d, row0, k0, acc, beta, mult);
+}
+
+// The second product on tensor cores (bf16 / fp16): for the warp's 16 rows and the kBK
+// columns of one staged chunk, out[r][k0 + c] = beta_r out[r][k0 + c] + mult_r
+// sum_j W[r][j] X[j][c], W the weight fragments of weight_fragments, X the staged chunk
+// [64 keys][kLds] (the B operand, k-major over the keys: ldmatrix.x4.trans gives the
+// fragments of two 8-column tiles for one 16-key step), fp32 accumulation in registers.
+// The products of one tile start from zero and are added to the fp32 buffer (global memory
+// the block owns exclusively; each element belongs to one lane) after the 64 keys.
+template <class Tag, bool kBeta, bool kLo = false>
+CK_DEVICE void mma_chunk_update(float* out, int64_t out_rows, int64_t d, int64_t row0,
+                                int64_t k0, const uint32_t (&a)[4][4], const uint32_t (&lo)[4][4],
+                                const typename Tag::S* x, const float (&beta)[2],
+                                const float (&mult)[2]) {
+  constexpr int LDS = kLds<Tag>, NT = Tag::kBK / 8;
+  const int lane = threadIdx.x % 32;
+  float acc[NT][4];
+CK_UNROLL
+  for (int nt = 0; nt < NT; ++nt)
+CK_UNROLL
+    for (int e = 0; e < 4; ++e) acc[nt][e] = 0.f;
+  const int mi = lane / 8;  // the 8 x 8 matrix this lane addresses a row of
+CK_UNROLL
+  for (int kk = 0; kk < 4; ++kk)
+CK_UNROLL
+    for (int np = 0; np < NT / 2; ++np) {
+      uint32_t b4[4];
+      ck_ldmatrix_x4_trans(b4, x + (kk * 16 + (mi % 2) * 8 + lane % 8) * LDS + np * 16 +
+                                   (mi / 2) * 8);
+      const uint32_t b0[2] = {b4[0], b4[1]}, b1[2] = {b4[2], b4[3]};
+      if constexpr (kLo) {
+        ck_mma_m16n8k16<Tag::kBF16>(acc[2 * np], lo[kk], b0, acc[2 * np]);
+        ck_mma_m16n8k16<Tag::kBF16>(acc[2 * np + 1], lo[kk], b1, acc[2 * np + 1]);
+      }
+      ck_mma_m16n8k16<Tag::kBF16>(acc[2 * np], a[kk], b0, acc[2 * np]);
+      ck_mma_m16n8k16<Tag::kBF16>(acc[2 * np + 1], a[kk], b1, acc[2 * np + 1]);
+    }
+  add_chunk_products<Tag, kBeta, NT>(out, out_rows, d, row0, k0, acc, beta, mult);
+}
+
 // Forward: lse (and o when kO) of rows blockIdx.x * 64 .., online over the key tiles of
 // range blockIdx.y.
 template <class Tag, bool kO>
@@ -391,6 +623,7 @@ CK_GLOBAL void CK_LAUNCH_BOUNDS(kThreads)
   for (int64_t col0 = col_begin; col0 < col_end; col0 += kBN) {
     Acc s[8][4];
     logits_tile<Tag>(p, sm, rq, rk, scale, row0, col0, s);
+    Acc alpha[2];
 CK_UNROLL
     for (int h = 0; h < 2; ++h) {
       Acc mx = neg_inf<Acc>();
@@ -402,7 +635,7 @@ CK_UNROLL
       // A finite pivot: +inf logits give l = inf (lse = +inf), never inf - inf.
       const Acc piv_new = ck_isfinite(m_new) ? m_new : Acc(0);
       const Acc piv_old = ck_isfinite(mrow[h]) ? mrow[h] : Acc(0);
-      const Acc alpha = mrow[h] == neg_inf<Acc>() ? Acc(0) : ck_exp(piv_old - piv_new);
+      alpha[h] = mrow[h] == neg_inf<Acc>() ? Acc(0) : ck_exp(piv_old - piv_new);
       Acc sum = 0;
 CK_UNROLL
       for (int nt = 0; nt < 8; ++nt)
@@ -413,29 +646,71 @@ CK_UNROLL
           sum += pe;
         }
       sum = quad_sum(sum);
-      lrow[h] = lrow[h] * alpha + sum;
+      lrow[h] = lrow[h] * alpha[h] + sum;
       mrow[h] = m_new;
-      if (kO && t == 0) sm.rowv[warp * 16 + g + 8 * h] = alpha;
+      if (kO && !Tag::kMma && t == 0) sm.rowv[warp * 16 + g + 8 * h] = alpha[h];
     }
     if constexpr (kO) {
-      // o_i = alpha_i o_i + sum_j p_ij rk_j k_j, the tile's weights through shared memory
-      // (p first, then times rk_j in a second pass: fewer registers live per thread)
-      store_weights<Tag>(sm, s);
-      CK_SYNC();
-      for (int idx = threadIdx.x; idx < kBM * kBN; idx += kThreads) {
-        const int r = idx / kBN, j = idx % kBN;
-        const int64_t col = col0 + j;
-        sm.ps[r * kLdp + j] = col < p.m ? sm.ps[r * kLdp + j] * rk[col] : Acc(0);
+      // o_i = alpha_i o_i + sum_j p_ij rk_j k_j
+      const auto stage = [&](int i, int64_t k0) {
+        stage_chunk<Tag>(sm.k_stage(i), static_cast<const S*>(p.k), col0, p.m, p.k_s0, p.k_s1,
+                         k0, p.d, p.k_vec);
+      };
+      if constexpr (Tag::kMma) {
+        // bf16 / fp16: the weights p_ij rk_j stay in registers as mma A fragments
+CK_UNROLL
+        for (int nt = 0; nt < 8; ++nt)
+CK_UNROLL
+          for (int e2 = 0; e2 < 2; ++e2) {
+            const int64_t col = col0 + 8 * nt + 2 * t + e2;
+            const Acc rkc = col < p.m ? rk[col] : Acc(0);
+            s[nt][e2] *= rkc;
+            s[nt][2 + e2] *= rkc;
+          }
+        // bf16: two terms (rounded weights and their rounding residue); o is an output of
+        // its own, not a gradient, and p_ij rk_j rounded to 8 bits would cost o ~2^-9
+        constexpr bool kLo = Tag::kBF16;
+        uint32_t a[4][4], lo[4][4];
+        float mult[2];
+        weight_fragments<Tag, kLo>(s, a, mult, lo);
+        pipelined_chunks<Tag>(p.d, stage, [&](int i, int64_t k0) {
+          mma_chunk_update<Tag, true, kLo>(o, p.n, p.d, row0, k0, a, lo, sm.k_stage(i), alpha,
+                                           mult);
+        });
+      } else {
+        if constexpr (std::is_same_v<Tag, TagF32>) {
+          if (p.tf32) {  // fp32 with tf32 allowed: weights in registers, m16n8k8 tf32
+CK_UNROLL
+            for (int nt = 0; nt < 8; ++nt)
+CK_UNROLL
+              for (int e2 = 0; e2 < 2; ++e2) {
+                const int64_t col = col0 + 8 * nt + 2 * t + e2;
+                const Acc rkc = col < p.m ? rk[col] : Acc(0);
+                s[nt][e2] *= rkc;
+                s[nt][2 + e2] *= rkc;
+              }
+            uint32_t a[8][4];
+            tf32_weight_fragments(s, a);
+            const float ones[2] = {1.f, 1.f};
+            pipelined_chunks<Tag>(p.d, stage, [&](int i, int64_t k0) {
+              tf32_chunk_update<Tag, true>(o, p.n, p.d, row0, k0, a, sm.k_stage(i), alpha, ones);
+            });
+            continue;
+          }
+        }
+        // fp32 / fp64: the tile's weights through shared memory, FMA (p first, then times
+        // rk_j in a second pass: fewer registers live per thread)
+        store_weights<Tag>(sm, s);
+        CK_SYNC();
+        for (int idx = threadIdx.x; idx < kBM * kBN; idx += kThreads) {
+          const int r = idx / kBN, j = idx % kBN;
+          const int64_t col = col0 + j;
+          sm.ps[r * kLdp + j] = col < p.m ? sm.ps[r * kLdp + j] * rk[col] : Acc(0);
+        }
+        pipelined_chunks<Tag>(p.d, stage, [&](int i, int64_t k0) {
+          chunk_update<Tag>(o, p.n, p.d, row0, k0, sm.ps, sm.k_stage(i), sm.rowv);
+        });
       }
-      pipelined_chunks<Tag>(
-          p.d,
-          [&](int i, int64_t k0) {
-            stage_chunk<Tag>(sm.k_stage(i), static_cast<const S*>(p.k), col0, p.m, p.k_s0,
-                             p.k_s1, k0, p.d, p.k_vec);
-          },
-          [&](int i, int64_t k0) {
-            chunk_update<Tag, false>(o, p.n, p.d, row0, k0, sm.ps, sm.k_stage(i), sm.rowv);
-          });
     }
   }
   if (partial) {  // merge_splits_kernel finishes lse and o
@@ -498,108 +773,158 @@ CK_GLOBAL void CK_LAUNCH_BOUNDS(kThreads)
   }
 }
 
-// The weights x_ij = g_i rq_i rk_j exp(s_ij - lse_i) of the tile in place of its logits.
-// Rows with lse = -inf (no key) get weight 0; a NaN lse or logit gives NaN.
-template <class Tag>
-CK_DEVICE void tile_weights(const KernelProblem& p, const BackwardBuffers& b, int64_t row0,
-                            int64_t col0, typename Tag::Acc (&s)[8][4]) {
+// The backward's tile loop, for the 64 rows (kKeys: keys) of block blockIdx.x, over the
+// tiles of range blockIdx.y of the keys (kKeys: rows): u~_i = sum_j x_ij k_j (the dq grid)
+// or v~_j = sum_i x_ij q_i (the dk grid, on the transposed tile, so that the block's own
+// keys are the warps' rows in both), x_ij = g_i rq_i rk_j exp(s_ij - lse_i) computed in
+// place of the logits (rows with lse = -inf get weight 0; a NaN lse or logit gives NaN).
+// Range r of S writes its partial sums into slice r of the workspace [S, rows, d];
+// row_epilogue_kernel adds the S slices in order. The dq grid also sums, when b.rowdot is
+// set, rowdot[r][i] = sum_j x_ij <q_i, k_j> (fp32 products of the unrounded weights and the
+// raw dot products; dscale = their fixed-order sum).
+template <class Tag, bool kKeys>
+CK_DEVICE void backward_tiles(const KernelProblem& p, const BackwardBuffers& b) {
+  using S = typename Tag::S;
   using Acc = typename Tag::Acc;
+  const Smem<Tag> sm = Smem<Tag>::carve();
   const Acc* rq = static_cast<const Acc*>(b.rq);
   const Acc* rk = static_cast<const Acc*>(b.rk);
   const Acc* lse = static_cast<const Acc*>(b.lse);
   const Acc* grad = static_cast<const Acc*>(b.grad_lse);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int g = lane / 4, t = lane % 4;
+  const int64_t own0 = int64_t(blockIdx.x) * 64;
+  const int64_t own_count = kKeys ? p.m : p.n, other_count = kKeys ? p.n : p.m;
+  const int64_t splits = kKeys ? b.v_splits : b.u_splits, split = blockIdx.y;
+  const int64_t per_split = ((other_count + 63) / 64 + splits - 1) / splits * 64;
+  const int64_t begin = split * per_split;
+  const int64_t end = other_count < begin + per_split ? other_count : begin + per_split;
+  Acc* out = static_cast<Acc*>(kKeys ? b.v : b.u) + split * own_count * p.d;
+  const Acc scale = *static_cast<const Acc*>(p.scale);
+  const S* other = static_cast<const S*>(kKeys ? p.q : p.k);
+  const int64_t o_s0 = kKeys ? p.q_s0 : p.k_s0, o_s1 = kKeys ? p.q_s1 : p.k_s1;
+  const bool o_vec = kKeys ? p.q_vec : p.k_vec;
+  // per own row: its lse (inf without keys: weight 0) and g_i rq_i (dq grid), or rk_j (dk
+  // grid). On tensor cores (bf16 / fp16, fp32 with tf32) these row factors multiply the
+  // fp32 products instead of the weights, which are rounded to the operand type: only what
+  // varies along the reduction is rounded (p_ij rk_j for dq, g_i rq_i p_ij for dk).
+  Acc l_own[2] = {Acc(INFINITY), Acc(INFINITY)}, f_own[2] = {0, 0}, ds[2] = {0, 0};
 CK_UNROLL
   for (int h = 0; h < 2; ++h) {
-    const int64_t row = row0 + warp * 16 + g + 8 * h;
-    Acc l = Acc(INFINITY), gq = 0;
-    if (row < p.n && lse[row] != neg_inf<Acc>()) {
-      l = lse[row];
-      gq = grad[row] * rq[row];
+    const int64_t own = own0 + warp * 16 + g + 8 * h;
+    if constexpr (kKeys) {
+      f_own[h] = own < p.m ? rk[own] : Acc(0);
+    } else if (own < p.n && lse[own] != neg_inf<Acc>()) {
+      l_own[h] = lse[own];
+      f_own[h] = grad[own] * rq[own];
     }
-CK_UNROLL
-    for (int nt = 0; nt < 8; ++nt)
-CK_UNROLL
-      for (int e2 = 0; e2 < 2; ++e2) {
-        const int64_t col = col0 + 8 * nt + 2 * t + e2;
-        Acc& v = s[nt][2 * h + e2];
-        v = (v == neg_inf<Acc>() || col >= p.m) ? Acc(0) : gq * ck_exp(v - l) * rk[col];
+  }
+  const bool want_ds = !kKeys && b.rowdot != nullptr;
+  // fp32 with tf32 allowed: the second product on tf32 tensor cores too
+  const bool tf32 = std::is_same_v<Tag, TagF32> && p.tf32;
+  // the row factors multiply the products (tensor cores) or the weights (FMA)
+  const bool row_factor_on_products = Tag::kMma || tf32;
+  for (int64_t other0 = begin; other0 < end; other0 += 64) {
+    const int64_t row0 = kKeys ? other0 : own0, col0 = kKeys ? own0 : other0;
+    Acc s[8][4];
+    logits_tile<Tag, kKeys>(
+        p, sm, rq, rk, scale, row0, col0, s,
+        [&](int h, int64_t row, int64_t col, Acc dot, Acc logit) {
+          if (logit == neg_inf<Acc>() || col >= p.m) return Acc(0);
+          if constexpr (kKeys) {
+            Acc l = Acc(INFINITY), gq = 0;
+            if (row < p.n && lse[row] != neg_inf<Acc>()) {
+              l = lse[row];
+              gq = grad[row] * rq[row];
+            }
+            const Acc x = gq * ck_exp(logit - l);
+            return row_factor_on_products ? x : x * f_own[h];
+          } else {
+            const Acc w = ck_exp(logit - l_own[h]) * rk[col];
+            if (want_ds) ds[h] = ck_fma(w, dot, ds[h]);
+            return row_factor_on_products ? w : f_own[h] * w;
+          }
+        });
+    // the other side's chunks into the K stage buffers (Q's, for the key grid)
+    const auto stage = [&](int i, int64_t k0) {
+      stage_chunk<Tag>(sm.k_stage(i), other, other0, other_count, o_s0, o_s1, k0, p.d, o_vec);
+    };
+    if constexpr (Tag::kMma) {
+      uint32_t a[4][4];
+      float mult[2];
+      const float ones[2] = {1.f, 1.f};
+      weight_fragments<Tag>(s, a, mult, a);
+      mult[0] *= f_own[0];
+      mult[1] *= f_own[1];
+      pipelined_chunks<Tag>(p.d, stage, [&](int i, int64_t k0) {
+        mma_chunk_update<Tag, false>(out, own_count, p.d, own0, k0, a, a, sm.k_stage(i), ones,
+                                     mult);
+      });
+    } else {
+      if constexpr (std::is_same_v<Tag, TagF32>) {
+        if (tf32) {
+          uint32_t a[8][4];
+          tf32_weight_fragments(s, a);
+          const float ones[2] = {1.f, 1.f};
+          pipelined_chunks<Tag>(p.d, stage, [&](int i, int64_t k0) {
+            tf32_chunk_update<Tag, false>(out, own_count, p.d, own0, k0, a, sm.k_stage(i), ones,
+                                          f_own);
+          });
+          continue;
+        }
       }
+      store_weights<Tag>(sm, s);
+      pipelined_chunks<Tag>(p.d, stage, [&](int i, int64_t k0) {
+        chunk_update<Tag>(out, own_count, p.d, own0, k0, sm.ps, sm.k_stage(i), nullptr);
+      });
+    }
+  }
+  if (want_ds) {
+CK_UNROLL
+    for (int h = 0; h < 2; ++h) {
+      const Acc v = f_own[h] * quad_sum(ds[h]);
+      const int64_t row = own0 + warp * 16 + g + 8 * h;
+      if (t == 0 && row < p.n) static_cast<Acc*>(b.rowdot)[split * p.n + row] = v;
+    }
   }
 }
 
 // Backward, row grid: u~_i = sum_j x_ij k_j for the rows blockIdx.x * 64 ..
 template <class Tag>
 CK_GLOBAL void CK_LAUNCH_BOUNDS(kThreads) lse_backward_rows_kernel(KernelProblem p, BackwardBuffers b) {
-  using S = typename Tag::S;
-  using Acc = typename Tag::Acc;
-  const Smem<Tag> sm = Smem<Tag>::carve();
-  const int64_t row0 = int64_t(blockIdx.x) * kBM;
-  const Acc scale = *static_cast<const Acc*>(p.scale);
-  for (int64_t col0 = 0; col0 < p.m; col0 += kBN) {
-    Acc s[8][4];
-    logits_tile<Tag>(p, sm, static_cast<const Acc*>(b.rq), static_cast<const Acc*>(b.rk), scale,
-                     row0, col0, s);
-    tile_weights<Tag>(p, b, row0, col0, s);
-    store_weights<Tag>(sm, s);
-    pipelined_chunks<Tag>(
-        p.d,
-        [&](int i, int64_t k0) {
-          stage_chunk<Tag>(sm.k_stage(i), static_cast<const S*>(p.k), col0, p.m, p.k_s0, p.k_s1,
-                           k0, p.d, p.k_vec);
-        },
-        [&](int i, int64_t k0) {
-          chunk_update<Tag, false>(static_cast<Acc*>(b.u), p.n, p.d, row0, k0, sm.ps,
-                                   sm.k_stage(i), nullptr);
-        });
-  }
+  backward_tiles<Tag, false>(p, b);
 }
 
 // Backward, key grid: v~_j = sum_i x_ij q_i for the keys blockIdx.x * 64 .., recomputing
-// the same tiles (rows in the same order for every key block: deterministic).
+// the same tiles transposed (rows in the same order for every key block: deterministic).
 template <class Tag>
 CK_GLOBAL void CK_LAUNCH_BOUNDS(kThreads) lse_backward_keys_kernel(KernelProblem p, BackwardBuffers b) {
-  using S = typename Tag::S;
-  using Acc = typename Tag::Acc;
-  const Smem<Tag> sm = Smem<Tag>::carve();
-  const int64_t col0 = int64_t(blockIdx.x) * kBN;
-  const Acc scale = *static_cast<const Acc*>(p.scale);
-  for (int64_t row0 = 0; row0 < p.n; row0 += kBM) {
-    Acc s[8][4];
-    logits_tile<Tag>(p, sm, static_cast<const Acc*>(b.rq), static_cast<const Acc*>(b.rk), scale,
-                     row0, col0, s);
-    tile_weights<Tag>(p, b, row0, col0, s);
-    store_weights<Tag>(sm, s);
-    pipelined_chunks<Tag>(
-        p.d,
-        [&](int i, int64_t k0) {
-          stage_chunk<Tag>(sm.q_stage(i), static_cast<const S*>(p.q), row0, p.n, p.q_s0, p.q_s1,
-                           k0, p.d, p.q_vec);
-        },
-        [&](int i, int64_t k0) {
-          chunk_update<Tag, true>(static_cast<Acc*>(b.v), p.m, p.d, col0, k0, sm.ps,
-                                  sm.q_stage(i), nullptr);
-        });
-  }
+  backward_tiles<Tag, true>(p, b);
 }
 
 // Per-row epilogue, one warp per row: dx_i = scale (w_i - c_i x_i) with
-// c_i = [normalize, ||x_i|| >= eps] r_i^2 <x_i, w_i>; rowdot_i = <x_i, w_i>.
+// c_i = [normalize, ||x_i|| >= eps] r_i^2 <x_i, w_i>, where w_i = sum_s w[s][i] over the
+// parts of a split grid, added in slice order (deterministic).
 template <class Tag>
 CK_GLOBAL void CK_LAUNCH_BOUNDS(kThreads)
     row_epilogue_kernel(const typename Tag::S* x, int64_t rows, int64_t d, int64_t s0, int64_t s1,
-                        const typename Tag::Acc* r, const typename Tag::Acc* w,
+                        const typename Tag::Acc* r, const typename Tag::Acc* w, int64_t parts,
                         const typename Tag::Acc* scale_ptr, bool normalize, double eps,
-                        typename Tag::S* dx, typename Tag::Acc* rowdot) {
+                        typename Tag::S* dx) {
   using Acc = typename Tag::Acc;
   const int64_t row = int64_t(blockIdx.x) * kWarps + threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
   if (row >= rows) return;  // whole warps leave together
+  const int64_t part_stride = rows * d;
+  auto wsum = [&](int64_t c) {
+    Acc v = w[row * d + c];
+    for (int64_t s = 1; s < parts; ++s) v += w[s * part_stride + row * d + c];
+    return v;
+  };
   Acc dot = 0, ss = 0;
   for (int64_t c = lane; c < d; c += 32) {
     const Acc xv = to_acc<Tag>(x[row * s0 + c * s1]);
-    dot = ck_fma(xv, w[row * d + c], dot);
+    dot = ck_fma(xv, wsum(c), dot);
     ss = ck_fma(xv, xv, ss);
   }
 CK_UNROLL
@@ -607,14 +932,12 @@ CK_UNROLL
     dot += ck_shfl_xor(dot, m);
     ss += ck_shfl_xor(ss, m);
   }
-  if (rowdot != nullptr && lane == 0) rowdot[row] = dot;
-  if (dx == nullptr) return;
   const Acc ri = r[row], scale = *scale_ptr;
   const bool jacobian = normalize && ck_sqrt(ss) >= Acc(eps);
   const Acc coef = jacobian ? ri * (ri * dot) : Acc(0);  // r^2 alone underflows for huge rows
   for (int64_t c = lane; c < d; c += 32) {
     const Acc xv = to_acc<Tag>(x[row * s0 + c * s1]);
-    dx[row * d + c] = from_acc<Tag>(scale * (w[row * d + c] - coef * xv));
+    dx[row * d + c] = from_acc<Tag>(scale * (wsum(c) - coef * xv));
   }
 }
 
@@ -716,31 +1039,34 @@ const char* backward_t(const KernelProblem& p, const BackwardBuffers& b) {
   constexpr int smem = smem_bytes<Tag>();
   const ck_dev::dim3 block(kThreads);
   const Acc* scale = static_cast<const Acc*>(p.scale);
-  if (b.u != nullptr && p.n > 0) {
+  if (b.u != nullptr && p.n > 0) {  // dq (and the dscale partials)
     CK_ALLOW_SMEM(lse_backward_rows_kernel<Tag>, smem);
-    CK_LAUNCH(lse_backward_rows_kernel<Tag>, ck_dev::dim3(blocks_for(p.n, kBM)), block, smem,
-              p.stream, p, b);
+    CK_LAUNCH(lse_backward_rows_kernel<Tag>,
+              ck_dev::dim3(blocks_for(p.n, kBM), unsigned(b.u_splits)), block, smem, p.stream,
+              p, b);
     CK_CHECK_LAUNCH("lse_backward_rows_kernel");
-    CK_LAUNCH(row_epilogue_kernel<Tag>, ck_dev::dim3(blocks_for(p.n, kWarps)), block, 0, p.stream,
-              static_cast<const S*>(p.q), p.n, p.d, p.q_s0, p.q_s1, static_cast<const Acc*>(b.rq),
-              static_cast<const Acc*>(b.u), scale, p.normalize, p.eps, static_cast<S*>(b.dq),
-              static_cast<Acc*>(b.rowdot));
+    if (b.dq != nullptr)
+      CK_LAUNCH(row_epilogue_kernel<Tag>, ck_dev::dim3(blocks_for(p.n, kWarps)), block, 0,
+                p.stream, static_cast<const S*>(p.q), p.n, p.d, p.q_s0, p.q_s1,
+                static_cast<const Acc*>(b.rq), static_cast<const Acc*>(b.u), b.u_splits, scale,
+                p.normalize, p.eps, static_cast<S*>(b.dq));
     CK_CHECK_LAUNCH("row_epilogue_kernel(q)");
   }
   if (b.dscale != nullptr) {
     CK_LAUNCH(fixed_order_sum_kernel<Acc>, ck_dev::dim3(1), ck_dev::dim3(32), 0, p.stream,
-              static_cast<const Acc*>(b.rowdot), p.n, static_cast<Acc*>(b.dscale));
+              static_cast<const Acc*>(b.rowdot), p.n * b.u_splits, static_cast<Acc*>(b.dscale));
     CK_CHECK_LAUNCH("fixed_order_sum_kernel");
   }
   if (b.v != nullptr && p.m > 0) {
     CK_ALLOW_SMEM(lse_backward_keys_kernel<Tag>, smem);
-    CK_LAUNCH(lse_backward_keys_kernel<Tag>, ck_dev::dim3(blocks_for(p.m, kBN)), block, smem,
-              p.stream, p, b);
+    CK_LAUNCH(lse_backward_keys_kernel<Tag>,
+              ck_dev::dim3(blocks_for(p.m, kBN), unsigned(b.v_splits)), block, smem, p.stream,
+              p, b);
     CK_CHECK_LAUNCH("lse_backward_keys_kernel");
     CK_LAUNCH(row_epilogue_kernel<Tag>, ck_dev::dim3(blocks_for(p.m, kWarps)), block, 0, p.stream,
               static_cast<const S*>(p.k), p.m, p.d, p.k_s0, p.k_s1, static_cast<const Acc*>(b.rk),
-              static_cast<const Acc*>(b.v), scale, p.normalize, p.eps, static_cast<S*>(b.dk),
-              static_cast<Acc*>(nullptr));
+              static_cast<const Acc*>(b.v), b.v_splits, scale, p.normalize, p.eps,
+              static_cast<S*>(b.dk));
     CK_CHECK_LAUNCH("row_epilogue_kernel(k)");
   }
   return nullptr;

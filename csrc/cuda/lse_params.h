@@ -28,6 +28,7 @@ struct KernelProblem {
   double eps = 1e-12;
   KernelDType dtype = KernelDType::F32;
   bool q_vec = false, k_vec = false;  // rows 16-byte aligned, unit inner stride: cp.async
+  bool tf32 = false;  // fp32 logits on tf32 tensor cores (torch's fp32 matmul precision allows)
   void* stream = nullptr;             // cudaStream_t (ignored by the emulation)
 };
 
@@ -54,16 +55,33 @@ inline int64_t forward_key_splits(int64_t n, int64_t m) {
   return splits < 1 ? 1 : splits;
 }
 
+// Ranges of the backward's grids, the same rule: the dq grid (blocks of 64 rows) splits the
+// keys, backward_splits(n, m); the dk grid (blocks of 64 keys) splits the rows,
+// backward_splits(m, n). Each range writes a partial [rows, d] slice of a workspace; the
+// per-row epilogue adds the slices in range order (deterministic).
+inline int64_t backward_splits(int64_t own, int64_t other) { return forward_key_splits(own, other); }
+
+// A forced split count (tests: CONTRASTIVE_KERNELS_CUDA_SPLITS, read by the op wrappers),
+// clamped to [1, tiles of the split dimension]; forced <= 0 keeps the rule's value.
+inline int64_t forced_splits(int64_t rule, int64_t forced, int64_t other) {
+  if (forced <= 0) return rule;
+  const int64_t tiles = (other + 63) / 64;
+  const int64_t s = forced < tiles ? forced : tiles;
+  return s < 1 ? 1 : s;
+}
+
 struct BackwardBuffers {
   const void* grad_lse = nullptr;  // acc [n], contiguous
   const void* lse = nullptr;       // acc [n], contiguous
   void* rq = nullptr;              // acc [n] workspace
   void* rk = nullptr;              // acc [m] workspace
-  void* u = nullptr;       // acc [n, d] zero-filled, when dq or dscale is needed
-  void* v = nullptr;       // acc [m, d] zero-filled, when dk is needed
+  void* u = nullptr;       // acc [u_splits, n, d] zero-filled, when dq or dscale is needed
+  void* v = nullptr;       // acc [v_splits, m, d] zero-filled, when dk is needed
+  int64_t u_splits = 1;    // key ranges of the dq grid (backward_splits(n, m))
+  int64_t v_splits = 1;    // row ranges of the dk grid (backward_splits(m, n))
   void* dq = nullptr;      // input dtype [n, d] contiguous, or null
   void* dk = nullptr;      // input dtype [m, d] contiguous, or null
-  void* rowdot = nullptr;  // acc [n] workspace, when dscale is needed
+  void* rowdot = nullptr;  // acc [u_splits, n] workspace, when dscale is needed
   void* dscale = nullptr;  // acc scalar, or null
 };
 

@@ -5,12 +5,14 @@
 // lse_params.h. Host code only; the runner functions are passed in.
 #pragma once
 
+#include <ATen/Context.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
 #include <c10/util/Exception.h>
 
 #include <cstdint>
+#include <cstdlib>
 #include <limits>
 #include <optional>
 #include <tuple>
@@ -41,6 +43,17 @@ inline bool rows_vectorizable(const at::Tensor& x) {
   const int64_t es = x.element_size();
   return x.stride(1) == 1 && (x.stride(0) * es) % 16 == 0 &&
          reinterpret_cast<uintptr_t>(x.data_ptr()) % 16 == 0;
+}
+
+// CONTRASTIVE_KERNELS_CUDA_SPLITS=<s> forces s ranges (clamped to the tiles there are) on
+// the forward's key split and both backward grids, whatever the shapes: tests use it to run
+// the split paths on small inputs. Unset, empty or not a positive integer: the shape rule.
+inline int64_t forced_split_count() {
+  const char* v = std::getenv("CONTRASTIVE_KERNELS_CUDA_SPLITS");
+  if (v == nullptr || *v == '\0') return 0;
+  char* end = nullptr;
+  const long long s = std::strtoll(v, &end, 10);
+  return (end != nullptr && *end == '\0' && s > 0) ? int64_t(s) : 0;
 }
 
 // Everything a kernel reads, converted once: scale / bias in the accumulation dtype,
@@ -76,6 +89,10 @@ inline Prepared prepare(const contract::Site& site, const at::Tensor& q, const a
   p.k = k.data_ptr();
   p.k_s0 = k.stride(0);
   p.k_s1 = k.stride(1);
+  // fp32 logits on tf32 tensor cores exactly when torch's fp32 matmuls may use tf32
+  // (torch.get_float32_matmul_precision() != "highest"), read at every call
+  p.tf32 = q.scalar_type() == at::kFloat &&
+           at::globalContext().float32MatmulPrecision() != at::Float32MatmulPrecision::HIGHEST;
   p.q_vec = rows_vectorizable(q);
   p.k_vec = rows_vectorizable(k);
   out.scale = scale.reshape({}).to(acc).contiguous();
@@ -117,7 +134,7 @@ inline std::tuple<at::Tensor, at::Tensor> forward(
   b.rk = rk.data_ptr();
   b.lse = lse.data_ptr();
   b.o = return_o ? o.data_ptr() : nullptr;
-  b.splits = forward_key_splits(p.n, p.m);
+  b.splits = forced_splits(forward_key_splits(p.n, p.m), forced_split_count(), p.m);
   at::Tensor part_m, part_l, part_o;
   if (b.splits > 1) {
     part_m = at::empty({b.splits, p.n}, acc);
@@ -152,11 +169,16 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor> backward(
   const at::Tensor lse = lse_in.to(acc_type).contiguous();
   at::Tensor rq = at::empty({p.n}, acc), rk = at::empty({p.m}, acc);
   const bool need_u = need_dq || need_dscale;
-  at::Tensor u = need_u ? at::zeros({p.n, p.d}, acc) : at::Tensor();
-  at::Tensor v = need_dk ? at::zeros({p.m, p.d}, acc) : at::Tensor();
+  const int64_t forced = forced_split_count();
+  const int64_t u_splits = forced_splits(backward_splits(p.n, p.m), forced, p.m);
+  const int64_t v_splits = forced_splits(backward_splits(p.m, p.n), forced, p.n);
+  // one [rows, d] slice per range of the split grid, summed in order by the epilogue
+  at::Tensor u = need_u ? at::zeros({u_splits, p.n, p.d}, acc) : at::Tensor();
+  at::Tensor v = need_dk ? at::zeros({v_splits, p.m, p.d}, acc) : at::Tensor();
   at::Tensor dq = need_dq ? at::empty({p.n, p.d}, q.options()) : at::empty({0}, q.options());
   at::Tensor dk = need_dk ? at::empty({p.m, p.d}, k.options()) : at::empty({0}, k.options());
-  at::Tensor rowdot = need_dscale ? at::empty({p.n}, acc) : at::Tensor();
+  // the dscale partial of every (key range, row) of the dq grid, summed in a fixed order
+  at::Tensor rowdot = need_dscale ? at::empty({u_splits, p.n}, acc) : at::Tensor();
   at::Tensor dscale = at::zeros({}, acc);
   BackwardBuffers b;
   b.grad_lse = g.data_ptr();
@@ -165,6 +187,8 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor> backward(
   b.rk = rk.data_ptr();
   b.u = need_u ? u.data_ptr() : nullptr;
   b.v = need_dk ? v.data_ptr() : nullptr;
+  b.u_splits = u_splits;
+  b.v_splits = v_splits;
   b.dq = need_dq ? dq.data_ptr() : nullptr;
   b.dk = need_dk ? dk.data_ptr() : nullptr;
   b.rowdot = need_dscale ? rowdot.data_ptr() : nullptr;

@@ -286,6 +286,31 @@ void mma_m16n8k16(float* d, const uint32_t* a, const uint32_t* b, const float* c
   }
 }
 
+void mma_m16n8k8_tf32(float* d, const uint32_t* a, const uint32_t* b, const float* c) {
+  const uint64_t mine[3] = {uint64_t(a[0]) | (uint64_t(a[1]) << 32),
+                            uint64_t(a[2]) | (uint64_t(a[3]) << 32),
+                            uint64_t(b[0]) | (uint64_t(b[1]) << 32)};
+  const int lane = self().lane;
+  const uint64_t* all = warp_exchange(mine, 3);
+  auto value = [&](int l, int j) {  // register j of lane l as a tf32 value: a0..a3, b0, b1
+    uint32_t u = uint32_t(all[l * kSlotWords + j / 2] >> (32 * (j % 2))) & ~0x1fffu;
+    float f;
+    std::memcpy(&f, &u, 4);
+    return f;
+  };
+  // A (16 x 8, row): a_j of lane 4 (r % 8) + k % 4, j = (r >= 8) + 2 (k >= 4)
+  auto A = [&](int r, int k) { return value((r % 8) * 4 + k % 4, (r >= 8 ? 1 : 0) + (k >= 4 ? 2 : 0)); };
+  // B (8 x 8, col): b_j of lane 4 n + k % 4, j = (k >= 4)
+  auto B = [&](int k, int n) { return value(n * 4 + k % 4, 4 + (k >= 4 ? 1 : 0)); };
+  const int g = lane / 4, t = lane % 4;
+  for (int e = 0; e < 4; ++e) {
+    const int r = g + 8 * (e / 2), n = 2 * t + e % 2;
+    double sum = 0;  // products of tf32 values are exact in double
+    for (int k = 0; k < 8; ++k) sum += double(A(r, k)) * double(B(k, n));
+    d[e] = float(double(c[e]) + sum);
+  }
+}
+
 float half_bits_to_float(uint16_t h) {
   const uint32_t sign = uint32_t(h >> 15) << 31;
   const int exp = (h >> 10) & 0x1f;

@@ -106,6 +106,21 @@ void ldmatrix(uint32_t* regs, int num, bool trans, const void* row_address);
 // mma.sync.aligned.m16n8k16.row.col.f32.{bf16,f16}.{bf16,f16}.f32
 void mma_m16n8k16(float* d, const uint32_t* a, const uint32_t* b, const float* c, bool bf16);
 
+// mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32: A 16 x 8 (a0 (g, t), a1 (g + 8, t),
+// a2 (g, t + 4), a3 (g + 8, t + 4)), B 8 x 8 (b0 (k = t, n = g), b1 (k = t + 4, n = g)),
+// C / D as m16n8k16; operands are tf32 bit patterns (the low 13 bits are ignored).
+void mma_m16n8k8_tf32(float* d, const uint32_t* a, const uint32_t* b, const float* c);
+
+// cvt.rna.tf32.f32: round to nearest, ties away from zero, to 10 explicit mantissa bits
+// (the low 13 bits of the result are zero); NaN and inf pass through.
+inline uint32_t tf32_round_bits(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  if ((u & 0x7f800000u) == 0x7f800000u) return u;  // inf / NaN
+  u += 0x1000u;  // half an ulp of tf32: ties carry away from zero (sign-magnitude)
+  return u & ~0x1fffu;
+}
+
 // cp.async.{ca,cg}.shared.global [dst], [src], bytes, src_bytes: copy, zero-fill the rest.
 inline void cp_async(void* dst, const void* src, int bytes, int src_bytes) {
   if (src_bytes > 0) std::memcpy(dst, src, static_cast<size_t>(src_bytes));

@@ -75,6 +75,26 @@ at::Tensor selftest_mma(const at::Tensor& a, const at::Tensor& b, const at::Tens
   return out;
 }
 
+at::Tensor selftest_mma_tf32(const at::Tensor& a, const at::Tensor& b, const at::Tensor& c) {
+  TORCH_CHECK(a.numel() == 128 && b.numel() == 64 && c.numel() == 128 &&
+                  a.scalar_type() == at::kFloat && b.scalar_type() == at::kFloat &&
+                  c.scalar_type() == at::kFloat,
+              "a [16, 8], b [8, 8], c [16, 8] float");
+  const at::Tensor ac = a.contiguous(), bc = b.contiguous(), cc = c.contiguous();
+  at::Tensor out = at::empty({16, 8}, at::kFloat);
+  emu_selftest::mma_tf32(ac.data_ptr<float>(), bc.data_ptr<float>(), cc.data_ptr<float>(),
+                         out.data_ptr<float>());
+  return out;
+}
+
+at::Tensor selftest_tf32_round(const at::Tensor& x) {
+  TORCH_CHECK(x.scalar_type() == at::kFloat, "x: float");
+  const at::Tensor xc = x.contiguous();
+  at::Tensor out = at::empty(xc.sizes(), at::kFloat);
+  emu_selftest::tf32_round(xc.data_ptr<float>(), xc.numel(), out.data_ptr<float>());
+  return out;
+}
+
 void selftest_deadlock() { emu_selftest::deadlock(); }
 
 }  // namespace
@@ -91,6 +111,9 @@ TORCH_LIBRARY_FRAGMENT(contrastive_kernels, m) {
         &ck::cuda_ops::selftest_ldmatrix);
   m.def("_cuda_emulation_test_mma(Tensor a, Tensor b, Tensor c, bool bf16, bool b_trans) -> Tensor",
         &ck::cuda_ops::selftest_mma);
+  m.def("_cuda_emulation_test_mma_tf32(Tensor a, Tensor b, Tensor c) -> Tensor",
+        &ck::cuda_ops::selftest_mma_tf32);
+  m.def("_cuda_emulation_test_tf32_round(Tensor x) -> Tensor", &ck::cuda_ops::selftest_tf32_round);
   m.def("_cuda_emulation_test_deadlock() -> ()", &ck::cuda_ops::selftest_deadlock);
 }
 

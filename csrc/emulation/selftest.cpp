@@ -84,6 +84,29 @@ CK_GLOBAL void mma_kernel(const uint16_t* a, const uint16_t* b, const float* c, 
   d[(g + 8) * 8 + 2 * t + 1] = acc[3];
 }
 
+// One warp: the m16n8k8 tf32 fragments read straight from a [16][8], b [8][8] (row-major
+// [k][n]) and c [16][8], each operand rounded by cvt.rna.tf32.f32.
+CK_GLOBAL void mma_tf32_kernel(const float* a, const float* b, const float* c, float* d) {
+  const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  const uint32_t af[4] = {ck_cvt_tf32(a[g * 8 + t]), ck_cvt_tf32(a[(g + 8) * 8 + t]),
+                          ck_cvt_tf32(a[g * 8 + t + 4]), ck_cvt_tf32(a[(g + 8) * 8 + t + 4])};
+  const uint32_t bf[2] = {ck_cvt_tf32(b[t * 8 + g]), ck_cvt_tf32(b[(t + 4) * 8 + g])};
+  float acc[4] = {c[g * 8 + 2 * t], c[g * 8 + 2 * t + 1], c[(g + 8) * 8 + 2 * t],
+                  c[(g + 8) * 8 + 2 * t + 1]};
+  ck_mma_m16n8k8_tf32(acc, af, bf, acc);
+  d[g * 8 + 2 * t] = acc[0];
+  d[g * 8 + 2 * t + 1] = acc[1];
+  d[(g + 8) * 8 + 2 * t] = acc[2];
+  d[(g + 8) * 8 + 2 * t + 1] = acc[3];
+}
+
+CK_GLOBAL void tf32_round_kernel(const float* x, int64_t n, float* out) {
+  for (int64_t i = threadIdx.x; i < n; i += 32) {
+    const uint32_t u = ck_cvt_tf32(x[i]);
+    std::memcpy(&out[i], &u, 4);
+  }
+}
+
 CK_GLOBAL void deadlock_kernel() {
   if (threadIdx.x < 64) CK_SYNC();
 }
@@ -98,6 +121,12 @@ void ldmatrix(const uint16_t* m, int num, bool trans, uint32_t* out) {
 void mma(const uint16_t* a, const uint16_t* b, const float* c, bool bf16, bool b_trans, float* d) {
   if (bf16) CK_LAUNCH(mma_kernel<true>, ck_dev::dim3(1), ck_dev::dim3(32), 0, nullptr, a, b, c, b_trans, d);
   else CK_LAUNCH(mma_kernel<false>, ck_dev::dim3(1), ck_dev::dim3(32), 0, nullptr, a, b, c, b_trans, d);
+}
+void mma_tf32(const float* a, const float* b, const float* c, float* d) {
+  CK_LAUNCH(mma_tf32_kernel, ck_dev::dim3(1), ck_dev::dim3(32), 0, nullptr, a, b, c, d);
+}
+void tf32_round(const float* x, int64_t n, float* out) {
+  CK_LAUNCH(tf32_round_kernel, ck_dev::dim3(1), ck_dev::dim3(32), 0, nullptr, x, n, out);
 }
 void deadlock() { CK_LAUNCH(deadlock_kernel, ck_dev::dim3(1), ck_dev::dim3(128), 0, nullptr); }
 

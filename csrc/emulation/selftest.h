@@ -21,6 +21,11 @@ void ldmatrix(const uint16_t* m, int num, bool trans, uint32_t* out);
 // b_trans: B staged row-major [k][n] and loaded with ldmatrix.x2.trans, else staged as
 // B^T [n][k] and loaded with ldmatrix.x2. a, b raw bf16 / fp16 bits.
 void mma(const uint16_t* a, const uint16_t* b, const float* c, bool bf16, bool b_trans, float* d);
+// One warp: d [16][8] = a [16][8] b [8][8] + c via mma.sync.m16n8k8 tf32, the fragments
+// read straight from a, b (row-major [k][n]) and c, operands rounded by cvt.rna.tf32.f32.
+void mma_tf32(const float* a, const float* b, const float* c, float* d);
+// out[i] = cvt.rna.tf32.f32(x[i]) as a float.
+void tf32_round(const float* x, int64_t n, float* out);
 // A block whose threads skip a __syncthreads: must raise, not hang.
 void deadlock();
 

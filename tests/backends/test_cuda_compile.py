@@ -56,6 +56,11 @@ def test_no_spills(compiled):
             assert r["stack"] == 0, (arch, r)
 
 
+# the tile kernels with a second product (o = P K, u = X K, v = X^T Q)
+SECOND_PRODUCT_KERNELS = ("lse_forward_kernel+o", "lse_backward_rows_kernel",
+                          "lse_backward_keys_kernel")
+
+
 def test_sass_tensor_cores_and_no_local_memory(compiled):
     report, _ = compiled
     for arch, rows in report.items():
@@ -64,6 +69,20 @@ def test_sass_tensor_cores_and_no_local_memory(compiled):
             if r["kernel"] in report_script.TILE_KERNELS:
                 if r["dtype"] in ("bf16", "fp16"):
                     assert r["HMMA"] > 0 and r["LDSM"] > 0, (arch, r)
+                    assert r["HMMA.TF32"] == 0, (arch, r)
+                    if r["kernel"] in SECOND_PRODUCT_KERNELS:
+                        # logits (16 per chunk) and the second product (16, or 32 for bf16 o)
+                        # on tensor cores, B operand by ldmatrix.trans
+                        assert r["HMMA"] >= 32 and r["LDSM.T"] > 0, (arch, r)
+                    else:
+                        assert r["LDSM.T"] == 0, (arch, r)
+                elif r["dtype"] == "fp32":
+                    # the tf32 path (mma.sync.m16n8k8: HMMA.1688.F32.TF32) beside the FMA one:
+                    # 32 per chunk for the logits, 32 more for a second product
+                    assert r["HMMA.TF32"] > 0 and r["HMMA"] == r["HMMA.TF32"], (arch, r)
+                    if r["kernel"] in SECOND_PRODUCT_KERNELS:
+                        assert r["HMMA.TF32"] >= 64, (arch, r)
+                    assert r["FFMA"] > 0, (arch, r)
                 else:
                     assert r["HMMA"] == 0, (arch, r)
                 assert r["LDGSTS"] > 0, (arch, r)  # cp.async staging

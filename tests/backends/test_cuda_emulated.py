@@ -18,7 +18,8 @@ from contrastive_kernels.backends import cuda as cuda_backend
 from contrastive_kernels.backends import registry
 from contrastive_kernels.backends.reference import lse_reference
 from contrastive_kernels.testing.core_cases import DTYPES, OPTIONS, SHAPES, make_inputs
-from contrastive_kernels.testing.core_check import check_against_oracle, gradcheck_float64
+from contrastive_kernels.testing.core_check import (check_against_oracle, fused, gradcheck_float64,
+                                                   lse_and_grads, oracle_case)
 
 pytestmark = pytest.mark.skipif(cuda_backend.emulated_ops is None,
                                 reason=f"emulated CUDA ops not built: {_extension.LOAD_ERROR}")
@@ -176,6 +177,130 @@ def test_backward_is_deterministic():
         outs.append((lse, gq, gk, gs))
     for a, b in zip(*outs):
         assert torch.equal(a, b)
+
+
+def test_fp16_weights_out_of_range_are_rescaled():
+    """fp16 second products: the weights p_ij rk_j pass 65504 when keys have tiny norms
+    (rk ~ 1e5 here) and the dk weights g_i rq_i p_ij sink towards fp16 subnormals with small
+    g; each row of the tile is scaled by its largest weight before the rounding to fp16, so
+    o and the gradients stay finite and close to the float64 result on the same inputs."""
+    gen = torch.Generator().manual_seed(5)
+    q = torch.randn(70, 16, generator=gen, dtype=torch.float64).to(torch.float16)
+    k = (torch.randn(90, 16, generator=gen, dtype=torch.float64) * 2e-6).to(torch.float16)
+    g = torch.randn(70, generator=gen, dtype=torch.float64) * 1e-3
+    outs = []
+    for backend, dtype in (("cuda", torch.float16), ("torch", torch.float64)):
+        qq = q.to(dtype).requires_grad_()
+        kk = k.to(dtype).requires_grad_()
+        lse, o = ck.ops.lse(qq, kk, 3.0, normalize=True, return_o=True, backend=backend)
+        gq, gk = torch.autograd.grad(lse, (qq, kk), grad_outputs=g.to(lse.dtype))
+        outs.append((o, gq, gk))
+    for name, ours, ref in zip(("o", "dq", "dk"), *outs):
+        assert torch.isfinite(ours).all(), name
+        mag = float(ref.abs().max())
+        assert float((ours.double() - ref).abs().max()) <= 1e-2 * mag, name
+
+
+SPLITS_VAR = "CONTRASTIVE_KERNELS_CUDA_SPLITS"
+
+
+@pytest.mark.parametrize("splits", [1, 2, 3])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+def test_forced_splits_against_oracle(monkeypatch, splits, dtype):
+    """Forward key ranges and both backward grids split into 1, 2 or 3 ranges (the dq grid
+    over keys, the dk grid over rows, partial slices summed in order): every output within
+    the oracle's tolerance, tails included (190 rows, 200 keys: 3 / 4 tiles)."""
+    monkeypatch.setenv(SPLITS_VAR, str(splits))
+    check_against_oracle("cuda", 190, 200, 40, dtype, OPTIONS[-1])
+    check_against_oracle("cuda", 70, 130, 24, dtype, OPTIONS[1])
+
+
+def _lse_and_grads(q, k, scale, **kw):
+    qq, kk = q.clone().requires_grad_(), k.clone().requires_grad_()
+    ss = scale.clone().requires_grad_()
+    lse, _ = ck.ops.lse(qq, kk, ss, backend="cuda", **kw)
+    w = torch.linspace(-1, 2, lse.shape[0], dtype=lse.dtype)
+    gq, gk, gs = torch.autograd.grad((lse * w).sum(), (qq, kk, ss))
+    return lse, gq, gk, gs
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_split_backward_is_bitwise_deterministic(monkeypatch, dtype):
+    """Each split count gives bitwise-identical results from run to run (no atomics, the
+    partial slices and the dscale partials added in a fixed order); different split counts
+    agree to rounding."""
+    q, k, _ = make_inputs(130, 200, 40, dtype)
+    scale = torch.tensor(6.0)
+    results = {}
+    for splits in (1, 2, 3):
+        monkeypatch.setenv(SPLITS_VAR, str(splits))
+        a = _lse_and_grads(q, k, scale, normalize=True, self_offset=0)
+        b = _lse_and_grads(q, k, scale, normalize=True, self_offset=0)
+        for x, y in zip(a, b):
+            assert torch.equal(x, y)
+        results[splits] = a
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=2e-2, atol=2e-3)
+    for splits in (2, 3):
+        for x, y in zip(results[1], results[splits]):
+            torch.testing.assert_close(x.float(), y.float(), **tol)
+
+
+def test_forced_splits_ignore_invalid_values(monkeypatch):
+    q, k, _ = make_inputs(20, 70, 8, torch.float32)
+    ref = ck.ops.lse(q, k, 2.0, backend="cuda")[0]
+    for value in ("0", "-3", "x", "", "1000"):  # the shape rule, or clamped to the tiles
+        monkeypatch.setenv(SPLITS_VAR, value)
+        torch.testing.assert_close(ck.ops.lse(q, k, 2.0, backend="cuda")[0], ref)
+
+
+@pytest.fixture
+def set_matmul_precision():
+    prev = torch.get_float32_matmul_precision()
+    yield torch.set_float32_matmul_precision
+    torch.set_float32_matmul_precision(prev)
+
+
+@pytest.mark.parametrize("opt", [OPTIONS[0], OPTIONS[-1]], ids=lambda o: o.id)
+def test_tf32_logits_follow_matmul_precision(set_matmul_precision, opt):
+    """fp32 logits and second products run on mma.sync.m16n8k8 tf32 when torch's fp32
+    matmul precision allows tf32 ("high" / "medium"), on the exact FMA path under
+    "highest": the two differ on random data, "highest" meets the fp32 oracle tolerances,
+    "high" a tf32 tolerance."""
+    n, m, d = 97, 130, 64
+    q, k, scale, kw, weights, oracle = oracle_case(n, m, d, torch.float32, opt)
+    set_matmul_precision("highest")
+    exact = lse_and_grads(fused("cuda"), q, k, scale, kw, weights)
+    check_against_oracle("cuda", n, m, d, torch.float32, opt)
+    set_matmul_precision("high")
+    tf32 = lse_and_grads(fused("cuda"), q, k, scale, kw, weights)
+    assert not torch.equal(exact[0], tf32[0])
+    outputs = ((0, "lse"), (2, "dq"), (3, "dk"), (4, "dscale"))
+    outputs += ((1, "o"),) if opt.return_o else ()
+    for i, name in outputs:
+        ref = oracle[i].double()
+        live = torch.isfinite(ref)
+        mag = max(1.0, float(ref[live].abs().max()))
+        err_tf32 = float((tf32[i].double() - ref)[live].abs().max())
+        err_exact = float((exact[i].double() - ref)[live].abs().max())
+        # operands rounded to 10 mantissa bits: logits off by ~ scale * 2^-11 * |q| |k|
+        assert err_tf32 <= 2.0 ** -10 * opt.scale * mag, (name, err_tf32)
+        assert err_exact <= 1e-4 * mag, (name, err_exact)
+    assert float((tf32[0] - exact[0]).abs().max()) > 1e-5  # tf32 rounding shows
+    set_matmul_precision("medium")
+    medium = lse_and_grads(fused("cuda"), q, k, scale, kw, weights)
+    for a, b in zip(tf32, medium):
+        if isinstance(a, torch.Tensor):
+            assert torch.equal(a, b)
+
+
+def test_tf32_leaves_other_dtypes_alone(set_matmul_precision):
+    for dtype in (torch.float64, torch.bfloat16):
+        q, k, _ = make_inputs(40, 70, 16, dtype)
+        set_matmul_precision("highest")
+        a = ck.ops.lse(q, k, 3.0, backend="cuda", return_o=True)
+        set_matmul_precision("high")
+        b = ck.ops.lse(q, k, 3.0, backend="cuda", return_o=True)
+        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
 
 
 def test_selection_rules(monkeypatch):

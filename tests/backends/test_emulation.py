@@ -83,3 +83,55 @@ def test_mma_fragment_matmul_matches_plain(dtype, b_trans):
 def test_divergent_barrier_raises_instead_of_hanging():
     with pytest.raises(RuntimeError, match="deadlock"):
         _ops()._cuda_emulation_test_deadlock()
+
+
+def _tf32_round(x: torch.Tensor) -> torch.Tensor:
+    """cvt.rna.tf32.f32 in torch: round to nearest, ties away from zero, 10 mantissa bits."""
+    u = x.contiguous().view(torch.int32).long() & 0xFFFFFFFF
+    special = (u & 0x7F800000) == 0x7F800000
+    r = torch.where(special, u, ((u + 0x1000) & ~0x1FFF) & 0xFFFFFFFF)
+    return torch.where(r >= 2**31, r - 2**32, r).to(torch.int32).view(torch.float32)
+
+
+def test_tf32_rounding_is_rna():
+    one = 1.0
+    ulp = 2.0 ** -10
+    x = torch.tensor([one, one + ulp / 2, one + ulp / 2 - 2.0 ** -20, -(one + ulp / 2),
+                      one + 3 * ulp / 2, 3.0e38, float("inf"), -float("inf"), 1e-40, 0.0],
+                     dtype=torch.float32)
+    got = _ops()._cuda_emulation_test_tf32_round(x)
+    want = torch.tensor([one, one + ulp, one, -(one + ulp), one + 2 * ulp])
+    assert torch.equal(got[:5], want)  # 1 + 3 ulp / 2: a tie, away from zero
+    assert torch.equal(got[5:], _tf32_round(x[5:]))
+    assert torch.isinf(got[6]) and torch.isinf(got[7]) and got[9] == 0
+    # ties away from zero: 1 + ulp/2 goes up, -(1 + ulp/2) goes down
+    assert got[1] == one + ulp and got[3] == -(one + ulp)
+    nan = _ops()._cuda_emulation_test_tf32_round(torch.tensor([float("nan")]))
+    assert torch.isnan(nan).all()
+    gen = torch.Generator().manual_seed(3)
+    r = torch.randn(4096, generator=gen) * 10.0 ** torch.randint(-20, 20, (4096,), generator=gen)
+    got = _ops()._cuda_emulation_test_tf32_round(r.float())
+    assert torch.equal(got, _tf32_round(r.float()))
+    assert ((got.view(torch.int32) & 0x1FFF) == 0).all()
+    assert ((got - r).abs() <= r.abs() * 2.0 ** -11).all()
+
+
+def test_mma_tf32_fragment_matmul_matches_plain():
+    gen = torch.Generator().manual_seed(2)
+    a = torch.randn(16, 8, generator=gen)
+    b = torch.randn(8, 8, generator=gen)
+    c = torch.randn(16, 8, generator=gen)
+    d = _ops()._cuda_emulation_test_mma_tf32(a, b, c)
+    plain = _tf32_round(a).double() @ _tf32_round(b).double() + c.double()
+    # tf32 products are exact; one fp32 rounding of the sum
+    torch.testing.assert_close(d.double(), plain, rtol=1e-6, atol=1e-6)
+    # the inputs were rounded: the fp32 product is further away than the rounding error
+    exact = a.double() @ b.double() + c.double()
+    assert (d.double() - exact).abs().max() > 1e-5
+    # permuting rows of A (and C) permutes rows of D; columns of B, columns of D
+    perm = torch.randperm(16, generator=gen)
+    d2 = _ops()._cuda_emulation_test_mma_tf32(a[perm].contiguous(), b, c[perm].contiguous())
+    assert torch.equal(d2, d[perm])
+    cperm = torch.randperm(8, generator=gen)
+    d3 = _ops()._cuda_emulation_test_mma_tf32(a, b[:, cperm].contiguous(), c[:, cperm].contiguous())
+    assert torch.equal(d3, d[:, cperm])
