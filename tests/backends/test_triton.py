@@ -20,7 +20,7 @@ from contrastive_kernels.testing.core_check import acc_dtype, check_against_orac
 
 pytest.importorskip("triton")
 from contrastive_kernels.backends import triton as ck_triton  # noqa: E402
-from contrastive_kernels.backends.triton import _ops, configs  # noqa: E402
+from contrastive_kernels.backends.triton import _ops, configs, key_split  # noqa: E402
 
 pytestmark = pytest.mark.skipif(ck_triton.unavailable_reason() is not None,
                                 reason=f"triton backend unavailable: {ck_triton.unavailable_reason()}")
@@ -207,6 +207,8 @@ def test_torch_compile_sees_the_kernels():
 
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env[_ops.ARCH_ENV] = "90"
+    # unsplit (on a GPU machine the small grid would add the key split's merge / finish)
+    env[key_split.SPLITS_ENV] = "1"
     proc = subprocess.run([sys.executable, "-c", _TRACE_SCRIPT], env=env, capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]

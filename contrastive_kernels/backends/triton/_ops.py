@@ -6,7 +6,9 @@ them; fake implementations and autograd come from
 :func:`contrastive_kernels.core.autograd.register_core_ops`.
 
 Host side only allocates outputs, picks the fixed config and launches; no value is read
-back (the scale is loaded from its 0-dim tensor inside the kernels).
+back (the scale is loaded from its 0-dim tensor inside the kernels). When the owned grid
+is small the streamed side is split into S ranges (``key_split``): partials in fp32 / fp64
+workspaces, then a merge (forward) / finish (backward) kernel, combined in a fixed order.
 """
 
 from __future__ import annotations
@@ -21,8 +23,8 @@ from torch.library import triton_op, wrap_triton
 from ... import env
 from ...core import contract
 from ...core.autograd import register_core_ops
-from . import configs
-from ._common import inv_norm_kernel
+from . import configs, key_split
+from ._common import inv_norm_kernel, offsets_need_int64
 from .lse_backward import HEURISTICS as BWD_HEURISTICS
 from .lse_backward import lse_bwd_kernel, lse_bwd_kernel_py
 from .lse_forward import HEURISTICS as FWD_HEURISTICS
@@ -98,8 +100,19 @@ def heuristic_flags(which: str, kwargs: dict) -> dict:
     return {name: bool(fn(kwargs)) for name, fn in _KERNELS[which][2].items()}
 
 
-def _launch(which: str, n_rows: int, cfg: configs.Config, kwargs: dict, reset=()):
-    """Launch ``which`` ("fwd" / "bwd") over ceil(n_rows / BLOCK_O) programs.
+def _splits(device: torch.device, n_rows: int, n_streamed: int, cfg: configs.Config) -> tuple:
+    """(S, streamed tiles per range) of one launch (key_split.splits_for). The opt-in
+    autotuner keeps S = 1: its BLOCK_O / BLOCK_I (hence the ranges and the workspaces) are
+    chosen inside the launch, after the host has sized everything."""
+    if configs.autotune_enabled() and not _kernels_interpreted():
+        return 1, 0
+    return key_split.splits_for(device, triton.cdiv(n_rows, cfg.block_o),
+                                triton.cdiv(n_streamed, cfg.block_i), interpreting())
+
+
+def _launch(which: str, n_rows: int, cfg: configs.Config, kwargs: dict, reset=(), splits=1):
+    """Launch ``which`` ("fwd" / "bwd") over ceil(n_rows / BLOCK_O) x ``splits`` programs
+    (kwargs' SPLIT_KEYS > 0 when splits > 1).
 
     Default: the fixed config, heuristics evaluated here (wrap_triton takes plain jit
     functions). With CONTRASTIVE_KERNELS_TRITON_AUTOTUNE=1 (compiled mode only):
@@ -107,6 +120,7 @@ def _launch(which: str, n_rows: int, cfg: configs.Config, kwargs: dict, reset=()
     """
     plain, fn_py, heur = _KERNELS[which]
     if configs.autotune_enabled() and not _kernels_interpreted():
+        assert splits == 1, "the autotuned launch is never split"
         key = (which, cfg, tuple(reset))
         if key not in _tuned:
             space = [triton.Config({"BLOCK_O": c.block_o, "BLOCK_I": c.block_i},
@@ -118,7 +132,7 @@ def _launch(which: str, n_rows: int, cfg: configs.Config, kwargs: dict, reset=()
         return
     blocks = dict(BLOCK_O=cfg.block_o, BLOCK_I=cfg.block_i)
     flags = heuristic_flags(which, {**kwargs, **blocks})
-    _wrap(plain)[(triton.cdiv(n_rows, cfg.block_o),)](
+    _wrap(plain)[(triton.cdiv(n_rows, cfg.block_o), splits)](
         **kwargs, **blocks, **flags, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
 
 
@@ -190,6 +204,15 @@ def _padded(x: Optional[torch.Tensor], fill: float) -> Optional[torch.Tensor]:
     return out
 
 
+def _pad_to(x: Optional[torch.Tensor], length: int, fill: float) -> Optional[torch.Tensor]:
+    """``x`` (a padded per-row vector) extended with ``fill`` to at least ``length``."""
+    if x is None or x.shape[0] >= length:
+        return x
+    out = torch.full((length,), fill, dtype=x.dtype, device=x.device)
+    out[:x.shape[0]] = x
+    return out
+
+
 def _inv_norm_pair(q, k, normalize, eps, acc):
     """Inverse row norms of q and k for fused normalization, or (None, None)."""
     if not normalize:
@@ -223,14 +246,36 @@ def lse_triton(q: torch.Tensor, k: torch.Tensor, scale: torch.Tensor, bias: Opti
     inv_q, inv_k = _inv_norm_pair(q, k, normalize, eps, acc)
     cfg = configs.select("fwd_o" if return_o else "fwd", d, q.dtype, _arch(q.device),
                          tf32=_allow_tf32(q.dtype))
-    block_d, _ = configs.block_d_for(cfg, d, q.dtype)
+    block_d, single = configs.block_d_for(cfg, d, q.dtype)
+    splits, per = _splits(q.device, n, m, cfg)
+    lse_out, o_out, part_m = lse, (o if return_o else None), None
+    if splits > 1:
+        # the last range may run past M (masked): the per-key vectors cover every range
+        span = splits * per * cfg.block_i
+        bias, k_labels, inv_k = (_pad_to(bias, span, 0.0), _pad_to(k_labels, span, 0),
+                                 _pad_to(inv_k, span, 0.0))
+        # partials: running max, sum and unnormalized o of each key range (o accumulates
+        # in place when d is chunked: zero-initialized)
+        part_m = torch.empty((splits, n), dtype=acc, device=q.device)
+        lse_out = torch.empty((splits, n), dtype=acc, device=q.device)
+        if return_o:
+            o_out = (torch.empty if single else torch.zeros)((splits, n, d), dtype=acc,
+                                                             device=q.device)
     _launch("fwd", n, cfg, dict(
         Q=q, K=k, SCALE=scale, BIAS=bias, QLAB=q_labels, KLAB=k_labels, INVQ=inv_q, INVK=inv_k,
-        LSE=lse, O=o if return_o else None, N=n, M=m, D=d,
+        LSE=lse_out, O=o_out, PART_M=part_m, N=n, M=m, D=d,
         SELF_OFFSET=0 if self_offset is None else int(self_offset),
+        SPLIT_KEYS=per * cfg.block_i if splits > 1 else 0,
         stride_qn=q.stride(0), stride_qd=q.stride(1), stride_kn=k.stride(0),
         stride_kd=k.stride(1), HAS_SELF=self_offset is not None, BLOCK_D=block_d,
-        **_flags(q.dtype)), reset=("O",) if return_o else ())
+        **_flags(q.dtype)), reset=("O",) if return_o else (), splits=splits)
+    if splits > 1:
+        block_r = key_split.MERGE_ROWS
+        _wrap(key_split.merge_kernel)[(triton.cdiv(n, block_r),)](
+            part_m, lse_out, o_out, lse, o if return_o else None, n, d, splits,
+            BLOCK_R=block_r, BLOCK_D=max(16, min(64, configs.next_pow2(d))),
+            RETURN_O=return_o, INT64=splits * n * max(d, 1) >= 2 ** 31,
+            num_warps=key_split.AUX_WARPS)
     return lse, o
 
 
@@ -256,18 +301,42 @@ def _launch_bwd(dk_side, grad_lse, q, k, scale, bias, q_labels, k_labels, self_o
     dx = torch.empty(x.shape, dtype=dx_dtype, device=x.device) if need_dx else None
     acc_buf = (torch.zeros((nx, d), dtype=acc, device=x.device) if (need_dx and not single)
                else None)
-    # one partial per program; sized for the smallest BLOCK_O the autotuner may pick
-    ds_part = (torch.zeros(triton.cdiv(nx, min(cfg.block_o, 64)), dtype=acc, device=x.device)
-               if need_ds else None)
+    splits, per = _splits(x.device, nx, ny, cfg)
+    if splits > 1:
+        # the last range may run past NY (masked): the streamed side's vectors cover it
+        span = splits * per * cfg.block_i
+        y_lab, inv_y = _pad_to(y_lab, span, 0), _pad_to(inv_y, span, 0.0)
+        if dk_side:
+            lse, grad_lse = _pad_to(lse, span, float("-inf")), _pad_to(grad_lse, span, 0.0)
+        else:
+            bias = _pad_to(bias, span, 0.0)
+    if splits > 1 and need_dx:
+        # one partial accumulator per range (in place when d is chunked: zero-initialized)
+        acc_buf = (torch.empty if single else torch.zeros)((splits, nx, d), dtype=acc,
+                                                           device=x.device)
+    # one partial per (program, range); sized for the smallest BLOCK_O the autotuner may pick
+    ds_part = (torch.zeros(splits * triton.cdiv(nx, min(cfg.block_o, 64)), dtype=acc,
+                           device=x.device) if need_ds else None)
+    eps32 = max(eps, _FP32_TINY)
     _launch("bwd", nx, cfg, dict(
         X=x, Y=y, SCALE=scale, BIAS=bias, XLAB=x_lab, YLAB=y_lab, INVX=inv_x, INVY=inv_y,
         LSE=lse, G=grad_lse, DX=dx, ACC_BUF=acc_buf, DS_PART=ds_part, NX=nx, NY=ny, D=d,
         SELF_OFFSET=0 if self_offset is None else int(self_offset),
-        EPS=max(eps, _FP32_TINY), stride_xn=x.stride(0), stride_xd=x.stride(1),
+        EPS=eps32, SPLIT_KEYS=per * cfg.block_i if splits > 1 else 0,
+        stride_xn=x.stride(0), stride_xd=x.stride(1),
         stride_yn=y.stride(0), stride_yd=y.stride(1), DK=dk_side,
         HAS_SELF=self_offset is not None, BLOCK_D=block_d, **flags),
         reset=tuple(name for name, buf in (("ACC_BUF", acc_buf), ("DS_PART", ds_part))
-                    if buf is not None))
+                    if buf is not None), splits=splits)
+    if splits > 1 and need_dx:
+        block_r = key_split.finish_rows(block_d)
+        int64 = (offsets_need_int64(nx, x.stride(0), nx, x.stride(0), d, x.stride(1),
+                                    x.stride(1)) or splits * nx * d >= 2 ** 31)
+        _wrap(key_split.finish_kernel)[(triton.cdiv(nx, block_r),)](
+            acc_buf, x, dx, scale, nx, d, splits, eps32, x.stride(0), x.stride(1),
+            BLOCK_R=block_r, BLOCK_D=block_d, HAS_NORM=inv_x is not None,
+            EVEN_O=nx % block_r == 0, EVEN_D=d % block_d == 0 and d > 0, SINGLE_D=single,
+            UPCAST=flags["UPCAST"], INT64=int64, num_warps=key_split.AUX_WARPS)
     if dx is not None and dx.dtype != x.dtype:
         dx = dx.to(x.dtype)
     return dx, ds_part

@@ -20,7 +20,12 @@ self-exclusion, normalization; o for ``fwd_o``; dx and dscale for the backward),
 EVEN_* shortcut (masked tails), 32-bit offsets, 16-byte aligned pointers and row strides,
 unit column strides, int32 labels (the launcher's), and the largest d tile of its range.
 fp16 / bf16 share a config but are compiled separately; fp32 is compiled both as tf32
-and as IEEE fp32 (torch's default), each with its own configs.
+and as IEEE fp32 (torch's default), each with its own configs. The main kernels are
+compiled unsplit (SPLIT = False: one range of key tiles, what the counts and the model
+measure; the split only adds per-program bookkeeping outside the tile loop). The small
+kernels of the key split (``key_split.merge_kernel``, ``key_split.finish_kernel``) are
+compiled too (:func:`aux_jobs`, rows marked ``aux``: registers, spills, shared memory; no
+main-loop counts or model).
 
 The Triton kernels must be importable in compiled mode: run this with TRITON_INTERPRET
 unset (the tests start it in a subprocess).
@@ -44,7 +49,7 @@ import tempfile
 import time
 
 from ... import env
-from .perf_model import (CEILING_FLOORS, RATES, ex2_limit, loop_counts,  # noqa: F401
+from .perf_model import (CEILING_FLOORS, RATES, SIMCLR_FLOORS, ex2_limit, loop_counts,  # noqa: F401
                          predict)
 
 # Max shared memory per block (bytes). The "80" family also runs on sm_86 / sm_89 (the
@@ -75,7 +80,9 @@ class Row:
     wgmma: bool = False
     seconds: float = 0.0
     error: str = ""
-    probe: str = ""  # "int64": the 64-bit-offset specialization of a shipped config
+    probe: str = ""  # "int64": the 64-bit-offset specialization of a shipped config;
+    # "split": its key-split specialization (SPLIT); "aux": a key-split kernel (merge /
+    # finish), no main loop
     int64_offsets: bool = False  # TTIR adds 64-bit offsets to the row pointers
     # SASS of the main loop (one streamed tile, common path), per thread
     loop_instr: int = -1
@@ -108,17 +115,48 @@ class Row:
         return out
 
 
-def _signature(kernel: str, dtype: str, cfg, block_d: int, int64: bool = False):
-    """(python fn, signature, constexprs, attrs) for one compile."""
+AUX_KERNELS = ("merge", "finish")
+
+
+def _aux_signature(kernel: str, dtype: str, cfg, block_d: int):
+    """The key-split kernels, heaviest specialization: o merged / normalization on."""
+    from . import key_split
+
+    acc = _ACC[dtype]
+    dtype = _OPERAND.get(dtype, dtype)
+    if kernel == "merge":
+        fn = key_split.merge_kernel.fn
+        ptrs = dict(PART_M=acc, PART_L=acc, PART_O=acc, LSE=acc, O=acc)
+        ints = dict(N="i32", D="i32", S="i32")
+        const = dict(BLOCK_R=cfg.block_o, BLOCK_D=block_d, RETURN_O=True, INT64=False)
+        aligned = ("D",)
+    else:
+        fn = key_split.finish_kernel.fn
+        ptrs = dict(PART=acc, X=dtype, DX=dtype, SCALE=acc)
+        ints = dict(NX="i32", D="i32", S="i32", EPS="fp32", stride_xn="i32")
+        const = dict(stride_xd=1, BLOCK_R=cfg.block_o, BLOCK_D=block_d, HAS_NORM=True,
+                     EVEN_O=False, EVEN_D=False, SINGLE_D=cfg.single, UPCAST=False,
+                     INT64=False)
+        aligned = ("D", "stride_xn")
+    return fn, ptrs, ints, const, aligned
+
+
+def _signature(kernel: str, dtype: str, cfg, block_d: int, int64: bool = False,
+               split: bool = False, simclr: bool = False):
+    """(python fn, signature, constexprs, attrs) for one compile; ``simclr``: without bias
+    and labels (normalization and self-exclusion only, the SimCLR / CLIP-like calls)."""
     from . import lse_backward, lse_forward
 
+    if kernel in AUX_KERNELS:
+        fn, ptrs, ints, const, aligned = _aux_signature(kernel, dtype, cfg, block_d)
+        return _finish_signature(fn, ptrs, ints, const, aligned)
     acc = _ACC[dtype]
     tf32 = dtype == "tf32"
     dtype = _OPERAND.get(dtype, dtype)
     common = dict(TF32=tf32, UPCAST=False, RESCALE=dtype == "fp16",
                   BLOCK_O=cfg.block_o, BLOCK_I=cfg.block_i, BLOCK_D=block_d,
-                  HAS_SELF=True, HAS_BIAS=True, HAS_LABELS=True, HAS_NORM=True,
-                  EVEN_D=False, SINGLE_D=cfg.single, INT64=int64)
+                  HAS_SELF=True, HAS_BIAS=not simclr, HAS_LABELS=not simclr, HAS_NORM=True,
+                  EVEN_D=False, SINGLE_D=cfg.single, INT64=int64, SPLIT=split)
     if kernel in ("fwd", "fwd_o"):
         fn = lse_forward.lse_fwd_kernel_py
         ptrs = dict(Q=dtype, K=dtype, SCALE=acc, BIAS=acc, QLAB="i32", KLAB="i32", INVQ=acc,
@@ -127,10 +165,15 @@ def _signature(kernel: str, dtype: str, cfg, block_d: int, int64: bool = False):
                     stride_kn="i32")
         const = dict(common, stride_qd=1, stride_kd=1, RETURN_O=kernel == "fwd_o",
                      EVEN_N=False, EVEN_M=False)
+        if split:
+            ptrs["PART_M"] = acc
+            ints["SPLIT_KEYS"] = "i32"
+        else:
+            const.update(PART_M=None, SPLIT_KEYS=0)
         if kernel == "fwd":
             const["O"] = None
             del ptrs["O"]
-        aligned = ("D", "stride_qn", "stride_kn")
+        aligned = ("D", "stride_qn", "stride_kn", "SPLIT_KEYS")
     else:
         fn = lse_backward.lse_bwd_kernel_py
         ptrs = dict(X=dtype, Y=dtype, SCALE=acc, BIAS=acc, XLAB="i32", YLAB="i32", INVX=acc,
@@ -139,10 +182,18 @@ def _signature(kernel: str, dtype: str, cfg, block_d: int, int64: bool = False):
                     stride_xn="i32", stride_yn="i32")
         const = dict(common, stride_xd=1, stride_yd=1, DK=kernel == "bwd_dk", NEED_DX=True,
                      NEED_DS=True, EVEN_O=False, EVEN_I=False)
-        if cfg.single:
+        if split:
+            ints["SPLIT_KEYS"] = "i32"
+        else:
+            const["SPLIT_KEYS"] = 0
+        if cfg.single and not split:  # the split writes its partial to ACC_BUF
             const["ACC_BUF"] = None
             del ptrs["ACC_BUF"]
-        aligned = ("D", "stride_xn", "stride_yn")
+        aligned = ("D", "stride_xn", "stride_yn", "SPLIT_KEYS")
+    return _finish_signature(fn, ptrs, ints, const, aligned)
+
+
+def _finish_signature(fn, ptrs, ints, const, aligned):
     import inspect
     names = list(inspect.signature(fn).parameters)
     signature = {}
@@ -156,7 +207,7 @@ def _signature(kernel: str, dtype: str, cfg, block_d: int, int64: bool = False):
     missing = [n for n in names if signature[n] == "constexpr" and n not in const]
     assert not missing, f"no value for constexprs {missing}"
     attrs = {(names.index(n),): [["tt.divisibility", 16]] for n in names
-             if n in ptrs or n in aligned}
+             if (n in ptrs or n in aligned) and signature[n] != "constexpr"}
     return fn, signature, const, attrs
 
 
@@ -166,7 +217,7 @@ _SMEM = re.compile(r"(\d+) bytes smem")
 
 
 CACHE_ENV = env.name("TRITON_AOT_CACHE")  # a directory, or "0" to recompile everything
-_CACHE_VERSION = 3  # bump when what _compile_one measures changes
+_CACHE_VERSION = 4  # bump when what _compile_one measures changes
 
 
 def _cache_path(job):
@@ -182,12 +233,14 @@ def _cache_path(job):
         return None
     import inspect
 
-    from . import _common, lse_backward, lse_forward
+    from . import _common, key_split, lse_backward, lse_forward
 
     h = hashlib.sha256(f"{_CACHE_VERSION}|{triton.__version__}|{job!r}|".encode())
-    for source in (inspect.getsource(_common), inspect.getsource(lse_forward.lse_fwd_kernel_py),
-                   inspect.getsource(lse_backward.lse_bwd_kernel_py)):
-        h.update(source.encode())
+    # whole modules: the kernels inline their helpers (lse_backward's epilogue, _common's)
+    modules = (_common, lse_forward, lse_backward) + ((key_split,) if job[0] in AUX_KERNELS
+                                                      else ())
+    for module in modules:
+        h.update(inspect.getsource(module).encode())
     return os.path.join(where, h.hexdigest()[:32] + ".json")
 
 
@@ -219,12 +272,18 @@ def _compile_one(job) -> Row:
     from . import configs
 
     block_d = (configs.next_pow2(d_max) if cfg.single else cfg.block_d)
-    row = Row(kernel, dtype, arch, f"d <= {d_max}" if d_max else "d chunked",
-              cfg.describe().replace(f"D{cfg.block_d}(", f"D{block_d}("), probe=probe)
+    if kernel in AUX_KERNELS:
+        describe = f"R{cfg.block_o} D{block_d}({'single' if cfg.single else 'chunk'}) w{cfg.num_warps}"
+    else:
+        describe = cfg.describe().replace(f"D{cfg.block_d}(", f"D{block_d}(")
+    row = Row(kernel, dtype, arch, f"d <= {d_max}" if d_max else "d chunked", describe,
+              probe=probe)
     t0 = time.time()
     try:
         fn, signature, const, attrs = _signature(kernel, dtype, cfg, block_d,
-                                                 int64=probe == "int64")
+                                                 int64=probe == "int64",
+                                                 split=probe == "split",
+                                                 simclr=probe == "simclr")
         src = ASTSource(JITFunction(fn), signature, constexprs=const, attrs=attrs)
         log = io.StringIO()
         # Knobs set for this compile only: scope() restores them (and the TRITON_* variables
@@ -297,6 +356,10 @@ def analyse(row: Row, job) -> Row:
     """The SASS counts and the model of a compiled row (from its SASS, kept in the cache
     so that a change of the counting needs no recompile)."""
     kernel, dtype, arch, d_max, cfg = job[:5]
+    if kernel in AUX_KERNELS:  # no streamed-tile loop: resources only
+        row.loop_instr = row.loop_ex2 = row.loop_mma = -1
+        row.tile_elems, row.ceiling, row.bound = 0, -1.0, ""
+        return row
     if row.sass:
         counts = loop_counts(row.sass)
         if counts:
@@ -323,12 +386,44 @@ def jobs(kernels=None, archs=None):
 
 def probe_jobs():
     """64-bit-offset specializations (taken when N d >= 2^31, i.e. large d) of the chunked
-    bf16 configs on sm_90: they must compile without spills too."""
+    bf16 configs on sm_90, and the key-split specializations of the sm_90 bf16 d <= 128
+    configs: they must compile without spills too."""
     from . import configs
     out = []
     for kernel, dclass, arch, d_max, cfg in configs.shipped():
         if dclass == "16" and arch == 90 and d_max is None and kernel in ("fwd", "bwd_dq"):
             out.append((kernel, "bf16", arch, d_max, cfg, "int64"))
+    # the key-split specialization (SPLIT: grid axis 1 over ranges of key tiles) of the
+    # sm_90 bf16 d <= 128 configs: the split's bookkeeping is per program, so the main
+    # loop must count as the unsplit one does
+    for kernel, dclass, arch, d_max, cfg in configs.shipped():
+        if dclass == "16" and arch == 90 and d_max == 128:
+            out.append((kernel, "bf16", arch, d_max, cfg, "split"))
+    # the common call (normalization and self-exclusion, no bias or labels: SimCLR, and
+    # CLIP without the self mask) of the bf16 d <= 128 configs: its own ceiling
+    for kernel, dclass, arch, d_max, cfg in configs.shipped():
+        if dclass == "16" and d_max == 128:
+            out.append((kernel, "bf16", arch, d_max, cfg, "simclr"))
+    return out
+
+
+def aux_jobs():
+    """The key-split kernels next to the configs they serve: the forward merge (fp32
+    partials, o merged in 64-column chunks) and the backward finish (bf16, every single
+    tile up to d <= 512 and the chunked d), for both archs, with the rows and warps _ops
+    launches them with."""
+    from . import configs, key_split
+    warps = key_split.AUX_WARPS
+    out = []
+    for arch in configs.ARCHS:
+        out.append(("merge", "fp32", arch, None,
+                    configs.Config(key_split.MERGE_ROWS, 0, 64, warps, 3, False), "aux"))
+        for d_max in (128, 256, 512):
+            out.append(("finish", "bf16", arch, d_max,
+                        configs.Config(key_split.finish_rows(d_max), 0, d_max, warps, 3, True),
+                        "aux"))
+        out.append(("finish", "bf16", arch, None,
+                    configs.Config(key_split.finish_rows(64), 0, 64, warps, 3, False), "aux"))
     return out
 
 
@@ -356,6 +451,10 @@ def run(job_list, n_jobs: int = 2) -> list:
     return [r if r is not None else next(fresh) for r in rows]
 
 
+_PROBES = {"int64": " (64-bit offsets)", "split": " (key split)",
+           "simclr": " (no bias, no labels)"}
+
+
 def report(rows, path=None) -> str:
     import triton
     lines = [
@@ -374,8 +473,18 @@ def report(rows, path=None) -> str:
         f"<= {SMEM_LIMIT[80]} B (sm_80 configs, so that they also fit sm_86 / sm_89) / "
         f"{SMEM_LIMIT[90]} B (sm_90).",
         "",
+        "Rows `merge` / `finish` (marked aux in the JSON): the small kernels of the key "
+        "split (`key_split.py`: the forward's merge of the per-range partials, the "
+        "backward's sum of the partials and epilogue), compiled for resources only; the "
+        "main kernels are compiled unsplit (one key range, the path the counts measure); "
+        "rows marked (key split) are the split specialization of the sm_90 bf16 d <= 128 "
+        "configs (grid axis 1 over ranges of key tiles, partials written to workspaces).",
+        "",
         "Heaviest specialization per config: bias, labels (int32, as the launcher passes "
-        "them), self-exclusion and normalization on, masked tails everywhere, largest d tile of the range. Config: `O` rows owned "
+        "them), self-exclusion and normalization on, masked tails everywhere, largest d "
+        "tile of the range; rows marked (no bias, no labels) are the common call "
+        "(normalization and self-exclusion only: SimCLR / NT-Xent, CLIP) of the bf16 "
+        "d <= 128 configs. Config: `O` rows owned "
         "per program, `I` streamed tile, `D` d tile (single = whole d in one tile, chunk = "
         "loop over d), `w` warps, `s` pipeline stages.",
         "",
@@ -403,7 +512,10 @@ def report(rows, path=None) -> str:
         "peak is the FFMA rate, whose FFMAs also take issue slots. Floors enforced by "
         "`tests/backends/test_triton_aot.py`: "
         + ", ".join(f"{k} {dt} sm_{a} {dr} >= {100 * v:.0f}%"
-                    for (k, dt, a, dr), v in CEILING_FLOORS.items()) + ".",
+                    for (k, dt, a, dr), v in CEILING_FLOORS.items())
+        + "; without bias and labels: "
+        + ", ".join(f"{k} {dt} sm_{a} {dr} >= {100 * v:.0f}%"
+                    for (k, dt, a, dr), v in SIMCLR_FLOORS.items()) + ".",
         "",
         "| kernel | dtype | arch | d range | config | registers | spill st/ld (B) | "
         "shared (B) | wgmma | instr | ex2 | mma | logits | ceiling | bound |",
@@ -413,7 +525,7 @@ def report(rows, path=None) -> str:
         spill = f"{r.spill_stores}/{r.spill_loads}" + (f" +{r.local} local" if r.local else "")
         ceiling = f"{100 * r.ceiling:.0f}%" if r.ceiling >= 0 else "-"
         lines.append(f"| {r.kernel} | {r.dtype} | sm_{r.arch} | {r.d_range}"
-                     f"{' (64-bit offsets)' if r.probe == 'int64' else ''} | {r.config} | "
+                     f"{_PROBES.get(r.probe, '')} | {r.config} | "
                      f"{r.registers} | {spill} | {r.shared} | {'yes' if r.wgmma else 'no'} | "
                      f"{r.loop_instr} | {r.loop_ex2} | {r.loop_mma} | {r.tile_elems} | "
                      f"{ceiling} | {r.bound} |"
@@ -438,8 +550,8 @@ def main(argv=None) -> int:
         print("unset TRITON_INTERPRET: AOT compilation needs the compiled-mode kernels",
               file=sys.stderr)
         return 2
-    rows = run(jobs(args.kernel, args.arch) + ([] if args.kernel or args.arch else probe_jobs()),
-               args.jobs)
+    rows = run(jobs(args.kernel, args.arch)
+               + ([] if args.kernel or args.arch else probe_jobs() + aux_jobs()), args.jobs)
     text = report(rows, args.out)
     print(text)
     if args.json:

@@ -74,26 +74,35 @@ def _c(bo, bi, bd, w, s, single=True):
 # spills, no duplicated tile); where a first choice spilled, the streamed tile was halved.
 # 8 warps on a 64-row tile only with a streamed tile of 64: with 32 columns the two warp
 # groups cannot split the logits tile and both compute it (twice the exps and MMAs).
+# d <= 512 (CLIP's widths): one tile, the [rows, 512] fp32 accumulator in registers (128
+# registers per thread at 4 warps x 16 / 32 rows), instead of the chunked path's
+# read-modify-write of it in global memory on every streamed tile. The backward grids fit
+# only with 16 owned rows (mma.sync, no wgmma: 64 rows spill at any warp count); that
+# re-streams the other operand every 16 rows, 2 BLOCK_O = 32 FLOP per byte read from L2,
+# still above the chunked path's 4 BLOCK_O BLOCK_I / (2 BLOCK_I + 10 BLOCK_O) = 12-23
+# (docs/triton.md, "Large d").
 _T16_80 = {
     "fwd": [(64, _c(128, 64, 64, 4, 3)), (128, _c(128, 64, 128, 8, 3)),
-            (256, _c(128, 64, 256, 8, 2)), (INF, _c(128, 64, 64, 8, 3, False))],
+            (256, _c(128, 64, 256, 8, 2)), (512, _c(64, 32, 512, 4, 1)),
+            (INF, _c(128, 64, 64, 8, 3, False))],
     "fwd_o": [(128, _c(128, 32, 128, 8, 2)), (256, _c(64, 32, 256, 4, 2)),
-              (INF, _c(128, 64, 64, 8, 3, False))],
+              (512, _c(32, 32, 512, 4, 2)), (INF, _c(128, 64, 64, 8, 3, False))],
     # fp16's online rescaling costs the dq grid a few registers more: 32-row tiles
     "bwd_dq": [(128, _c(32, 32, 128, 4, 2)), (256, _c(32, 32, 256, 4, 2)),
-               (INF, _c(128, 16, 64, 8, 2, False))],
+               (512, _c(16, 32, 512, 4, 2)), (INF, _c(128, 16, 64, 8, 2, False))],
     "bwd_dk": [(128, _c(64, 32, 128, 4, 2)), (256, _c(64, 64, 256, 8, 2)),
-               (INF, _c(128, 32, 64, 8, 2, False))],
+               (512, _c(16, 32, 512, 4, 2)), (INF, _c(128, 32, 64, 8, 2, False))],
 }
 _T16_90 = {  # block_o a multiple of 64 rows per warp group: tl.dot lowers to wgmma
     "fwd": [(64, _c(128, 64, 64, 4, 3)), (128, _c(128, 128, 128, 8, 3)),
-            (256, _c(128, 64, 256, 8, 2)), (INF, _c(128, 128, 64, 8, 4, False))],
+            (256, _c(128, 64, 256, 8, 2)), (512, _c(64, 64, 512, 4, 2)),
+            (INF, _c(128, 128, 64, 8, 4, False))],
     "fwd_o": [(128, _c(128, 64, 128, 8, 3)), (256, _c(64, 64, 256, 4, 2)),
-              (INF, _c(128, 64, 64, 8, 3, False))],
+              (512, _c(64, 64, 512, 8, 2)), (INF, _c(128, 64, 64, 8, 3, False))],
     "bwd_dq": [(128, _c(128, 32, 128, 8, 2)), (256, _c(64, 64, 256, 8, 2)),
-               (INF, _c(128, 32, 64, 8, 3, False))],
+               (512, _c(16, 64, 512, 4, 3)), (INF, _c(128, 32, 64, 8, 3, False))],
     "bwd_dk": [(128, _c(128, 32, 128, 8, 2)), (256, _c(64, 64, 256, 8, 2)),
-               (INF, _c(128, 64, 64, 8, 3, False))],
+               (512, _c(16, 64, 512, 4, 3)), (INF, _c(128, 64, 64, 8, 3, False))],
 }
 _TF32 = {  # tf32 operands: twice the bytes of fp16 per tile
     "fwd": [(64, _c(128, 64, 64, 8, 3)), (128, _c(64, 64, 128, 4, 2)),

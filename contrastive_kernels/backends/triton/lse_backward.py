@@ -24,13 +24,24 @@ the host adds them in a fixed order.
 SINGLE_D keeps the owned tile and the [BLOCK_O, BLOCK_D] accumulator in registers. With
 larger d the accumulator lives in an fp32 buffer (global memory, zero-initialized),
 updated chunk by chunk per streamed tile with a block barrier between tiles.
+
+SPLIT (key_split.py, when the owned grid is small): grid axis 1 = S ranges of SPLIT_KEYS
+streamed rows (whole tiles; keys for dq, queries for dk). Program (pid, s) streams its
+range (Y, its per-row vectors, the bound and the diagonal shifted once per program: the
+tile loop is unchanged; the last range may run past NY, masked) and
+writes its partial u_s (v_s) in plain fp32 units — times its row factor g_i on the dq
+side and fp16's w_scale — to ACC_BUF[s] ([S, NX, D]); dscale partials go to
+DS_PART[s * programs + pid]. ``key_split.finish_kernel`` sums the S partials of each row
+in order s = 0..S-1 and runs the same epilogue (:func:`store_dx_single` /
+:func:`store_dx_chunked`) with row factor = scale.
 """
 
 import triton
 import triton.language as tl
 
-from ._common import (LOG2E, dot_nt, exp2, load_tile, mma, norm_finish, norm_update,
-                      offsets_need_int64, rescale_rows, row_norm, tile_meets_diagonal)
+from ._common import (LOG2E, device_fn, dot_nt, exp2, load_tile, mma, norm_finish,
+                      norm_update, offsets_need_int64, rescale_rows, row_norm,
+                      tile_meets_diagonal)
 
 
 def _int64(a):
@@ -45,24 +56,104 @@ HEURISTICS = {
     "NEED_DX": lambda a: a["DX"] is not None,
     "NEED_DS": lambda a: a["DS_PART"] is not None,
     "EVEN_O": lambda a: a["NX"] % a["BLOCK_O"] == 0,
-    "EVEN_I": lambda a: a["NY"] % a["BLOCK_I"] == 0,
+    # split: every range whole (else the last one runs past NY, masked)
+    "EVEN_I": lambda a: a["NY"] % max(a["BLOCK_I"], a.get("SPLIT_KEYS") or 0) == 0,
     "EVEN_D": lambda a: a["D"] % a["BLOCK_D"] == 0 and a["D"] > 0,
     "SINGLE_D": lambda a: a["D"] <= a["BLOCK_D"],
     "INT64": _int64,
+    "SPLIT": lambda a: (a.get("SPLIT_KEYS") or 0) > 0,
 }
+
+
+@device_fn
+def store_dx_single(acc, row_c, xt, DX, own, own_ok, offs_d, D, EPS, HAS_NORM: tl.constexpr):
+    """Epilogue, whole d in registers: dx^ = acc row_c, through the normalization
+    Jacobian of the owned rows xt, stored to DX."""
+    dhat = acc * row_c[:, None]
+    if HAS_NORM:
+        xf = xt.to(row_c.dtype)
+        t = tl.sum(xf * dhat, axis=1)
+        nrm = row_norm(xf)
+        inv_e = 1.0 / tl.maximum(nrm, EPS)
+        radial = tl.where(nrm >= EPS, t * inv_e * inv_e, 0.0)
+        dhat = (dhat - xf * radial[:, None]) * inv_e[:, None]
+    tl.store(DX + own[:, None] * D + offs_d[None, :], dhat,
+             mask=own_ok[:, None] & (offs_d < D)[None, :])
+
+
+@device_fn
+def store_dx_chunked(ACC_BUF, row_c, x_base, DX, own, own_ok, offs_d, D, EPS, stride_xd,
+                     BLOCK_O: tl.constexpr, BLOCK_D: tl.constexpr, EVEN_O: tl.constexpr,
+                     EVEN_D: tl.constexpr,
+                     UPCAST: tl.constexpr, HAS_NORM: tl.constexpr):
+    """The same epilogue, d in chunks: the accumulator rows are read from ACC_BUF."""
+    ACC = row_c.dtype
+    if HAS_NORM:
+        t = tl.zeros([BLOCK_O], ACC)
+        big = tl.zeros([BLOCK_O], ACC)
+        ssq = tl.zeros([BLOCK_O], ACC)
+        for d0 in range(0, D, BLOCK_D):
+            dd = d0 + offs_d
+            a_mask = own_ok[:, None] & (dd < D)[None, :]
+            xf = load_tile(x_base, dd, stride_xd, own_ok, D, EVEN_O, EVEN_D, UPCAST).to(ACC)
+            ac = tl.load(ACC_BUF + own[:, None] * D + dd[None, :], mask=a_mask, other=0.0)
+            t += tl.sum(xf * ac, axis=1)
+            big, ssq = norm_update(big, ssq, xf)
+        t = t * row_c
+        nrm = norm_finish(big, ssq)
+        inv_e = 1.0 / tl.maximum(nrm, EPS)
+        radial = tl.where(nrm >= EPS, t * inv_e * inv_e, 0.0)
+    for d0 in range(0, D, BLOCK_D):
+        dd = d0 + offs_d
+        a_mask = own_ok[:, None] & (dd < D)[None, :]
+        ac = tl.load(ACC_BUF + own[:, None] * D + dd[None, :], mask=a_mask, other=0.0)
+        dhat = ac * row_c[:, None]
+        if HAS_NORM:
+            xf = load_tile(x_base, dd, stride_xd, own_ok, D, EVEN_O, EVEN_D, UPCAST).to(ACC)
+            dhat = (dhat - xf * radial[:, None]) * inv_e[:, None]
+        tl.store(DX + own[:, None] * D + dd[None, :], dhat, mask=a_mask)
 
 
 def lse_bwd_kernel_py(
     X, Y, SCALE, BIAS, XLAB, YLAB, INVX, INVY, LSE, G, DX, ACC_BUF, DS_PART,
-    NX, NY, D, SELF_OFFSET, EPS,
+    NX, NY, D, SELF_OFFSET, EPS, SPLIT_KEYS,
     stride_xn, stride_xd, stride_yn, stride_yd,
     DK: tl.constexpr, HAS_SELF: tl.constexpr, TF32: tl.constexpr, UPCAST: tl.constexpr,
     RESCALE: tl.constexpr, BLOCK_O: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_D: tl.constexpr,
     HAS_BIAS: tl.constexpr, HAS_LABELS: tl.constexpr, HAS_NORM: tl.constexpr,
     NEED_DX: tl.constexpr, NEED_DS: tl.constexpr, EVEN_O: tl.constexpr, EVEN_I: tl.constexpr,
-    EVEN_D: tl.constexpr, SINGLE_D: tl.constexpr, INT64: tl.constexpr,
+    EVEN_D: tl.constexpr, SINGLE_D: tl.constexpr, INT64: tl.constexpr, SPLIT: tl.constexpr,
 ):
     pid = tl.program_id(0)
+    if SPLIT:
+        # per program, outside the tile loop: the streamed rows start at this range (Y, its
+        # per-row vectors, the bound and the diagonal shifted), so the tile loop is the
+        # unsplit one over SPLIT_KEYS rows (a kernel argument: a computed trip count makes
+        # the compiler widen the loop counter to 64 bits). The last range may run past
+        # NY: masked like a tail, its per-row vectors padded by the launcher.
+        split = tl.program_id(1)
+        inner_lo = split * SPLIT_KEYS
+        i_end = SPLIT_KEYS
+        NY = NY - inner_lo
+        Y += inner_lo.to(tl.int64) * stride_yn
+        if HAS_NORM:
+            INVY += inner_lo
+        if HAS_LABELS:
+            YLAB += inner_lo
+        if DK:  # own == inner + offset
+            SELF_OFFSET = SELF_OFFSET + inner_lo
+            LSE += inner_lo
+            G += inner_lo
+        else:  # inner == own + offset
+            SELF_OFFSET = SELF_OFFSET - inner_lo
+            if HAS_BIAS:
+                BIAS += inner_lo
+        if NEED_DX:
+            ACC_BUF += split.to(tl.int64) * NX * D
+        if NEED_DS:
+            DS_PART += split * tl.num_programs(0)
+    else:
+        i_end = NY
     own0 = pid * BLOCK_O
     own = own0 + tl.arange(0, BLOCK_O)
     if INT64:
@@ -94,7 +185,7 @@ def lse_bwd_kernel_py(
     if NEED_DS:
         ds_acc = tl.zeros([BLOCK_O, BLOCK_I], ACC)
     w_scale = tl.zeros([BLOCK_O], ACC)  # fp16: the accumulator is kept in units of w_scale
-    for i0 in range(0, NY, BLOCK_I):
+    for i0 in range(0, i_end, BLOCK_I):
         inner = i0 + tl.arange(0, BLOCK_I)
         if INT64:
             inner = inner.to(tl.int64)
@@ -193,49 +284,38 @@ def lse_bwd_kernel_py(
             ds = ds * g_o
         tl.store(DS_PART + pid, tl.sum(tl.where(own_ok, ds, 0.0), axis=0))
     if NEED_DX:
-        # dx^ = lam * u (row factor g on the dq side)
-        if DK:
-            row_c = tl.zeros([BLOCK_O], ACC) + lam
-        else:
-            row_c = lam * g_o
-        if RESCALE:
-            row_c = row_c * w_scale
-        if SINGLE_D:
-            dhat = acc * row_c[:, None]
-            if HAS_NORM:
-                xf = xt.to(ACC)
-                t = tl.sum(xf * dhat, axis=1)
-                nrm = row_norm(xf)
-                inv_e = 1.0 / tl.maximum(nrm, EPS)
-                radial = tl.where(nrm >= EPS, t * inv_e * inv_e, 0.0)
-                dhat = (dhat - xf * radial[:, None]) * inv_e[:, None]
-            tl.store(DX + own[:, None] * D + offs_d[None, :], dhat,
-                     mask=own_ok[:, None] & (offs_d < D)[None, :])
-        else:
-            if HAS_NORM:
-                t = tl.zeros([BLOCK_O], ACC)
-                big = tl.zeros([BLOCK_O], ACC)
-                ssq = tl.zeros([BLOCK_O], ACC)
+        if SPLIT:
+            # the partial in plain fp32 units: times g (dq side) and fp16's w_scale; the
+            # scale and the Jacobian are applied by key_split.finish_kernel
+            if DK:
+                row_c = tl.zeros([BLOCK_O], ACC) + 1.0
+            else:
+                row_c = g_o
+            if RESCALE:
+                row_c = row_c * w_scale
+            if SINGLE_D:
+                tl.store(ACC_BUF + own[:, None] * D + offs_d[None, :], acc * row_c[:, None],
+                         mask=own_ok[:, None] & (offs_d < D)[None, :])
+            elif RESCALE or not DK:
                 for d0 in range(0, D, BLOCK_D):
                     dd = d0 + offs_d
+                    a_ptrs = ACC_BUF + own[:, None] * D + dd[None, :]
                     a_mask = own_ok[:, None] & (dd < D)[None, :]
-                    xf = load_tile(x_base, dd, stride_xd, own_ok, D, EVEN_O, EVEN_D, UPCAST).to(ACC)
-                    ac = tl.load(ACC_BUF + own[:, None] * D + dd[None, :], mask=a_mask, other=0.0)
-                    t += tl.sum(xf * ac, axis=1)
-                    big, ssq = norm_update(big, ssq, xf)
-                t = t * row_c
-                nrm = norm_finish(big, ssq)
-                inv_e = 1.0 / tl.maximum(nrm, EPS)
-                radial = tl.where(nrm >= EPS, t * inv_e * inv_e, 0.0)
-            for d0 in range(0, D, BLOCK_D):
-                dd = d0 + offs_d
-                a_mask = own_ok[:, None] & (dd < D)[None, :]
-                ac = tl.load(ACC_BUF + own[:, None] * D + dd[None, :], mask=a_mask, other=0.0)
-                dhat = ac * row_c[:, None]
-                if HAS_NORM:
-                    xf = load_tile(x_base, dd, stride_xd, own_ok, D, EVEN_O, EVEN_D, UPCAST).to(ACC)
-                    dhat = (dhat - xf * radial[:, None]) * inv_e[:, None]
-                tl.store(DX + own[:, None] * D + dd[None, :], dhat, mask=a_mask)
+                    ac = tl.load(a_ptrs, mask=a_mask, other=0.0)
+                    tl.store(a_ptrs, ac * row_c[:, None], mask=a_mask)
+        else:
+            # dx^ = lam * u (row factor g on the dq side)
+            if DK:
+                row_c = tl.zeros([BLOCK_O], ACC) + lam
+            else:
+                row_c = lam * g_o
+            if RESCALE:
+                row_c = row_c * w_scale
+            if SINGLE_D:
+                store_dx_single(acc, row_c, xt, DX, own, own_ok, offs_d, D, EPS, HAS_NORM)
+            else:
+                store_dx_chunked(ACC_BUF, row_c, x_base, DX, own, own_ok, offs_d, D, EPS,
+                                 stride_xd, BLOCK_O, BLOCK_D, EVEN_O, EVEN_D, UPCAST, HAS_NORM)
 
 
 # The HAS_* / EVEN_* / SINGLE_D / INT64 constexprs come from HEURISTICS: applied on the

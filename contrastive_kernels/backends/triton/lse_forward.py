@@ -17,6 +17,17 @@ SINGLE_D: the q tile is loaded once and o accumulates in registers. Otherwise q 
 re-read chunk by chunk per key tile and o accumulates in its (zero-initialized) fp32
 output in global memory, one [BLOCK_O, BLOCK_D] chunk at a time, with a block barrier
 between key tiles so every thread sees the chunk another thread wrote.
+
+SPLIT (key_split.py, when the row grid is small): grid axis 1 = S ranges of SPLIT_KEYS
+keys (whole key tiles). Program (pid, s) streams only its range (K, the per-key vectors,
+the key bound and the diagonal shifted once per program: the tile loop is unchanged; the
+last range may run past M, masked) and writes its partial instead of
+lse / o: the running max m_s (-inf: nothing seen) to PART_M[s], l_s (relative to the
+pivot finite(m_s)) to LSE[s] and the unnormalized o_s (fp16: times w_scale, i.e. plain
+fp32 units) to O[s]; ``merge_kernel`` combines the S partials per row in order s = 0..S-1:
+
+    P = finite(max_s m_s),  w_s = 0 if m_s = -inf else 2^{finite(m_s) - P}
+    l = sum_s w_s l_s,  lse = (P + log2 l) ln 2,  o = sum_s w_s o_s / l  (l = 0 -> o = 0)
 """
 
 import triton
@@ -37,24 +48,50 @@ HEURISTICS = {
     "HAS_NORM": lambda a: a["INVQ"] is not None,
     "RETURN_O": lambda a: a["O"] is not None,
     "EVEN_N": lambda a: a["N"] % a["BLOCK_O"] == 0,
-    "EVEN_M": lambda a: a["M"] % a["BLOCK_I"] == 0,
+    # split: every range whole (else the last one runs past M, masked)
+    "EVEN_M": lambda a: a["M"] % max(a["BLOCK_I"], a.get("SPLIT_KEYS") or 0) == 0,
     "EVEN_D": lambda a: a["D"] % a["BLOCK_D"] == 0 and a["D"] > 0,
     "SINGLE_D": lambda a: a["D"] <= a["BLOCK_D"],
     "INT64": _int64,
+    "SPLIT": lambda a: (a.get("SPLIT_KEYS") or 0) > 0,
 }
 
 
 def lse_fwd_kernel_py(
-    Q, K, SCALE, BIAS, QLAB, KLAB, INVQ, INVK, LSE, O,
-    N, M, D, SELF_OFFSET,
+    Q, K, SCALE, BIAS, QLAB, KLAB, INVQ, INVK, LSE, O, PART_M,
+    N, M, D, SELF_OFFSET, SPLIT_KEYS,
     stride_qn, stride_qd, stride_kn, stride_kd,
     HAS_SELF: tl.constexpr, TF32: tl.constexpr, UPCAST: tl.constexpr, RESCALE: tl.constexpr,
     BLOCK_O: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_D: tl.constexpr,
     HAS_BIAS: tl.constexpr, HAS_LABELS: tl.constexpr, HAS_NORM: tl.constexpr,
     RETURN_O: tl.constexpr, EVEN_N: tl.constexpr, EVEN_M: tl.constexpr, EVEN_D: tl.constexpr,
-    SINGLE_D: tl.constexpr, INT64: tl.constexpr,
+    SINGLE_D: tl.constexpr, INT64: tl.constexpr, SPLIT: tl.constexpr,
 ):
     pid = tl.program_id(0)
+    if SPLIT:
+        # per program, outside the tile loop: the keys start at this range (K, the per-key
+        # vectors, the key bound and the diagonal shifted), so the tile loop is the
+        # unsplit one over SPLIT_KEYS keys (a kernel argument: a computed trip count makes
+        # the compiler widen the loop counter to 64 bits). The last range may run past
+        # the keys: masked like a tail, its per-key vectors padded by the launcher.
+        split = tl.program_id(1)
+        key_lo = split * SPLIT_KEYS
+        n_end = SPLIT_KEYS
+        M = M - key_lo
+        SELF_OFFSET = SELF_OFFSET - key_lo
+        K += key_lo.to(tl.int64) * stride_kn
+        if HAS_BIAS:
+            BIAS += key_lo
+        if HAS_LABELS:
+            KLAB += key_lo
+        if HAS_NORM:
+            INVK += key_lo
+        LSE += split.to(tl.int64) * N
+        PART_M += split.to(tl.int64) * N
+        if RETURN_O:
+            O += split.to(tl.int64) * N * D
+    else:
+        n_end = M
     row0 = pid * BLOCK_O
     rows = row0 + tl.arange(0, BLOCK_O)
     if INT64:
@@ -78,7 +115,7 @@ def lse_fwd_kernel_py(
         if SINGLE_D:
             o_acc = tl.zeros([BLOCK_O, BLOCK_D], ACC)
         w_scale = tl.zeros([BLOCK_O], ACC)  # fp16: o is kept in units of w_scale
-    for n0 in range(0, M, BLOCK_I):
+    for n0 in range(0, n_end, BLOCK_I):
         cols = n0 + tl.arange(0, BLOCK_I)
         if INT64:
             cols = cols.to(tl.int64)
@@ -141,17 +178,29 @@ def lse_fwd_kernel_py(
                 tl.debug_barrier()
         m_i = m_new
         piv = piv_new
-    # l = 0 (A(i) empty) -> -inf, +inf -> +inf, NaN -> NaN: no special case
-    lse = (piv + tl.log2(l_i)) * LN2
-    tl.store(LSE + rows, lse, mask=row_ok)
+    if SPLIT:
+        # the partial of this key range, merged by key_split.merge_kernel
+        tl.store(PART_M + rows, m_i, mask=row_ok)
+        tl.store(LSE + rows, l_i, mask=row_ok)
+    else:
+        # l = 0 (A(i) empty) -> -inf, +inf -> +inf, NaN -> NaN: no special case
+        lse = (piv + tl.log2(l_i)) * LN2
+        tl.store(LSE + rows, lse, mask=row_ok)
     if RETURN_O:
-        inv_l = tl.where(l_i == 0, 0.0, 1.0 / l_i)
-        if RESCALE:
-            inv_l = inv_l * w_scale
+        if SPLIT:
+            # unnormalized, in plain units (fp16: out of w_scale's)
+            if RESCALE:
+                inv_l = w_scale
+            else:
+                inv_l = tl.full([BLOCK_O], 1.0, ACC)
+        else:
+            inv_l = tl.where(l_i == 0, 0.0, 1.0 / l_i)
+            if RESCALE:
+                inv_l = inv_l * w_scale
         if SINGLE_D:
             o_ptrs = O + rows[:, None] * D + offs_d[None, :]
             tl.store(o_ptrs, o_acc * inv_l[:, None], mask=row_ok[:, None] & (offs_d < D)[None, :])
-        else:
+        elif RESCALE or not SPLIT:  # a split partial without RESCALE is final as it is
             for d0 in range(0, D, BLOCK_D):
                 dd = d0 + offs_d
                 o_ptrs = O + rows[:, None] * D + dd[None, :]

@@ -83,8 +83,9 @@ RATES = {
 # enforces: the d <= 128 bf16 / tf32 configs, set a few points under what the model gives
 # for the fixed kernels (heaviest specialization), so that a change that adds instructions
 # to the main loop or duplicates work fails. The aims for sm_90 bf16 are forward
-# 75 % and each backward grid 60 %: the backward grids meet them; the forward (one exp,
-# a label compare and the scaling per logit against an 8-HGMMA tile) reaches 69 %.
+# 75 % and each backward grid 60 %: the backward grids meet them; the forward with bias
+# and labels (one exp, a label compare and the scaling per logit against an 8-HGMMA tile)
+# reaches 69 %, the common call without them (SIMCLR_FLOORS) 88 %.
 CEILING_FLOORS = {
     ("fwd", "bf16", 90, "d <= 128"): 0.65,
     ("fwd_o", "bf16", 90, "d <= 128"): 0.85,
@@ -96,6 +97,19 @@ CEILING_FLOORS = {
     ("bwd_dk", "bf16", 80, "d <= 128"): 0.95,
     ("fwd", "tf32", 90, "d <= 128"): 0.65,
     ("fwd_o", "tf32", 90, "d <= 128"): 0.85,
+}
+# The same for the common call (normalization and self-exclusion, no bias or labels:
+# SimCLR / NT-Xent, CLIP), the report's "(no bias, no labels)" rows: the aims
+# (forward >= 75 %, backward grids >= 60 % on sm_90 bf16) with a few points of margin.
+SIMCLR_FLOORS = {
+    ("fwd", "bf16", 90, "d <= 128"): 0.80,
+    ("fwd_o", "bf16", 90, "d <= 128"): 0.90,
+    ("bwd_dq", "bf16", 90, "d <= 128"): 0.90,
+    ("bwd_dk", "bf16", 90, "d <= 128"): 0.90,
+    ("fwd", "bf16", 80, "d <= 128"): 0.95,
+    ("fwd_o", "bf16", 80, "d <= 128"): 0.95,
+    ("bwd_dq", "bf16", 80, "d <= 128"): 0.95,
+    ("bwd_dk", "bf16", 80, "d <= 128"): 0.95,
 }
 
 
