@@ -95,7 +95,7 @@ COMPAT_PIN ?= torch==2.11.* triton==3.6.* 'numpy<2.4'
 test-compat:
 	test -x $(COMPAT_VENV)/bin/python || $(PYTHON) -m venv $(COMPAT_VENV)
 	$(COMPAT_VENV)/bin/python -m pip install -q $(COMPAT_PIN) pytest
-	PYTHONPATH=$(CURDIR) $(COMPAT_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/backends/test_triton.py tests/backends/test_gpu_check_dry.py
+	PYTHONPATH=$(CURDIR) $(COMPAT_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/backends/test_triton.py tests/backends/test_triton_split.py tests/backends/test_triton_gpu_tables.py tests/backends/test_gpu_check_dry.py
 
 clean:
 	rm -rf build *.egg-info contrastive_kernels/*.so $(VENV)

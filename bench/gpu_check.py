@@ -1,32 +1,40 @@
 """The prepared GPU run (issue 10): ``make gpu-check RESULTS=dir`` / ``make gpu-check-dry``.
 
     python bench/gpu_check.py --results DIR [--dry] [--budget SECONDS] [--skip-build]
+                              [--backends triton,cuda]
 
 On a bare GPU machine (torch and triton preinstalled, no network) it runs, each section
 written to DIR as JSON and markdown as soon as it finishes (so a run cut off by its
 time limit still returns what it did; DIR/index.md lists the sections done):
 
 1. ``env``: versions, device, and the measured bf16 GEMM rate (the roofline the timings
-   are read against). The extension build (``setup.py build_ext --inplace``) runs in the
-   background from the start; its section, ``build``, is written last.
-2. ``correctness``: every GPU backend against the float64 torch backend on the device,
-   bf16 / fp16 / fp32 x d in {64, 128, 200, 256, 1024} x {plain, all options}: max errors
-   of lse, o, dq, dk, dscale and the tolerance rule of ``testing.tolerance`` (twice the
-   naive computation's error in the dtype, with a floor).
+   are read against). The extension build (``setup.py build_ext --inplace``, against the
+   machine's own torch) runs in the background from the start.
+2. ``correctness``: the GPU backends that need no build (triton, torch) against the
+   float64 torch backend on the device, bf16 / fp16 / fp32 x d in {64, 128, 200, 256,
+   1024} x {plain, all options}: max errors of lse, o, dq, dk, dscale and the tolerance
+   rule of ``testing.tolerance`` (twice the naive computation's error in the dtype, with
+   a floor).
 3. ``compiled``: registers, spills and shared memory of every Triton kernel compiled
    during the run (read from the kernels' caches, or cuobjdump on Triton's cache dir).
-4. ``timing``: ``triton.testing.do_bench`` of forward and forward + backward at
-   N = M in {16384, 65536}, d in {128, 256}, bf16 and tf32: TFLOP/s on the 2NMd (forward)
-   and 6NMd (backward) floors, against the measured GEMM rate, the naive reference
-   loss's time and ``max_memory_allocated``; then an A/B of alternative configs.
-5. ``gpu_tests``: the GPU-only tests (``-m gpu``), with pytest-xdist when present.
+4. ``timing``: ``triton.testing.do_bench`` of the triton backend's forward and forward +
+   backward at N = M in {16384, 65536}, d in {128, 256}, bf16 and tf32: TFLOP/s on the
+   2NMd (forward) and 6NMd (backward) floors, against the measured GEMM rate, the naive
+   reference loss's time and ``max_memory_allocated``; then an A/B of alternative configs.
+5. ``build``: waits for the extension build.
+6. ``correctness_cuda`` and ``timing_cuda``: sections 2 and 4 for the CUDA C++ backend
+   (plus IEEE fp32 timings), in a child process (``--backends cuda``), which imports the
+   extension the build just produced.
+7. ``compare``: triton and cuda timings side by side.
+8. ``gpu_tests``: the GPU-only tests (``-m gpu``), with pytest-xdist when present.
 
-Correctness and timing each get at most 35 % of the budget (default 470 s, inside the
-issue's 8 minutes), so that a slow first compile cannot starve the later sections.
+Each section gets a share of the budget (default 470 s, inside the issue's 8 minutes;
+``SHARES``), so that a slow first compile cannot starve the later sections.
 
-``--dry`` runs the same sections on the CPU under the Triton interpreter at tiny sizes
-(under a minute; tests/backends/test_gpu_check_dry.py runs it in CI so the script cannot
-rot). It needs nothing beyond torch, triton and this package (pytest for section 5).
+``--dry`` runs the same sections on the CPU under the Triton interpreter at tiny sizes,
+the cuda ones through the emulation layer (CONTRASTIVE_KERNELS_CUDA_EMULATE=1) with the
+extension already built (about a minute; tests/backends/test_gpu_check_dry.py runs it in
+CI so the script cannot rot). It needs nothing beyond torch, triton and this package (pytest for section 5).
 """
 
 from __future__ import annotations
@@ -45,22 +53,41 @@ import traceback
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+# Fraction of the budget each section may take at most (the child process running the
+# cuda sections gets ``cuda`` of the parent's budget and splits it in halves).
+SHARES = dict(correctness=0.25, timing=0.2, cuda=0.3)
+CHILD_SHARES = dict(correctness=0.5, timing=0.5)
+EMULATE_VAR = "CONTRASTIVE_KERNELS_CUDA_EMULATE"
+
+
 class Run:
     """Section bookkeeping: a time budget and results written as soon as they exist."""
 
-    def __init__(self, results: str, budget: float, dry: bool):
+    def __init__(self, results: str, budget: float, dry: bool, backends=("triton",),
+                 suffix: str = "", shares=None, fresh_index: bool = True):
         self.dir = results
         self.t0 = time.time()
         self.budget = budget
         self.dry = dry
+        self.backends = tuple(backends)
+        self.suffix = suffix  # "_cuda" in the child: section files do not collide
+        self.shares = shares or SHARES
+        self.build = None
+        self.t0_index = self.t0
         os.makedirs(results, exist_ok=True)
         self.index = os.path.join(results, "index.md")
+        if not fresh_index:
+            return
         with open(self.index, "w") as f:
             f.write(f"# GPU check{' (dry run, CPU interpreter)' if dry else ''}\n\n"
                     f"Started {time.strftime('%Y-%m-%d %H:%M:%S')}, budget {budget:.0f} s.\n\n")
 
     def left(self) -> float:
         return self.budget - (time.time() - self.t0)
+
+    def deadline(self, section: str) -> float:
+        """When ``section``, starting now, must stop so that the later ones keep their share."""
+        return time.time() + self.shares.get(section, 1.0) * self.budget
 
     def write(self, name: str, data, markdown: str, seconds: float, status: str = "ok"):
         with open(os.path.join(self.dir, f"{name}.json"), "w") as f:
@@ -69,10 +96,11 @@ class Run:
             f.write(markdown + "\n")
         with open(self.index, "a") as f:
             f.write(f"- [{name}]({name}.md): {status}, {seconds:.1f} s "
-                    f"(at {time.time() - self.t0:.0f} s)\n")
+                    f"(at {time.time() - self.t0_index:.0f} s)\n")
         print(f"[gpu_check] {name}: {status} ({seconds:.1f} s)", flush=True)
 
     def section(self, name: str, fn, min_left: float = 5.0):
+        name = name + self.suffix
         if self.left() < min_left:
             self.write(name, {"skipped": "time budget"}, f"# {name}\n\nskipped: time budget",
                        0.0, "skipped (budget)")
@@ -139,6 +167,12 @@ def section_env(run: Run):
     b = torch.randn(n, n, device=dev, dtype=dtype)
     ms = _bench(lambda: a @ b, run.dry)
     info["gemm"] = dict(n=n, dtype=str(dtype), ms=ms, tflops=2 * n ** 3 / ms / 1e9)
+    # copy bandwidth with both buffers in L2 (2 x 8 MiB) and far beyond it (2 x 1 GiB): the
+    # ridge points (FLOP per byte) that the Triton report's per-tile intensities compare with
+    for label, mib in (("l2", 8), ("hbm", 1024)):
+        gbs = _copy_gbs((1 if run.dry else mib) * 2 ** 20, dev, run.dry)
+        info[f"{label}_copy_gbs"] = round(gbs, 1)
+        info[f"{label}_ridge_flop_per_byte"] = round(info["gemm"]["tflops"] * 1e3 / gbs, 1)
     try:
         from contrastive_kernels.backends.triton import configs
         if torch.cuda.is_available():
@@ -152,6 +186,14 @@ def section_env(run: Run):
           f"GEMM {info['gemm']['dtype']} {n}^3: {info['gemm']['ms']:.3f} ms, "
           f"**{info['gemm']['tflops']:.3g} TFLOP/s**"]
     return info, "\n".join(md)
+
+
+def _copy_gbs(nbytes: int, dev, dry: bool) -> float:
+    """GB/s of a device copy between two buffers of ``nbytes`` (read + write counted)."""
+    import torch
+    x = torch.empty(nbytes // 4, device=dev)
+    y = torch.empty_like(x)
+    return 2 * nbytes / _bench(lambda: y.copy_(x), dry) / 1e6
 
 
 def start_build(run: Run):
@@ -168,8 +210,8 @@ def section_build(run: Run):
     if run.build is None:
         return dict(status="skipped"), "# build\n\nskipped (--skip-build or --dry)"
     proc, log, t0 = run.build
-    try:
-        rc = proc.wait(timeout=max(1.0, run.left() - 2))
+    try:  # the cuda sections need the build; keep a little for the GPU tests anyway
+        rc = proc.wait(timeout=max(1.0, run.left() - 0.1 * run.budget))
         status = "ok" if rc == 0 else f"failed (rc {rc})"
     except subprocess.TimeoutExpired:
         proc.kill()
@@ -198,13 +240,15 @@ def section_correctness(run: Run):
     opts = {o.id: o for o in OPTIONS}
     if run.dry:
         n, m, ds, dtypes = 37, 45, (16, 40), (torch.float32, torch.bfloat16)
-        names = ["triton"]
     else:
         n, m, ds = 700, 900, (64, 128, 200, 256, 1024)
         dtypes = (torch.bfloat16, torch.float16, torch.float32)
-        names = [name for name in registry.MODULES if name != "cpu"]
+    # the parent runs triton (and torch on a GPU); the child runs cuda
+    names = [name for name in run.backends if name in registry.MODULES]
+    if not run.dry and "triton" in names:
+        names.append("torch")
     rows, data = [], []
-    stop_at = time.time() + 0.35 * run.budget  # leave the timings their share
+    stop_at = run.deadline("correctness")
     for name in names:
         try:
             backend = registry.get_backend(name)
@@ -244,7 +288,7 @@ def section_correctness(run: Run):
                                    for k in ("lse", "o", "dq", "dk", "dscale")),
                                  rec.get("error", "")))
     bad = sum(1 for r in data if r.get("verdict") == "FAIL" or r.get("error"))
-    md = ["# correctness", "",
+    md = [f"# correctness{run.suffix}", "",
           f"N = {n}, M = {m}; oracle: the torch backend in float64 on {dev}; tolerance: "
           "twice the naive computation's error in the dtype (floor "
           f"{FLOOR_ULPS} ulps). Cells: max error / tolerance. {bad} failing.", "",
@@ -372,14 +416,17 @@ def section_timing(run: Run):
 
     dev = _device()
     gemm = getattr(run, "gemm_tflops", None)
+    backend = run.backends[0]
     if run.dry:
         sizes, ds = (64,), (16,)
         precisions = (("fp32", torch.float32, False), ("bf16", torch.bfloat16, False))
     else:
         sizes, ds = (16384, 65536), (128, 256)
         precisions = (("bf16", torch.bfloat16, False), ("tf32", torch.float32, True))
+        if backend == "cuda":  # its exact fp32 path (torch's default precision) too
+            precisions += (("fp32", torch.float32, False),)
     rows, data = [], []
-    stop_at = time.time() + 0.35 * run.budget
+    stop_at = run.deadline("timing")
     prev = torch.get_float32_matmul_precision()
     try:
         for label, dtype, tf32 in precisions:
@@ -389,15 +436,17 @@ def section_timing(run: Run):
                     if run.left() < 45 or time.time() > stop_at:
                         data.append(dict(skipped="time budget", n=n, d=d, dtype=label))
                         continue
-                    rec = _time_case(ck, torch, dev, n, d, dtype, run.dry, gemm)
-                    rec.update(dtype=label, n=n, d=d)
+                    rec = _time_case(ck, torch, dev, n, d, dtype, run.dry, gemm, backend,
+                                     reference=backend == "triton")
+                    rec.update(backend=backend, dtype=label, n=n, d=d)
                     data.append(rec)
                     rows.append(_timing_row(rec))
-                    _write_partial(run, "timing", data)
+                    _write_partial(run, "timing" + run.suffix, data)
     finally:
         torch.set_float32_matmul_precision(prev)
-    ab = _ab_configs(run, ck, torch, dev)
-    md = ["# timing", "",
+    ab = _ab_configs(run, ck, torch, dev) if backend == "triton" else []
+    md = [f"# timing{run.suffix}", "",
+          f"Backend `{backend}`. "
           "N = M, normalize + self-exclusion (SimCLR-like), `triton.testing.do_bench` "
           "(ms). Floors: forward 2NMd, backward 6NMd (recompute + dq + dk) FLOPs; "
           f"% of the measured GEMM rate ({gemm and f'{gemm:.3g}'} TFLOP/s, bf16; tf32 "
@@ -419,7 +468,7 @@ def _write_partial(run: Run, name: str, data):
         json.dump(data, f, indent=1, default=str)
 
 
-def _time_case(ck, torch, dev, n, d, dtype, dry, gemm):
+def _time_case(ck, torch, dev, n, d, dtype, dry, gemm, backend="triton", reference=True):
     rec = {}
     gen = torch.Generator(device=dev).manual_seed(0)
     q = torch.randn(n, d, device=dev, dtype=dtype, generator=gen)
@@ -429,10 +478,10 @@ def _time_case(ck, torch, dev, n, d, dtype, dry, gemm):
     flops_f, flops_b = 2.0 * n * n * d, 6.0 * n * n * d
 
     def fwd():
-        return ck.ops.lse(q, k, 10.0, backend="triton", **kw)[0]
+        return ck.ops.lse(q, k, 10.0, backend=backend, **kw)[0]
 
     def fwdbwd():
-        lse = ck.ops.lse(qg, kg, 10.0, backend="triton", **kw)[0]
+        lse = ck.ops.lse(qg, kg, 10.0, backend=backend, **kw)[0]
         torch.autograd.grad(lse.sum(), (qg, kg))
 
     try:
@@ -451,6 +500,8 @@ def _time_case(ck, torch, dev, n, d, dtype, dry, gemm):
             rec["bwd_pct_gemm"] = 100 * rec["bwd_tflops"] / gemm
     except Exception as exc:
         rec["error"] = f"{type(exc).__name__}: {str(exc)[:300]}"
+    if not reference:
+        return rec
     # the naive reference loss: N x M logits in the dtype (skipped where they cannot fit)
     logits_bytes = n * n * 4 * 3
     free = torch.cuda.mem_get_info()[0] if torch.cuda.is_available() else 2 ** 31
@@ -520,24 +571,93 @@ def _ab_configs(run: Run, ck, torch, dev):
     return out
 
 
-# --------------------------------------------------------------------------- 5. GPU tests
+# --------------------------------------------------------------------------- 6. cuda
+
+
+def run_cuda_child(run: Run):
+    """The cuda sections in a child process: this one imported the package before the
+    extension was built, so its backend ``cuda`` would stay unavailable. The child writes
+    correctness_cuda / timing_cuda into the same folder (and index) as it goes."""
+    budget = min(SHARES["cuda"] * run.budget, run.left() - 0.1 * run.budget)
+    if budget < 20:
+        run.write("correctness_cuda", {"skipped": "time budget"},
+                  "# correctness_cuda\n\nskipped: time budget", 0.0, "skipped (budget)")
+        return None
+    args = [sys.executable, os.path.abspath(__file__), "--results", run.dir, "--child",
+            "--backends", "cuda", "--budget", f"{budget:.0f}",
+            "--sections", "correctness,timing", "--t0", repr(run.t0)]
+    env = dict(os.environ)
+    if run.dry:
+        args.append("--dry")
+        env[EMULATE_VAR] = "1"  # the kernel source through the emulation layer, on CPU
+    if getattr(run, "gemm_tflops", None):
+        args += ["--gemm-tflops", str(run.gemm_tflops)]
+    try:
+        proc = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True,
+                              timeout=budget + 30)
+        print(proc.stdout[-2000:], proc.stderr[-2000:], sep="\n", flush=True)
+        return proc.returncode
+    except subprocess.TimeoutExpired:
+        return "timeout"
+
+
+def section_compare(run: Run):
+    """triton and cuda timings side by side (from timing.json / timing_cuda.json)."""
+    def load(name):
+        path = os.path.join(run.dir, f"{name}.json")
+        if not os.path.exists(path):
+            return []
+        with open(path) as f:
+            data = json.load(f)
+        return data.get("cases", []) if isinstance(data, dict) else []
+
+    by_key = {}
+    for case in load("timing") + load("timing_cuda"):
+        if "backend" in case and "fwd_ms" in case:
+            key = (case["dtype"], case["n"], case["d"])
+            by_key.setdefault(key, {})[case["backend"]] = case
+
+    def cell(case, key, fmt):
+        v = (case or {}).get(key)
+        return fmt.format(v) if isinstance(v, (int, float)) else "-"
+
+    rows = []
+    for (dtype, n, d), cases in sorted(by_key.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2])):
+        tr, cu = cases.get("triton"), cases.get("cuda")
+        ratio = "-"
+        if tr and cu and tr.get("fwdbwd_ms") and cu.get("fwdbwd_ms"):
+            ratio = f"{cu['fwdbwd_ms'] / tr['fwdbwd_ms']:.2f}"
+        rows.append((dtype, n, d, cell(tr, "fwd_ms", "{:.3f}"), cell(cu, "fwd_ms", "{:.3f}"),
+                     cell(tr, "fwd_pct_gemm", "{:.0f}%"), cell(cu, "fwd_pct_gemm", "{:.0f}%"),
+                     cell(tr, "fwdbwd_ms", "{:.3f}"), cell(cu, "fwdbwd_ms", "{:.3f}"),
+                     cell(tr, "bwd_pct_gemm", "{:.0f}%"), cell(cu, "bwd_pct_gemm", "{:.0f}%"),
+                     ratio))
+    md = ["# compare", "",
+          "triton vs cuda, same cases as `timing` (N = M, normalize + self-exclusion). "
+          "% GEMM: forward on the 2NMd floor, backward on 6NMd, against the measured bf16 "
+          "GEMM rate. Last column: cuda fwd+bwd time / triton's (< 1: cuda faster; the "
+          "`auto` rule in backends/cuda.py PRIORITY follows it).", "",
+          _table(["dtype", "N", "d", "fwd ms triton", "fwd ms cuda", "fwd % triton",
+                  "fwd % cuda", "fwd+bwd ms triton", "fwd+bwd ms cuda", "bwd % triton",
+                  "bwd % cuda", "cuda / triton"], rows)]
+    return dict(rows=rows), "\n".join(md)
+
+
+# --------------------------------------------------------------------------- 7. GPU tests
 
 
 def section_gpu_tests(run: Run):
     import importlib.util
     env = dict(os.environ)
-    args = [sys.executable, "-m", "pytest", "-q", "-ra", "-p", "no:cacheprovider",
-            "tests/backends/test_triton.py"]
-    if run.dry:
-        args += ["-k", "gpu"]
-    else:
+    args = [sys.executable, "-m", "pytest", "-q", "-ra", "-p", "no:cacheprovider", "-m", "gpu",
+            "tests/backends/test_triton.py", "tests/backends/test_cuda_emulated.py"]
+    if not run.dry:
         env.pop("TRITON_INTERPRET", None)
         env["CONTRASTIVE_KERNELS_TRITON_NATIVE"] = "1"
-        args += ["-m", "gpu"]
     xdist = importlib.util.find_spec("xdist") is not None
     if xdist and not run.dry:
         args += ["-n", str(min(8, os.cpu_count() or 1))]
-    limit = max(10.0, run.left() - (15 if run.build else 5))
+    limit = max(10.0, run.left() - 5)
     t = time.time()
     try:
         proc = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True,
@@ -563,19 +683,36 @@ def main(argv=None) -> int:
     parser.add_argument("--budget", type=float, default=None,
                         help="seconds for the whole run (default 470, dry 240)")
     parser.add_argument("--skip-build", action="store_true")
+    parser.add_argument("--backends", default="triton,cuda",
+                        help="triton runs in this process, cuda in a child after the build")
     parser.add_argument("--sections",
-                        default="env,correctness,compiled,timing,gpu_tests,build")
+                        default="env,correctness,compiled,timing,build,cuda,compare,gpu_tests")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--gemm-tflops", type=float, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--t0", type=float, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.dry:
         os.environ["TRITON_INTERPRET"] = "1"  # before the backend is imported
     sys.path.insert(0, ROOT)
-    run = Run(args.results, args.budget or (240.0 if args.dry else 470.0), args.dry)
+    budget = args.budget or (240.0 if args.dry else 470.0)
+    backends = [b for b in args.backends.split(",") if b]
+    wanted = args.sections.split(",")
+    if args.child:  # the cuda sections, with the extension built by the parent
+        run = Run(args.results, budget, args.dry, backends, suffix="_" + backends[0],
+                  shares=CHILD_SHARES, fresh_index=False)
+        run.gemm_tflops = args.gemm_tflops
+        run.t0_index = args.t0 or run.t0  # the index's "at" column counts from the parent's start
+        failed = False
+        for name, fn in (("correctness", section_correctness), ("timing", section_timing)):
+            if name in wanted:
+                failed |= run.section(name, fn) is None
+        return 1 if failed else 0
+    run = Run(args.results, budget, args.dry, [b for b in backends if b != "cuda"] or ["triton"])
     run.skip_build = args.skip_build or args.dry
     run.build = start_build(run)
-    wanted = args.sections.split(",")
     sections = [("env", section_env), ("correctness", section_correctness),
                 ("compiled", section_compiled), ("timing", section_timing),
-                ("gpu_tests", section_gpu_tests), ("build", section_build)]
+                ("build", section_build)]
     failed = False
     for name, fn in sections:
         if name not in wanted:
@@ -584,6 +721,12 @@ def main(argv=None) -> int:
         if name == "env" and isinstance(data, dict):
             run.gemm_tflops = data.get("gemm", {}).get("tflops")
         failed |= data is None
+    if "cuda" in backends and "cuda" in wanted:
+        failed |= run_cuda_child(run) != 0
+    if "compare" in wanted:
+        failed |= run.section("compare", section_compare) is None
+    if "gpu_tests" in wanted:
+        failed |= run.section("gpu_tests", section_gpu_tests) is None
     with open(run.index, "a") as f:
         f.write(f"\nFinished in {time.time() - run.t0:.0f} s.\n")
     print(f"[gpu_check] results in {run.dir} ({time.time() - run.t0:.0f} s)")

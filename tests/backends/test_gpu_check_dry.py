@@ -1,5 +1,6 @@
 """``make gpu-check-dry``: the prepared GPU run (bench/gpu_check.py) on the CPU under the
-Triton interpreter at tiny sizes, so that the script a GPU machine runs cannot rot."""
+Triton interpreter at tiny sizes (the cuda sections through the CUDA emulation layer), so
+that the script a GPU machine runs cannot rot."""
 
 import json
 import os
@@ -21,13 +22,34 @@ def test_gpu_check_dry_run(tmp_path):
                           timeout=600)
     out = proc.stdout + proc.stderr
     index = (tmp_path / "index.md").read_text()
-    for name in ("env", "correctness", "compiled", "timing", "gpu_tests"):
+    for name in ("env", "correctness", "compiled", "timing", "build", "correctness_cuda",
+                 "timing_cuda", "compare", "gpu_tests"):
         assert (tmp_path / f"{name}.json").exists(), f"{name} missing:\n{out[-3000:]}"
         assert (tmp_path / f"{name}.md").exists()
         assert f"[{name}]" in index
     assert "ERROR" not in index, out[-3000:]
     assert proc.returncode == 0, out[-3000:]
-    cases = json.loads((tmp_path / "correctness.json").read_text())
-    assert cases and all(c.get("verdict") == "ok" for c in cases), cases
-    timing = json.loads((tmp_path / "timing.json").read_text())
-    assert all("fwd_ms" in c for c in timing["cases"]), timing
+    backends = [("", "triton"), ("_cuda", "cuda")]
+    if not _cuda_emulation_available():
+        # e.g. `make test-compat` (torch 2.11 cannot load this build's _C): the cuda rows
+        # must say why they did not run
+        cases = json.loads((tmp_path / "correctness_cuda.json").read_text())
+        assert cases and all("unsupported" in c or "error" in c for c in cases), cases
+        backends = backends[:1]
+    for suffix, backend in backends:
+        cases = json.loads((tmp_path / f"correctness{suffix}.json").read_text())
+        assert cases and all(c.get("verdict") == "ok" for c in cases), cases
+        assert {c["backend"] for c in cases} == {backend}
+        timing = json.loads((tmp_path / f"timing{suffix}.json").read_text())
+        assert timing["cases"] and all("fwd_ms" in c and c["backend"] == backend
+                                       for c in timing["cases"]), timing
+    compare = json.loads((tmp_path / "compare.json").read_text())
+    # each row has both backends' times and their ratio
+    assert compare["rows"], compare
+    if len(backends) == 2:
+        assert all(row[-1] != "-" for row in compare["rows"]), compare
+
+
+def _cuda_emulation_available() -> bool:
+    from contrastive_kernels.backends import cuda
+    return cuda.emulated_ops is not None
