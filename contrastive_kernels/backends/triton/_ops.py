@@ -188,28 +188,20 @@ def _per_key_inputs(bias, q_labels, k_labels):
     return bias, q_labels, k_labels
 
 
-def _padded(x: Optional[torch.Tensor], fill: float) -> Optional[torch.Tensor]:
-    """A contiguous copy of a per-row vector padded to a multiple of configs.KEY_PAD: the
-    kernels load the streamed side's vectors (bias, labels, inverse norms, lse, g) of a
-    whole tile without a mask, which lets the loads vectorize; the last tile's bound
-    mask drops the padding."""
+def _padded(x: Optional[torch.Tensor], fill: float, length: int = 0) -> Optional[torch.Tensor]:
+    """A contiguous copy of a per-row vector padded with ``fill`` to a multiple of
+    configs.KEY_PAD, and to at least ``length`` (the key split's last range may run past
+    the rows): the kernels load the streamed side's vectors (bias, labels, inverse norms,
+    lse, g) of a whole tile without a mask, which lets the loads vectorize; the last
+    tile's bound mask drops the padding. Returned as it is when nothing needs adding."""
     if x is None:
         return None
     n = x.shape[0]
-    pad = -n % configs.KEY_PAD
-    if pad == 0 and x.is_contiguous():
+    total = max(n + (-n % configs.KEY_PAD), length)
+    if total == n and x.is_contiguous():
         return x
-    out = torch.full((n + pad,), fill, dtype=x.dtype, device=x.device)
+    out = torch.full((total,), fill, dtype=x.dtype, device=x.device)
     out[:n] = x
-    return out
-
-
-def _pad_to(x: Optional[torch.Tensor], length: int, fill: float) -> Optional[torch.Tensor]:
-    """``x`` (a padded per-row vector) extended with ``fill`` to at least ``length``."""
-    if x is None or x.shape[0] >= length:
-        return x
-    out = torch.full((length,), fill, dtype=x.dtype, device=x.device)
-    out[:x.shape[0]] = x
     return out
 
 
@@ -252,8 +244,8 @@ def lse_triton(q: torch.Tensor, k: torch.Tensor, scale: torch.Tensor, bias: Opti
     if splits > 1:
         # the last range may run past M (masked): the per-key vectors cover every range
         span = splits * per * cfg.block_i
-        bias, k_labels, inv_k = (_pad_to(bias, span, 0.0), _pad_to(k_labels, span, 0),
-                                 _pad_to(inv_k, span, 0.0))
+        bias, k_labels, inv_k = (_padded(bias, 0.0, span), _padded(k_labels, 0, span),
+                                 _padded(inv_k, 0.0, span))
         # partials: running max, sum and unnormalized o of each key range (o accumulates
         # in place when d is chunked: zero-initialized)
         part_m = torch.empty((splits, n), dtype=acc, device=q.device)
@@ -305,11 +297,11 @@ def _launch_bwd(dk_side, grad_lse, q, k, scale, bias, q_labels, k_labels, self_o
     if splits > 1:
         # the last range may run past NY (masked): the streamed side's vectors cover it
         span = splits * per * cfg.block_i
-        y_lab, inv_y = _pad_to(y_lab, span, 0), _pad_to(inv_y, span, 0.0)
+        y_lab, inv_y = _padded(y_lab, 0, span), _padded(inv_y, 0.0, span)
         if dk_side:
-            lse, grad_lse = _pad_to(lse, span, float("-inf")), _pad_to(grad_lse, span, 0.0)
+            lse, grad_lse = _padded(lse, float("-inf"), span), _padded(grad_lse, 0.0, span)
         else:
-            bias = _pad_to(bias, span, 0.0)
+            bias = _padded(bias, 0.0, span)
     if splits > 1 and need_dx:
         # one partial accumulator per range (in place when d is chunked: zero-initialized)
         acc_buf = (torch.empty if single else torch.zeros)((splits, nx, d), dtype=acc,
