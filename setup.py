@@ -80,6 +80,13 @@ def _cuda_wanted(torch_mod, cuda_home):
     return True, ""
 
 
+def _nvcc_flags():
+    """csrc/cuda/nvcc_flags.py's list (shared with the compile report; setup.py cannot
+    import the package)."""
+    import runpy
+    return runpy.run_path(os.path.join(ROOT, "csrc", "cuda", "nvcc_flags.py"))["NVCC_FLAGS"]
+
+
 def _c_string(value):
     """A C string literal for a -D macro value."""
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
@@ -129,7 +136,7 @@ def extensions():
                           glob.glob(os.path.join("csrc", "cuda", "*.cpp")))
         site = sysconfig.get_paths()["purelib"]
         nvidia_include = os.path.join(site, "nvidia", "cu13", "include")
-        nvcc = ["-O3", "-std=c++20", "--use_fast_math", "-lineinfo"] + gencode
+        nvcc = list(_nvcc_flags()) + gencode
         if os.path.isdir(nvidia_include):
             nvcc += ["-isystem", nvidia_include]
         ext = cpp_extension.CUDAExtension(

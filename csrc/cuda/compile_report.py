@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import runpy
 import shutil
 import subprocess
 import sys
@@ -25,12 +26,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 SOURCE = "csrc/cuda/lse_cuda.cu"
 ARCHES = ("80", "90")
-# The nvcc flags of setup.py's CUDA build (minus the arch list), so the report describes
-# what the extension ships.
-# torch's CUDAExtension adds the --expt-relaxed-constexpr and -D__CUDA_NO_* flags.
-NVCC_FLAGS = ["-O3", "-std=c++20", "--use_fast_math", "-lineinfo", "--expt-relaxed-constexpr",
-              "-D__CUDA_NO_HALF_OPERATORS__", "-D__CUDA_NO_HALF_CONVERSIONS__",
-              "-D__CUDA_NO_BFLOAT16_CONVERSIONS__", "-D__CUDA_NO_HALF2_OPERATORS__"]
+# The nvcc flags of setup.py's CUDA build (csrc/cuda/nvcc_flags.py, minus the arch list),
+# so the report describes what the extension ships, plus the --expt-relaxed-constexpr and
+# -D__CUDA_NO_* flags torch's CUDAExtension adds.
+NVCC_FLAGS = runpy.run_path(str(Path(__file__).with_name("nvcc_flags.py")))["NVCC_FLAGS"] + [
+    "--expt-relaxed-constexpr", "-D__CUDA_NO_HALF_OPERATORS__", "-D__CUDA_NO_HALF_CONVERSIONS__",
+    "-D__CUDA_NO_BFLOAT16_CONVERSIONS__", "-D__CUDA_NO_HALF2_OPERATORS__"]
 DTYPES = {"TagF16": "fp16", "TagBF16": "bf16", "TagF32": "fp32", "TagF64": "fp64",
           "IfE": "fp32", "IdE": "fp64"}
 # Dynamic shared memory of the tile kernels per dtype: 2 stages of (64 + 64) rows of a chunk
@@ -47,6 +48,12 @@ SASS_CLASSES = {
 # logits (mma.sync.m16n8k8 tf32 is HMMA.1688.F32.TF32) and the transposed ldmatrix that
 # feeds the B operand of the second products (LDSM.16.MT88).
 SASS_FULL_CLASSES = {"HMMA.TF32": r"HMMA\.\w+\.F32\.TF32", "LDSM.T": r"LDSM\.16\.MT88(?:\.\w+)*"}
+# What --use_fast_math writes into the PTX: fp32 arithmetic that flushes subnormals (.ftz)
+# and approximate division / square root. None may appear (csrc/cuda/nvcc_flags.py): the
+# emulation computes IEEE. (libdevice's accurate expf reduces its argument and then uses
+# ex2.approx.ftz, and fp64 division seeds with rcp.approx.ftz.f64: those are not counted.)
+FAST_MATH_PTX = re.compile(r"\b(?:(?:add|sub|mul|fma\.rn|mad|min|max|abs|neg|setp\.\w+|"
+                           r"cvt\.\w+)\.ftz|(?:div|sqrt|rcp|rsqrt)\.approx(?:\.ftz)?)\.f32\b")
 
 
 def dynamic_smem(kernel: str, dtype: str) -> int:
@@ -103,9 +110,11 @@ def readable(mangled: str) -> tuple[str, str]:
 def compile_arch(arch: str, workdir: Path) -> tuple[dict, Path]:
     nvcc = cuda_home() / "bin" / "nvcc"
     cubin = workdir / f"lse_cuda_sm{arch}.cubin"
+    keep = workdir / f"keep_sm{arch}"
+    keep.mkdir(exist_ok=True)
     cmd = [str(nvcc), *NVCC_FLAGS, "-I", str(ROOT / "csrc"), "-cubin",
-           f"-gencode=arch=compute_{arch},code=sm_{arch}", "-Xptxas", "-v",
-           str(ROOT / SOURCE), "-o", str(cubin)]
+           f"-gencode=arch=compute_{arch},code=sm_{arch}", "-Xptxas", "-v", "-keep",
+           "-keep-dir", str(keep), str(ROOT / SOURCE), "-o", str(cubin)]
     res = subprocess.run(cmd, capture_output=True, text=True)
     if res.returncode != 0:
         raise RuntimeError(f"nvcc failed for sm_{arch}:\n{res.stderr}")
@@ -126,6 +135,11 @@ def compile_arch(arch: str, workdir: Path) -> tuple[dict, Path]:
             kernels[current]["registers"] = int(m[1])
             s = re.search(r"(\d+) bytes smem", line)
             kernels[current]["static_smem"] = int(s[1]) if s else 0
+    for ptx in keep.glob("*.ptx"):  # the PTX of this arch (kept by -keep)
+        parts = re.split(r"\.entry\s+(\w+)\(", ptx.read_text())
+        for name, body in zip(parts[1::2], parts[2::2]):
+            if name in kernels:
+                kernels[name]["fast_math"] = len(FAST_MATH_PTX.findall(body))
     return kernels, cubin
 
 
@@ -187,7 +201,9 @@ def render(report: dict) -> str:
         "instructions, tensor-core MMAs (HMMA; of which tf32: HMMA.TF32), ldmatrix (LDSM; of "
         "which transposed, the B operand of the second products: LDSM.T), cp.async (LDGSTS), "
         "special-function ops (MUFU: exp / log / rcp), FP32 / FP64 FMAs, shuffles, barriers and "
-        "local-memory traffic (LDL/STL, which must be 0). The main loop of a 64 x 64 tile with "
+        "local-memory traffic (LDL/STL, which must be 0); last, from the PTX, fast-math "
+        "arithmetic (fp32 ops that flush subnormals, approximate division / square root: "
+        "must be 0, no `--use_fast_math`). The main loop of a 64 x 64 tile with "
         "a 32-wide chunk of d is, per warp, 2 x 8 HMMA (bf16 / fp16) fed by 2 x 5 LDSM, or "
         "4 x 8 tf32 HMMA (fp32 when torch allows tf32); a second product (o, u, v) adds 16 "
         "HMMA fed by 8 LDSM.T per chunk (32 HMMA for bf16 o: weights and their rounding "
@@ -196,9 +212,9 @@ def render(report: dict) -> str:
     ]
     head = ("| kernel | dtype | regs | spill st/ld | stack | smem static | smem dynamic | "
             "SASS | HMMA | HMMA.TF32 | LDSM | LDSM.T | LDGSTS | MUFU | FFMA | DFMA | SHFL | BAR | "
-            "LDL/STL |")
+            "LDL/STL | fast-math PTX |")
     for arch, rows in report.items():
-        lines += [f"## sm_{arch}", "", head, "|" + "---|" * 19]
+        lines += [f"## sm_{arch}", "", head, "|" + "---|" * 20]
         for r in rows:
             lines.append(
                 f"| {r['kernel']} | {r['dtype']} | {r.get('registers', '?')} | "
@@ -207,7 +223,8 @@ def render(report: dict) -> str:
                 f"{r.get('HMMA', '?')} | {r.get('HMMA.TF32', '?')} | {r.get('LDSM', '?')} | "
                 f"{r.get('LDSM.T', '?')} | {r.get('LDGSTS', '?')} | "
                 f"{r.get('MUFU', '?')} | {r.get('FFMA', '?')} | {r.get('DFMA', '?')} | "
-                f"{r.get('SHFL', '?')} | {r.get('BAR', '?')} | {r.get('LDL/STL', '?')} |")
+                f"{r.get('SHFL', '?')} | {r.get('BAR', '?')} | {r.get('LDL/STL', '?')} | "
+                f"{r.get('fast_math', '?')} |")
         lines.append("")
     return "\n".join(lines)
 

@@ -17,7 +17,8 @@
 //   ck_cp_async_16                 cp.async.cg.shared.global, 16 bytes, zero-fill
 //   ck_cp_async_commit             cp.async.commit_group
 //   ck_cp_async_wait<N> / _wait_all cp.async.wait_group N / 0
-//   ck_exp / ck_log / ck_sqrt      math in the accumulation type
+//   ck_exp / ck_log / ck_sqrt      math in the accumulation type (accurate, IEEE subnormals)
+//   ck_exp_approx                  the SFU's approximate exp (fp32; host: std::exp)
 //   ck_half_to_float / ck_bf16_to_float, ck_float_to_half / ck_float_to_bf16  (raw bits)
 #pragma once
 
@@ -135,9 +136,12 @@ CK_DEVICE void ck_cp_async_wait_all() { asm volatile("cp.async.wait_group 0;\n" 
 template <int N>
 CK_DEVICE void ck_cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory"); }
 
-CK_DEVICE float ck_exp(float x) { return __expf(x); }
+// without --use_fast_math these are the accurate libdevice functions (a few ulp, subnormals
+// kept); ck_exp_approx is the SFU's ex2.approx (16-bit inputs only: lse_kernels.cuh tile_exp)
+CK_DEVICE float ck_exp(float x) { return ::expf(x); }
 CK_DEVICE double ck_exp(double x) { return ::exp(x); }
-CK_DEVICE float ck_log(float x) { return __logf(x); }
+CK_DEVICE float ck_exp_approx(float x) { return __expf(x); }
+CK_DEVICE float ck_log(float x) { return ::logf(x); }
 CK_DEVICE double ck_log(double x) { return ::log(x); }
 CK_DEVICE float ck_sqrt(float x) { return ::sqrtf(x); }
 CK_DEVICE double ck_sqrt(double x) { return ::sqrt(x); }
@@ -217,6 +221,8 @@ inline void ck_cp_async_wait() {}
 
 inline float ck_exp(float x) { return std::exp(x); }
 inline double ck_exp(double x) { return std::exp(x); }
+// the host has no SFU: the approximate exp of the device is within the 16-bit tolerances
+inline float ck_exp_approx(float x) { return std::exp(x); }
 inline float ck_log(float x) { return std::log(x); }
 inline double ck_log(double x) { return std::log(x); }
 inline float ck_sqrt(float x) { return std::sqrt(x); }

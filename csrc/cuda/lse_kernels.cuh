@@ -131,6 +131,16 @@ CK_DEVICE typename Tag::S from_acc(typename Tag::Acc x) {
 template <class Acc>
 CK_DEVICE Acc neg_inf() { return -Acc(INFINITY); }
 
+// The exp of the tile loops: the SFU's approximate exp (ex2.approx, a few ulp) for 16-bit
+// inputs, whose own rounding (2^-8 bf16, 2^-11 fp16) dwarfs it; the accurate expf / exp for
+// fp32 and fp64, so that their IEEE path on the device is the one the emulation proves (no
+// --use_fast_math: csrc/cuda/nvcc_flags.py). The merge of split partials uses ck_exp.
+template <class Tag>
+CK_DEVICE typename Tag::Acc tile_exp(typename Tag::Acc x) {
+  if constexpr (Tag::kMma) return ck_exp_approx(x);
+  else return ck_exp(x);
+}
+
 template <class Acc>
 CK_DEVICE Acc fmax_nan_skip(Acc a, Acc b) {  // fmax: a NaN operand is ignored
   return (a > b || b != b) ? a : b;
@@ -396,8 +406,33 @@ CK_DEVICE Acc quad_max(Acc v) {
   return v;
 }
 
-// r_i = 1 / max(||x_i||, eps) with normalize, else 1. One warp per row. The norm is taken
-// as m ||x / m||, m = max_j |x_j|: sum x^2 itself overflows fp32 once an entry passes ~1.8e19.
+// ||x_i|| of one row, on every lane of the warp, as m ||x / m||, m = max_j |x_j|: sum x^2
+// itself overflows fp32 once an entry passes ~1.8e19, and underflows (to a zero norm, the
+// wrong branch of the normalization Jacobian) for rows of tiny or subnormal entries. The
+// entries are divided by m, never multiplied by 1 / m: 1 / m overflows for m < ~2.9e-39.
+// A NaN entry makes the norm NaN (fmax skips it; the sum of squares does not).
+template <class Tag>
+CK_DEVICE typename Tag::Acc scaled_row_norm(const typename Tag::S* x, int64_t row, int64_t d,
+                                            int64_t s0, int64_t s1, int lane) {
+  using Acc = typename Tag::Acc;
+  Acc big = 0, ss = 0;
+  for (int64_t c = lane; c < d; c += 32) {
+    const Acc v = to_acc<Tag>(x[row * s0 + c * s1]);
+    big = fmax_nan_skip(big, v < 0 ? -v : v);
+  }
+CK_UNROLL
+  for (int m = 16; m > 0; m /= 2) big = fmax_nan_skip(big, ck_shfl_xor(big, m));
+  const Acc unit = big > Acc(0) ? big : Acc(1);
+  for (int64_t c = lane; c < d; c += 32) {
+    const Acc v = to_acc<Tag>(x[row * s0 + c * s1]) / unit;
+    ss = ck_fma(v, v, ss);
+  }
+CK_UNROLL
+  for (int m = 16; m > 0; m /= 2) ss += ck_shfl_xor(ss, m);
+  return unit * ck_sqrt(ss);
+}
+
+// r_i = 1 / max(||x_i||, eps) with normalize, else 1. One warp per row.
 template <class Tag>
 CK_GLOBAL void CK_LAUNCH_BOUNDS(kThreads)
     inverse_norms_kernel(const typename Tag::S* x, int64_t rows, int64_t d, int64_t s0, int64_t s1,
@@ -406,26 +441,12 @@ CK_GLOBAL void CK_LAUNCH_BOUNDS(kThreads)
   const int64_t row = int64_t(blockIdx.x) * kWarps + threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
   if (row >= rows) return;  // whole warps leave together
-  Acc big = 0, ss = 0;
-  if (normalize) {
-    for (int64_t c = lane; c < d; c += 32) {
-      const Acc v = to_acc<Tag>(x[row * s0 + c * s1]);
-      big = fmax_nan_skip(big, v < 0 ? -v : v);
-    }
-CK_UNROLL
-    for (int m = 16; m > 0; m /= 2) big = fmax_nan_skip(big, ck_shfl_xor(big, m));
-    const Acc inv_big = big > Acc(0) ? Acc(1) / big : Acc(1);  // a NaN still reaches ss
-    for (int64_t c = lane; c < d; c += 32) {
-      const Acc v = to_acc<Tag>(x[row * s0 + c * s1]) * inv_big;
-      ss = ck_fma(v, v, ss);
-    }
+  if (!normalize) {
+    if (lane == 0) r[row] = Acc(1);
+    return;
   }
-CK_UNROLL
-  for (int m = 16; m > 0; m /= 2) ss += ck_shfl_xor(ss, m);
-  if (lane == 0) {
-    const Acc norm = (big > Acc(0) ? big : Acc(1)) * ck_sqrt(ss), e = Acc(eps);
-    r[row] = normalize ? Acc(1) / (norm > e ? norm : (norm != norm ? norm : e)) : Acc(1);
-  }
+  const Acc norm = scaled_row_norm<Tag>(x, row, d, s0, s1, lane), e = Acc(eps);
+  if (lane == 0) r[row] = Acc(1) / (norm > e ? norm : (norm != norm ? norm : e));
 }
 
 // The tile (weights or probabilities) into shared memory, row-major [64][kLdp].
@@ -635,13 +656,13 @@ CK_UNROLL
       // A finite pivot: +inf logits give l = inf (lse = +inf), never inf - inf.
       const Acc piv_new = ck_isfinite(m_new) ? m_new : Acc(0);
       const Acc piv_old = ck_isfinite(mrow[h]) ? mrow[h] : Acc(0);
-      alpha[h] = mrow[h] == neg_inf<Acc>() ? Acc(0) : ck_exp(piv_old - piv_new);
+      alpha[h] = mrow[h] == neg_inf<Acc>() ? Acc(0) : tile_exp<Tag>(piv_old - piv_new);
       Acc sum = 0;
 CK_UNROLL
       for (int nt = 0; nt < 8; ++nt)
 CK_UNROLL
         for (int e2 = 0; e2 < 2; ++e2) {
-          const Acc pe = ck_exp(s[nt][2 * h + e2] - piv_new);
+          const Acc pe = tile_exp<Tag>(s[nt][2 * h + e2] - piv_new);
           s[nt][2 * h + e2] = pe;
           sum += pe;
         }
@@ -837,10 +858,10 @@ CK_UNROLL
               l = lse[row];
               gq = grad[row] * rq[row];
             }
-            const Acc x = gq * ck_exp(logit - l);
+            const Acc x = gq * tile_exp<Tag>(logit - l);
             return row_factor_on_products ? x : x * f_own[h];
           } else {
-            const Acc w = ck_exp(logit - l_own[h]) * rk[col];
+            const Acc w = tile_exp<Tag>(logit - l_own[h]) * rk[col];
             if (want_ds) ds[h] = ck_fma(w, dot, ds[h]);
             return row_factor_on_products ? w : f_own[h] * w;
           }
@@ -921,19 +942,16 @@ CK_GLOBAL void CK_LAUNCH_BOUNDS(kThreads)
     for (int64_t s = 1; s < parts; ++s) v += w[s * part_stride + row * d + c];
     return v;
   };
-  Acc dot = 0, ss = 0;
-  for (int64_t c = lane; c < d; c += 32) {
-    const Acc xv = to_acc<Tag>(x[row * s0 + c * s1]);
-    dot = ck_fma(xv, wsum(c), dot);
-    ss = ck_fma(xv, xv, ss);
-  }
+  Acc dot = 0;
+  for (int64_t c = lane; c < d; c += 32)
+    dot = ck_fma(to_acc<Tag>(x[row * s0 + c * s1]), wsum(c), dot);
 CK_UNROLL
-  for (int m = 16; m > 0; m /= 2) {  // butterfly: every lane ends with the same sums
-    dot += ck_shfl_xor(dot, m);
-    ss += ck_shfl_xor(ss, m);
-  }
+  for (int m = 16; m > 0; m /= 2) dot += ck_shfl_xor(dot, m);  // butterfly: every lane
   const Acc ri = r[row], scale = *scale_ptr;
-  const bool jacobian = normalize && ck_sqrt(ss) >= Acc(eps);
+  // the norm as the inverse norms took it (scaled: a plain sum of squares underflows for
+  // tiny rows and would pick the Jacobian's branch wrongly for a small eps)
+  const bool jacobian =
+      normalize && scaled_row_norm<Tag>(x, row, d, s0, s1, lane) >= Acc(eps);
   const Acc coef = jacobian ? ri * (ri * dot) : Acc(0);  // r^2 alone underflows for huge rows
   for (int64_t c = lane; c < d; c += 32) {
     const Acc xv = to_acc<Tag>(x[row * s0 + c * s1]);

@@ -96,3 +96,29 @@ def test_committed_report_is_current(compiled, tmp_path):
     assert REPORT.read_text() == fresh.read_text(), (
         "docs/cuda_compile_report.md is stale; regenerate it with "
         "`python csrc/cuda/compile_report.py --out docs/cuda_compile_report.md`")
+
+
+def test_no_fast_math(compiled):
+    """No kernel is compiled with --use_fast_math (or its parts): the PTX holds no fp32
+    arithmetic that flushes subnormals and no approximate division / square root, so the
+    device computes what the emulation proves (a row of fp32 subnormals keeps its
+    gradient). The only approximate exp is the one lse_kernels.cuh asks for (16-bit)."""
+    flags = report_script.NVCC_FLAGS
+    for flag in ("--use_fast_math", "-use_fast_math", "-ftz=true", "--ftz=true",
+                 "-prec-div=false", "--prec-div=false", "-prec-sqrt=false",
+                 "--prec-sqrt=false", "-fmad=false"):
+        assert flag not in flags, flag
+    report, _ = compiled
+    for arch, rows in report.items():
+        for r in rows:
+            assert r["fast_math"] == 0, (arch, r["kernel"], r["dtype"], r["fast_math"])
+
+
+def test_fast_math_detector_sees_fast_math():
+    """The PTX pattern the report counts does match what --use_fast_math emits."""
+    for op in ("add.ftz.f32", "fma.rn.ftz.f32", "div.approx.ftz.f32", "sqrt.approx.f32",
+               "setp.lt.ftz.f32", "mul.ftz.f32"):
+        assert report_script.FAST_MATH_PTX.search(f"\t{op} \t%f1, %f2;"), op
+    for op in ("add.f32", "fma.rn.f32", "div.rn.f32", "sqrt.rn.f32", "ex2.approx.f32",
+               "rcp.approx.ftz.f64"):
+        assert not report_script.FAST_MATH_PTX.search(f"\t{op} \t%f1, %f2;"), op
