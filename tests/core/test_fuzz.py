@@ -104,11 +104,19 @@ def _needs(backend):
 
 
 @pytest.mark.xfail(reason=KNOWN_ISSUES["d1_normalize"], raises=AssertionError, strict=False)
-@pytest.mark.parametrize("backend,seed", [("torch", 8), ("triton", 9)])
+@pytest.mark.parametrize("backend,seed", [("torch", 8)])
 def test_known_d1_normalize(backend, seed):
     _needs(backend)
     check_case(backend, FuzzCase(n=8, m=8, d=1, dtype=torch.float32, seed=seed,
                                  normalize=True, scale=14.0))
+
+
+def test_triton_d1_normalize_is_exact():
+    """Once the d1_normalize artifact on triton too: its epilogue returns exactly 0 where
+    x^ = +-1 (d = 1, ||x|| >= eps), the exact gradient, instead of a few ulps of dhat."""
+    _needs("triton")
+    check_case("triton", FuzzCase(n=8, m=8, d=1, dtype=torch.float32, seed=9,
+                                  normalize=True, scale=14.0))
 
 
 @pytest.mark.xfail(reason=KNOWN_ISSUES["small_d_large_scale"], raises=AssertionError,
@@ -139,8 +147,10 @@ def test_known_triton_fp64_eps():
     torch.testing.assert_close(out["triton"][1], out["reference"][1], rtol=1e-13, atol=0)
 
 
-@pytest.mark.xfail(reason=KNOWN_ISSUES["triton_dscale_large_logits"], raises=AssertionError,
-                   strict=False)
+# Once a known issue (triton, fp32 and fp64: dscale ~3x less accurate than the cpu / torch
+# backends at |logits| of 60-250, beyond 2x the naive error): the kernels formed the logits
+# in base 2 and converted lse back and forth. They form them in natural units now
+# (backends/triton/_common.logit), so these fuzz finds pass, and the region is fuzzed again.
 @pytest.mark.parametrize("case", [
     FuzzCase(n=33, m=63, d=17, dtype=torch.float32, seed=297, q_layout="row_step",
              k_layout="column_step", row_norms="spread", self_offset=0, bias="finite",
@@ -150,6 +160,6 @@ def test_known_triton_fp64_eps():
              bias="some_neg_inf", bias_dtype=torch.float64, bias_step=3, return_o=True,
              scale=100.0, scale_kind="tensor64", grad_magnitude=3.0, grad_zero_frac=0.3),
 ], ids=["fp32_spread_rows", "fp64_scale100"])
-def test_known_triton_dscale_large_logits(case):
+def test_triton_dscale_large_logits(case):
     _needs("triton")
     check_case("triton", case)

@@ -14,7 +14,7 @@ except ImportError:  # pragma: no cover - older triton: the variable is all ther
     def _interpreting() -> bool:
         return _os.environ.get("TRITON_INTERPRET", "0") == "1"
 
-# the kernels work in base 2: exp2 is one MUFU.EX2 (constexpr: jit reads only those globals)
+# exp(x) = 2^(x log2 e): exp2 is one MUFU.EX2 (constexpr: jit reads only those globals)
 LOG2E = tl.constexpr(1.4426950408889634)
 LN2 = tl.constexpr(0.6931471805599453)
 
@@ -108,6 +108,33 @@ else:
                                              dtype=tl.float32, is_pure=True, pack=1)
         else:
             return tl.exp2(x)
+
+
+@device_fn
+def logit(c, factor, bias, HAS_BIAS: tl.constexpr):
+    """The contract's logit as every pass forms it: s = c * factor + bias, in natural units
+    (c: the dot product already times the key's inverse norm; factor: scale / ||q_i||),
+    the product first, the bias added last.
+
+    One formula on one grid for the forward and both backward grids. With |s| far above
+    the logit range (a large bias, large unnormalized rows) s rounds to its own ulp, and
+    the backward's P = exp(s - lse) sums to 1 only if s is rounded as the forward rounded
+    it and lse lies on the same (natural) grid. Kernels that formed s in base 2 (s log2 e,
+    for a bare exp2) paid for the trip lse -> lse log2(e): dq and dk off by ~6e-4 at bias
+    1e4, by ~93% at 1e9 (the dq grid, which also subtracted lse from the bias first), and
+    ~3x the cpu backend's error at |logits| of 60-250. The exp is taken of the difference:
+    :func:`exp_of`."""
+    s = c * factor
+    if HAS_BIAS:
+        s = s + bias
+    return s
+
+
+@device_fn
+def exp_of(x):
+    """e^x for a logit minus its pivot or its lse (x <= 0 but for rounding): the difference
+    is formed in natural units, where it is exact or nearly, then scaled to base 2."""
+    return exp2(x * LOG2E)
 
 
 @device_fn

@@ -8,11 +8,11 @@ workspace and a small kernel here combines the S partials of each row in the fix
 s = 0..S-1 (no atomics), so results are bitwise reproducible run to run:
 
 - forward, :func:`merge_kernel`: partial (m_s, l_s, o_s) of each key range, m_s the
-  range's running max (-inf when it saw no key), l_s = sum 2^(t - finite(m_s)) and o_s
+  range's running max (-inf when it saw no key), l_s = sum e^(s - finite(m_s)) and o_s
   unnormalized in plain fp32 units. With P = finite(max_s m_s) and the weight
-  w_s = 0 if m_s = -inf else 2^(finite(m_s) - P) (the explicit 0: an empty range, l_s = 0
-  and pivot 0, must not become 0 * 2^(0 - P) = 0 * inf when P is very negative),
-  l = sum_s w_s l_s, lse = (P + log2 l) ln 2, o = (sum_s w_s o_s) / l (0 when l = 0).
+  w_s = 0 if m_s = -inf else e^(finite(m_s) - P) (the explicit 0: an empty range, l_s = 0
+  and pivot 0, must not become 0 * e^(0 - P) = 0 * inf when P is very negative),
+  l = sum_s w_s l_s, lse = P + log l, o = (sum_s w_s o_s) / l (0 when l = 0).
   The unsplit kernel's edge semantics follow: no key -> -inf and o = 0, a +inf logit ->
   +inf, NaN -> NaN.
 - backward, :func:`finish_kernel`: the partial u_s (v_s), already times its row factor
@@ -35,7 +35,7 @@ import triton
 import triton.language as tl
 
 from ... import env
-from ._common import LN2, exp2, finite_or_zero, load_tile
+from ._common import LN2, exp_of, finite_or_zero, load_tile
 from .lse_backward import store_dx_chunked, store_dx_single
 
 SPLITS_ENV = env.name("TRITON_KEY_SPLITS")
@@ -118,9 +118,9 @@ def merge_kernel(PART_M, PART_L, PART_O, LSE, O, N, D, S,
     for s in range(0, S):
         m_s = tl.load(PART_M + s * N + rows, mask=row_ok, other=float("-inf"))
         # an empty range (m_s = -inf, l_s = 0, pivot 0) weighs 0, never 0 * 2^(0 - P)
-        w = tl.where(m_s == float("-inf"), 0.0, exp2(finite_or_zero(m_s) - piv))
+        w = tl.where(m_s == float("-inf"), 0.0, exp_of(finite_or_zero(m_s) - piv))
         l_sum += w * tl.load(PART_L + s * N + rows, mask=row_ok, other=0.0)
-    tl.store(LSE + rows, (piv + tl.log2(l_sum)) * LN2, mask=row_ok)
+    tl.store(LSE + rows, piv + tl.log2(l_sum) * LN2, mask=row_ok)
     if RETURN_O:
         inv_l = tl.where(l_sum == 0, 0.0, 1.0 / l_sum)
         offs_d = tl.arange(0, BLOCK_D)
@@ -130,7 +130,7 @@ def merge_kernel(PART_M, PART_L, PART_O, LSE, O, N, D, S,
             acc = tl.zeros([BLOCK_R, BLOCK_D], PART_L.dtype.element_ty)
             for s in range(0, S):
                 m_s = tl.load(PART_M + s * N + rows, mask=row_ok, other=float("-inf"))
-                w = tl.where(m_s == float("-inf"), 0.0, exp2(finite_or_zero(m_s) - piv))
+                w = tl.where(m_s == float("-inf"), 0.0, exp_of(finite_or_zero(m_s) - piv))
                 part = tl.load(PART_O + (s * N + rows)[:, None] * D + dd[None, :], mask=mask,
                                other=0.0)
                 acc += part * w[:, None]

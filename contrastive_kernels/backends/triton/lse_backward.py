@@ -1,8 +1,8 @@
 """Backward kernel: dq on a row-block grid, dk on a column-block grid (deterministic).
 
 One kernel, two orientations (``DK`` constexpr). A program owns BLOCK_O rows of X and
-streams BLOCK_I rows of Y, recomputing the logits from X, Y and the saved lse, in base 2
-(t = s log2(e), P = 2^{t - lse log2(e)}):
+streams BLOCK_I rows of Y, recomputing the logits from X, Y and the saved lse exactly as
+the forward formed them (``_common.logit``), P = e^{s - lse} (= 2^{(s - lse) log2 e}):
 
     DK = False:  X = q (own), Y = k;  P_ij = e^{s_ij - lse_i}
                  u_i  = sum_j P_ij k_j / ||k_j||        then  u_i *= g_i
@@ -39,7 +39,7 @@ in order s = 0..S-1 and runs the same epilogue (:func:`store_dx_single` /
 import triton
 import triton.language as tl
 
-from ._common import (LOG2E, device_fn, dot_nt, exp2, load_tile, mma, norm_finish,
+from ._common import (device_fn, dot_nt, exp_of, load_tile, logit, mma, norm_finish,
                       norm_update, offsets_need_int64, rescale_rows, row_norm,
                       tile_meets_diagonal)
 
@@ -77,6 +77,9 @@ def store_dx_single(acc, row_c, xt, DX, own, own_ok, offs_d, D, EPS, HAS_NORM: t
         inv_e = 1.0 / tl.maximum(nrm, EPS)
         radial = tl.where(nrm >= EPS, t * inv_e * inv_e, 0.0)
         dhat = (dhat - xf * radial[:, None]) * inv_e[:, None]
+        # d = 1: x^ = +-1 wherever ||x|| >= eps, so the exact gradient there is 0; the
+        # projection above leaves a few ulps of dhat (rounded 1 / ||x||, twice)
+        dhat = tl.where(((nrm >= EPS) & (nrm < float("inf")) & (D == 1))[:, None], 0.0, dhat)
     tl.store(DX + own[:, None] * D + offs_d[None, :], dhat,
              mask=own_ok[:, None] & (offs_d < D)[None, :])
 
@@ -169,14 +172,14 @@ def lse_bwd_kernel_py(
         x_lab = tl.load(XLAB + own, mask=own_ok, other=0)
     if DK:
         if HAS_BIAS:
-            b2_own = tl.load(BIAS + own, mask=own_ok, other=0.0)  # bias log2(e)
+            b_own = tl.load(BIAS + own, mask=own_ok, other=0.0)
     else:
         # only lse = -inf rows (empty A(i), or past NX) are dead: a NaN lse must reach P
         lse_o = tl.load(LSE + own, mask=own_ok, other=float("-inf")).to(ACC)
         dead_o = lse_o == float("-inf")
-        lse2_o = tl.where(dead_o, float("inf"), lse_o * LOG2E)  # P = 2^{t - inf} = 0
+        lse_o = tl.where(dead_o, float("inf"), lse_o)  # P = e^{s - inf} = 0
         g_o = tl.where(dead_o, 0.0, tl.load(G + own, mask=own_ok, other=0.0).to(ACC))
-        rf_o = inv_x * (lam * LOG2E)
+        rf_o = inv_x * lam
     x_base = X + own[:, None] * stride_xn
     if SINGLE_D:
         xt = load_tile(x_base, offs_d, stride_xd, own_ok, D, EVEN_O, EVEN_D, UPCAST)
@@ -209,21 +212,22 @@ def lse_bwd_kernel_py(
             # rows of the tile are keys (own), columns are queries (inner)
             lse_i = tl.load(LSE + inner).to(ACC)
             dead_i = lse_i == float("-inf")
-            lse2_i = tl.where(dead_i, float("inf"), lse_i * LOG2E)
+            lse_i = tl.where(dead_i, float("inf"), lse_i)
             g_i = tl.where(dead_i, 0.0, tl.load(G + inner).to(ACC))
-            col_f = tl.zeros([BLOCK_I], ACC) + lam * LOG2E
+            col_f = tl.zeros([BLOCK_I], ACC) + lam
             if HAS_NORM:
                 col_f = col_f * inv_y
                 g_i = g_i * inv_y
-            t = c * col_f[None, :]
+            # the forward's logit, element for element: (c / ||k_j||) * factor_i + b_j
             if HAS_NORM:
-                if HAS_BIAS:
-                    t = t * inv_x[:, None] + b2_own[:, None]
-                else:
-                    t = t * inv_x[:, None]
-            elif HAS_BIAS:
-                t = t + b2_own[:, None]
-            t = t - lse2_i[None, :]
+                c_k = c * inv_x[:, None]
+            else:
+                c_k = c
+            if HAS_BIAS:
+                bias = b_own[:, None]
+            else:
+                bias = 0.0
+            t = logit(c_k, col_f[None, :], bias, HAS_BIAS) - lse_i[None, :]
             if HAS_LABELS:
                 t = tl.where(x_lab[:, None] == y_lab[None, :], float("-inf"), t)
             if HAS_SELF:
@@ -233,17 +237,17 @@ def lse_bwd_kernel_py(
                 if i0 + BLOCK_I > NY:
                     t = tl.where(inner_ok[None, :], t, float("-inf"))
             # w = g_i P_ij / ||q_i||; the dscale term adds <q^_i, k^_j> = c w / ||k_j||
-            w = exp2(t) * g_i[None, :]
+            w = exp_of(t) * g_i[None, :]
             if NEED_DS:
                 ds_acc += w * c
         else:
             if HAS_NORM:
                 c = c * inv_y[None, :]
             if HAS_BIAS:
-                b2 = tl.load(BIAS + inner)  # bias log2(e), from the launcher
-                t = c * rf_o[:, None] + (b2[None, :] - lse2_o[:, None])
+                bias = tl.load(BIAS + inner)[None, :]
             else:
-                t = c * rf_o[:, None] - lse2_o[:, None]
+                bias = 0.0
+            t = logit(c, rf_o[:, None], bias, HAS_BIAS) - lse_o[:, None]
             if HAS_LABELS:
                 t = tl.where(y_lab[None, :] == x_lab[:, None], float("-inf"), t)
             if HAS_SELF:
@@ -252,7 +256,7 @@ def lse_bwd_kernel_py(
             if not EVEN_I:
                 if i0 + BLOCK_I > NY:
                     t = tl.where(inner_ok[None, :], t, float("-inf"))
-            p = exp2(t)
+            p = exp_of(t)
             if NEED_DS:
                 ds_acc += p * c  # g_i / ||q_i|| applied once at the end
             if HAS_NORM:

@@ -4,11 +4,11 @@ Program ``pid`` owns rows [pid * BLOCK_O, (pid + 1) * BLOCK_O) of q and streams 
 in BLOCK_I tiles with an online max / sum-exp (flash-attention style), in base 2:
 
     c   = <q_i, k_j>                       fp32 (fp64) accumulator, d in BLOCK_D chunks
-    t   = c * r_i / ||k_j|| + b_j log2(e),  r_i = scale log2(e) / ||q_i||  (bias pre-scaled)
+    s   = c * r_i / ||k_j|| + b_j,  r_i = scale / ||q_i||   (_common.logit: every pass alike)
           excluded pairs -> -inf
-    m'  = max(m, rowmax t);  p = finite(m') (else 0)
-    l   = l 2^{p_old - p} + sum_j 2^{t_ij - p};  o likewise
-    lse = (p + log2 l) ln 2   (l = 0 -> -inf: A(i) empty; l = +inf -> +inf; NaN -> NaN)
+    m'  = max(m, rowmax s);  p = finite(m') (else 0)
+    l   = l e^{p_old - p} + sum_j e^{s_ij - p};  o likewise   (e^x = 2^{x log2 e})
+    lse = p + log l   (l = 0 -> -inf: A(i) empty; l = +inf -> +inf; NaN -> NaN)
 
 The self-exclusion mask is applied only on key tiles that meet the diagonal and the
 key-bound mask only on the last tile.
@@ -26,14 +26,14 @@ lse / o: the running max m_s (-inf: nothing seen) to PART_M[s], l_s (relative to
 pivot finite(m_s)) to LSE[s] and the unnormalized o_s (fp16: times w_scale, i.e. plain
 fp32 units) to O[s]; ``merge_kernel`` combines the S partials per row in order s = 0..S-1:
 
-    P = finite(max_s m_s),  w_s = 0 if m_s = -inf else 2^{finite(m_s) - P}
-    l = sum_s w_s l_s,  lse = (P + log2 l) ln 2,  o = sum_s w_s o_s / l  (l = 0 -> o = 0)
+    P = finite(max_s m_s),  w_s = 0 if m_s = -inf else e^{finite(m_s) - P}
+    l = sum_s w_s l_s,  lse = P + log l,  o = sum_s w_s o_s / l  (l = 0 -> o = 0)
 """
 
 import triton
 import triton.language as tl
 
-from ._common import (LN2, LOG2E, dot_nt, exp2, finite_or_zero, load_tile, mma,
+from ._common import (LN2, dot_nt, exp_of, finite_or_zero, load_tile, logit, mma,
                       offsets_need_int64, rescale_rows, tile_meets_diagonal)
 
 
@@ -100,7 +100,7 @@ def lse_fwd_kernel_py(
     offs_d = tl.arange(0, BLOCK_D)
     lam = tl.load(SCALE)
     ACC = lam.dtype
-    row_f = tl.zeros([BLOCK_O], ACC) + lam * LOG2E
+    row_f = tl.zeros([BLOCK_O], ACC) + lam
     if HAS_NORM:
         row_f = row_f * tl.load(INVQ + rows, mask=row_ok, other=0.0)
     if HAS_LABELS:
@@ -135,10 +135,10 @@ def lse_fwd_kernel_py(
             inv_k = tl.load(INVK + cols)
             c = c * inv_k[None, :]
         if HAS_BIAS:
-            b2 = tl.load(BIAS + cols)  # bias log2(e), from the launcher
-            s = c * row_f[:, None] + b2[None, :]
+            bias = tl.load(BIAS + cols)[None, :]
         else:
-            s = c * row_f[:, None]
+            bias = 0.0
+        s = logit(c, row_f[:, None], bias, HAS_BIAS)
         if HAS_LABELS:
             k_lab = tl.load(KLAB + cols)
             s = tl.where(k_lab[None, :] == q_lab[:, None], float("-inf"), s)
@@ -152,8 +152,8 @@ def lse_fwd_kernel_py(
         piv_new = finite_or_zero(m_new)
         # <= 0 whenever l > 0 (the old pivot was a finite max); clamped so that a row that
         # has seen nothing (l = 0, pivot 0) cannot form 0 * inf
-        alpha = exp2(tl.minimum(piv - piv_new, 0.0))
-        p = exp2(s - piv_new[:, None])
+        alpha = exp_of(tl.minimum(piv - piv_new, 0.0))
+        p = exp_of(s - piv_new[:, None])
         l_i = l_i * alpha + tl.sum(p, axis=1)
         if RETURN_O:
             w = p
@@ -184,7 +184,7 @@ def lse_fwd_kernel_py(
         tl.store(LSE + rows, l_i, mask=row_ok)
     else:
         # l = 0 (A(i) empty) -> -inf, +inf -> +inf, NaN -> NaN: no special case
-        lse = (piv + tl.log2(l_i)) * LN2
+        lse = piv + tl.log2(l_i) * LN2
         tl.store(LSE + rows, lse, mask=row_ok)
     if RETURN_O:
         if SPLIT:

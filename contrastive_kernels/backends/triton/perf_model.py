@@ -82,16 +82,20 @@ RATES = {
 # Floors of the predicted ceiling (fraction of the dtype's peak) that the compile test
 # enforces: the d <= 128 bf16 / tf32 configs, set a few points under what the model gives
 # for the fixed kernels (heaviest specialization), so that a change that adds instructions
-# to the main loop or duplicates work fails. The aims for sm_90 bf16 are forward
-# 75 % and each backward grid 60 %: the backward grids meet them; the forward with bias
-# and labels (one exp, a label compare and the scaling per logit against an 8-HGMMA tile)
-# reaches 69 %, the common call without them (SIMCLR_FLOORS) 88 %.
+# to the main loop or duplicates work fails. These are ceilings of a perfect-overlap model,
+# not measured rates. The aims for sm_90 bf16 were forward 75 % and each backward grid
+# 60 %: the backward grids meet them; the forward with bias and labels (one exp, a label
+# compare and the scaling per logit against an 8-HGMMA tile) reaches 63 %, the common
+# call without them (SIMCLR_FLOORS) 79 %. Both lost 6-9 points (one FMUL per logit) when
+# the logits moved from base 2 to the contract's natural units (_common.logit: the
+# backward's P = e^{s - lse} must round s as the forward did; base 2 left dq off by up to
+# 93 % at large biases).
 CEILING_FLOORS = {
-    ("fwd", "bf16", 90, "d <= 128"): 0.65,
+    ("fwd", "bf16", 90, "d <= 128"): 0.60,
     ("fwd_o", "bf16", 90, "d <= 128"): 0.85,
     ("bwd_dq", "bf16", 90, "d <= 128"): 0.90,
     ("bwd_dk", "bf16", 90, "d <= 128"): 0.75,
-    ("fwd", "bf16", 80, "d <= 128"): 0.95,
+    ("fwd", "bf16", 80, "d <= 128"): 0.90,  # 93 % (99 % in base 2)
     ("fwd_o", "bf16", 80, "d <= 128"): 0.95,
     ("bwd_dq", "bf16", 80, "d <= 128"): 0.95,
     ("bwd_dk", "bf16", 80, "d <= 128"): 0.95,
@@ -102,7 +106,7 @@ CEILING_FLOORS = {
 # SimCLR / NT-Xent, CLIP), the report's "(no bias, no labels)" rows: the aims
 # (forward >= 75 %, backward grids >= 60 % on sm_90 bf16) with a few points of margin.
 SIMCLR_FLOORS = {
-    ("fwd", "bf16", 90, "d <= 128"): 0.80,
+    ("fwd", "bf16", 90, "d <= 128"): 0.75,
     ("fwd_o", "bf16", 90, "d <= 128"): 0.90,
     ("bwd_dq", "bf16", 90, "d <= 128"): 0.90,
     ("bwd_dk", "bf16", 90, "d <= 128"): 0.90,
