@@ -1,20 +1,36 @@
-"""The core-op oracle check shared by every backend's tests.
+"""The core-op oracle check shared by every backend's tests and the GPU check.
 
 lse, o and the gradients of <weights, lse> w.r.t. q, k and a tensor scale, computed by
 a fused backend, against the float64 oracle, with the tolerance set by the naive
-computation in the tested dtype (tolerance.assert_close).
+computation in the tested dtype (:mod:`.tolerance`).
+
+A case may run in a *variant* (:data:`VARIANTS`): fp32 under tf32, the split grids
+forced to three ranges, or q and k as strided views that no kernel can load with 16-byte
+vectors. :func:`case_verdicts` returns the verdicts as data; :func:`check_against_oracle`
+asserts them.
 """
+
+from __future__ import annotations
+
+import contextlib
+import os
 
 import torch
 
 import contrastive_kernels as ck
+from .. import env
 from ..backends.reference import lse_reference
+from ..core.contract import accumulate_dtype
 from .core_cases import make_inputs
-from .tolerance import assert_close
+from .tolerance import assert_close, compare
+
+OUTPUTS = ("lse", "o", "dq", "dk", "dscale")
+VARIANTS = ("", "tf32", "split3", "strided")
+SPLIT_VARIABLES = (env.name("CUDA_SPLITS"), env.name("TRITON_KEY_SPLITS"))
 
 
 def acc_dtype(dtype):
-    return torch.float64 if dtype == torch.float64 else torch.float32
+    return accumulate_dtype(dtype)
 
 
 def lse_and_grads(fn, q, k, scale, kw, weights):
@@ -26,6 +42,16 @@ def lse_and_grads(fn, q, k, scale, kw, weights):
     live = torch.isfinite(lse)
     gq, gk, gs = torch.autograd.grad(lse, (q, k, scale), grad_outputs=weights.to(lse.dtype) * live)
     return lse.detach(), o, gq, gk, gs
+
+
+def lse_grad(backend, q, k, scale=2.0, wrt="q", **kw):
+    """The gradient of <w, lse> w.r.t. q or k, w a fixed ramp over the rows that have keys
+    (a cotangent != 1 that every backend and the oracle see alike)."""
+    q = q.detach().clone().requires_grad_()
+    k = k.detach().clone().requires_grad_()
+    lse, _ = ck.ops.lse(q, k, scale, backend=backend, **kw)
+    w = torch.linspace(0.5, 1.5, lse.shape[0], dtype=lse.dtype, device=lse.device)
+    return torch.autograd.grad(lse, {"q": q, "k": k}[wrt], w * torch.isfinite(lse))[0]
 
 
 def fused(backend):
@@ -60,23 +86,86 @@ def oracle_case(n, m, d, dtype, opt, seed=0):
     return q, k, scale, kw, weights, oracle
 
 
-def check_against_oracle(backend, n, m, d, dtype, opt, device="cpu", seed=0):
-    """Run the case on `backend` (tensors on `device`) and assert every output is close."""
+def strided_view(x: torch.Tensor) -> torch.Tensor:
+    """x as a view one element into a wider NaN-padded buffer with an odd row stride: no
+    kernel may read it with 16-byte vectors, and a read of the padding shows as NaN."""
+    wide = torch.full((x.shape[0], x.shape[1] + 3), float("nan"), dtype=x.dtype, device=x.device)
+    view = wide[:, 1:1 + x.shape[1]]
+    view.copy_(x)
+    return view
+
+
+@contextlib.contextmanager
+def variant_context(variant: str):
+    """What a variant changes while the case runs: the fp32 matmul precision, or the
+    split counts the cuda and triton backends read at every call."""
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+    precision = torch.get_float32_matmul_precision()
+    saved = {var: os.environ.get(var) for var in SPLIT_VARIABLES}
+    try:
+        torch.set_float32_matmul_precision("high" if variant == "tf32" else "highest")
+        if variant == "split3":
+            for var in SPLIT_VARIABLES:
+                os.environ[var] = "3"
+        yield
+    finally:
+        torch.set_float32_matmul_precision(precision)
+        for var, value in saved.items():
+            if value is None:
+                os.environ.pop(var, None)
+            else:
+                os.environ[var] = value
+
+
+def run_case(backend, n, m, d, dtype, opt, device="cpu", seed=0, variant=""):
+    """(ours, oracle, baseline): the backend's outputs on ``device`` (moved to the CPU), the
+    float64 oracle's and the naive formulation's in ``dtype``."""
     q, k, scale, kw, weights, oracle = oracle_case(n, m, d, dtype, opt, seed)
     acc = acc_dtype(dtype)
     baseline = lse_and_grads(naive(dtype), q, k, scale.to(dtype), kw, weights)
     device_kw = {key: (v.to(device) if isinstance(v, torch.Tensor) else v) for key, v in kw.items()}
-    ours = lse_and_grads(fused(backend), q.to(device), k.to(device), scale.to(acc).to(device),
-                         device_kw, weights.to(device))
+    qd, kd = q.to(device), k.to(device)
+    if variant == "strided":
+        qd, kd = strided_view(qd), strided_view(kd)
+    with variant_context(variant):
+        ours = lse_and_grads(fused(backend), qd, kd, scale.to(acc).to(device), device_kw,
+                             weights.to(device))
     ours = tuple(t.cpu() if isinstance(t, torch.Tensor) else t for t in ours)
+    return ours, oracle, baseline
 
-    assert ours[0].dtype == acc and ours[0].shape == (n,)
+
+def _tf32_scale(dtype, opt, variant):
+    return opt.scale if variant == "tf32" and dtype == torch.float32 else None
+
+
+def case_verdicts(backend, n, m, d, dtype, opt, device="cpu", seed=0, variant="") -> dict:
+    """{output: Verdict.as_dict()} of one case, plus ``ok`` (every output passed, lse in
+    the accumulation dtype, gradients in the inputs' dtype)."""
+    ours, oracle, baseline = run_case(backend, n, m, d, dtype, opt, device, seed, variant)
+    out = {}
+    for i, name in enumerate(OUTPUTS):
+        if name == "o" and not opt.return_o:
+            continue
+        out[name] = compare(ours[i], oracle[i], baseline[i], dtype,
+                            tf32_scale=_tf32_scale(dtype, opt, variant)).as_dict()
+    dtypes_ok = (ours[0].dtype == acc_dtype(dtype) and ours[2].dtype == dtype
+                 and ours[3].dtype == dtype)
+    out["ok"] = dtypes_ok and all(v["ok"] for v in out.values())
+    return out
+
+
+def check_against_oracle(backend, n, m, d, dtype, opt, device="cpu", seed=0, variant=""):
+    """Run the case on `backend` (tensors on `device`) and assert every output is close."""
+    ours, oracle, baseline = run_case(backend, n, m, d, dtype, opt, device, seed, variant)
+    tf32_scale = _tf32_scale(dtype, opt, variant)
+    assert ours[0].dtype == acc_dtype(dtype) and ours[0].shape == (n,)
     for name, i in (("lse", 0), ("dq", 2), ("dk", 3), ("dscale", 4)):
-        assert_close(name, ours[i], oracle[i], baseline[i], dtype)
+        assert_close(name, ours[i], oracle[i], baseline[i], dtype, tf32_scale=tf32_scale)
     assert ours[2].dtype == dtype and ours[3].dtype == dtype
     if opt.return_o:
         assert ours[1].shape == (n, d) and not ours[1].requires_grad
-        assert_close("o", ours[1], oracle[1], baseline[1], dtype)
+        assert_close("o", ours[1], oracle[1], baseline[1], dtype, tf32_scale=tf32_scale)
     else:
         assert ours[1] is None
     return ours
@@ -94,4 +183,3 @@ def gradcheck_float64(backend, opt, n=7, m=9, d=5) -> bool:
         return torch.where(torch.isfinite(lse), lse, 0.0)
 
     return torch.autograd.gradcheck(f, (q.requires_grad_(), k.requires_grad_(), scale))
-

@@ -15,7 +15,7 @@ import torch
 from .. import functional as F
 from . import fused_backends
 from . import reference_losses as R
-from .tolerance import ACC_EPS, FLOOR_ULPS, max_err
+from .tolerance import compare
 
 # Backends the loss tests run on: every fused backend of the registry usable on CPU
 # tensors here. CI builds the C++ extension and runs Triton under TRITON_INTERPRET=1 (set in
@@ -80,7 +80,7 @@ def run(case, fn, inputs, weight=0.7):
 def assert_loss_close(name, ours, oracle, naive, dtype):
     """|ours - oracle| <= max(2 x naive error, accumulation floor, output rounding).
 
-    As tests/tolerance.py (the naive formulation's own error in this dtype sets the bar),
+    :func:`.tolerance.compare` (the naive formulation's own error in this dtype sets the bar),
     plus a floor of two ulps of the output dtype at the values' magnitude: a gradient in
     fp16 / bf16 is the sum of a few pieces each stored in that dtype (the core op returns
     dq and dk in the inputs' dtype, autograd accumulates in it: q and k of one call, the
@@ -88,18 +88,10 @@ def assert_loss_close(name, ours, oracle, naive, dtype):
     (e.g. fp16 overflow of exp) sets no bar: only the floors apply.
     """
     assert ours.shape == oracle.shape, f"{name}: shape {tuple(ours.shape)} != {tuple(oracle.shape)}"
-    assert not torch.isnan(ours).any(), f"{name}: NaN in result"
-    finite = oracle[torch.isfinite(oracle)].double()
-    magnitude = float(finite.abs().max()) if finite.numel() else 1.0
-    floor = FLOOR_ULPS * ACC_EPS[dtype] * max(1.0, magnitude)
-    rounding = 2.0 * torch.finfo(dtype).eps * magnitude
-    naive_err = max_err(naive, oracle)
-    if math.isnan(naive_err):
-        naive_err = 0.0
-    tol = max(2.0 * naive_err, floor, rounding)
-    err = max_err(ours, oracle)
-    assert err <= tol, (f"{name} ({dtype}): max error {err:.3e} > tolerance {tol:.3e} "
-                        f"(naive {dtype} error {naive_err:.3e}, floor {max(floor, rounding):.3e})")
+    v = compare(ours, oracle, naive, dtype, output_ulps=2.0)
+    assert not v.nan, f"{name}: NaN in result"
+    assert v.ok, (f"{name} ({dtype}): max error {v.err:.3e} > tolerance {v.tol:.3e} "
+                  f"(naive {dtype} error {v.naive_err:.3e}, floor {v.floor:.3e})")
 
 
 # --------------------------------------------------------------------------- PaCo / GPaCo
