@@ -1,4 +1,12 @@
-"""torch.distributed helpers of the losses: who we are, and gathering rows from every rank."""
+"""torch.distributed helpers of the losses: who we are, and gathering rows from every rank.
+
+Gathers with gradient use torch's functional collectives (``all_gather_single``, whose
+backward is a reduce-scatter; ``all_gather_tensor_autograd`` on torch releases before it),
+not the deprecated ``torch.distributed.nn.functional.all_gather``. Before any gather the
+ranks exchange their row counts: unequal counts raise one clear ValueError on every rank
+instead of aborting the process inside the backend (gloo's "Received data size doesn't
+match") or hanging. That exchange reads 1 integer per rank back to the host.
+"""
 
 from __future__ import annotations
 
@@ -14,22 +22,47 @@ def world():
     return 1, 0
 
 
-def gather(x: torch.Tensor, with_grad: bool, keep_local: bool = False) -> torch.Tensor:
+def _autograd_all_gather():
+    """The functional all-gather with gradient of this torch (rows concatenated on dim 0)."""
+    from torch.distributed import _functional_collectives as fc
+
+    return getattr(fc, "all_gather_single", None) or fc.all_gather_tensor_autograd
+
+
+def check_equal_rows(x: torch.Tensor, what: str = "gathered loss") -> None:
+    """Raise on every rank unless every rank holds as many rows as this one."""
+    import torch.distributed as dist
+
+    size, rank = dist.get_world_size(), dist.get_rank()
+    count = torch.tensor([x.shape[0]], dtype=torch.long, device=x.device)
+    counts = [torch.empty_like(count) for _ in range(size)]
+    dist.all_gather(counts, count)
+    counts = [int(c) for c in counts]
+    if len(set(counts)) > 1:
+        raise ValueError(
+            f"{what}: every rank must hold the same number of rows, got {counts} (rows per "
+            f"rank; this is rank {rank} with {x.shape[0]}); pad or drop the last batch "
+            "(DistributedSampler(drop_last=True)), uneven batches are not supported yet")
+
+
+def gather(x: torch.Tensor, with_grad: bool, keep_local: bool = False,
+           what: str = "gathered loss") -> torch.Tensor:
     """[world_size * rows, ...]: x of every rank, concatenated in rank order.
 
-    ``with_grad`` keeps the autograd graph through the gather (like
-    torch.distributed.nn.all_gather / lightly's GatherLayer). Without it, ``keep_local``
-    puts this rank's own x (with its graph) in its slot, as open_clip does.
+    ``with_grad`` keeps the autograd graph through the gather (the backward returns to each
+    rank the sum over ranks of the gradient of its rows, by a reduce-scatter). Without it,
+    ``keep_local`` puts this rank's own x (with its graph) in its slot, as open_clip does.
     """
     import torch.distributed as dist
 
     if not (dist.is_available() and dist.is_initialized()):
         raise RuntimeError("gathering needs an initialized torch.distributed process group")
+    check_equal_rows(x, what)
     if with_grad:
-        import torch.distributed.nn.functional as dist_fn
-
-        return torch.cat(list(dist_fn.all_gather(x)), dim=0)
-    parts = [torch.zeros_like(x) for _ in range(dist.get_world_size())]
+        out = _autograd_all_gather()(x.contiguous(), 0, dist.group.WORLD)
+        return out.wait() if hasattr(out, "wait") and callable(out.wait) else out
+    parts = [torch.empty_like(x, memory_format=torch.contiguous_format)
+             for _ in range(dist.get_world_size())]
     dist.all_gather(parts, x.contiguous())
     if keep_local:
         parts[dist.get_rank()] = x

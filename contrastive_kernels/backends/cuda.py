@@ -76,19 +76,29 @@ def device_check(device: torch.device, dtype: torch.dtype) -> Optional[str]:
     return None
 
 
-def _forward(q, *args):
-    if q.device.type == "cpu":
+def _ops_for(device: torch.device):
+    """(forward, backward) of the op pair that runs the kernels for tensors on ``device``."""
+    if device.type == "cpu":
         if emulated_ops is None:
             raise BackendError(f"backend 'cuda' is unavailable: {_EMULATED_ERROR}")
-        return emulated_ops[0](q, *args)
+        return emulated_ops
     if _extension.native_ops is None:
         raise BackendError(f"backend 'cuda' is unavailable: {unavailable_reason()}")
-    return _extension.native_ops[0](q, *args)
+    return _extension.native_ops
+
+
+def _forward(q, *args):
+    return _ops_for(q.device)[0](q, *args)
+
+
+def _backward(grad_lse, q, *args):
+    return _ops_for(q.device)[1](grad_lse, q, *args)
 
 
 BACKEND = Backend(
     name="cuda",
     forward=_forward,
+    backward=_backward,
     description=("CUDA C++ kernels (mma.sync / ldmatrix / cp.async); CPU tensors through the "
                  f"emulation under {EMULATE_VAR}=1"),
     devices=("cuda", "cpu"),

@@ -29,6 +29,7 @@ def _unloaded(*args, **kwargs):
 BACKEND = Backend(
     name="cpu",
     forward=_extension.native_ops[0] if _extension.native_ops else _unloaded,
+    backward=_extension.native_ops[1] if _extension.native_ops else _unloaded,
     description="C++ kernels, tiled, OpenMP; CPU tensors, fp32/fp64/bf16/fp16",
     devices=("cpu",),
     auto_devices=("cpu",),

@@ -49,13 +49,17 @@ class Backend:
     """One implementation of the core op (:mod:`contrastive_kernels.core.contract`).
 
     ``forward(q, k, scale, bias, q_labels, k_labels, self_offset, normalize, eps,
-    exclude_positives, return_o) -> (lse, o)``, differentiable in q, k and scale.
+    exclude_positives, return_o) -> (lse, o)``, differentiable in q, k and scale;
+    ``backward`` is its backward op (``contract.BACKWARD_SCHEMA``), which the torch.func
+    path calls (core/transforms.py), or None when ``forward`` is plain PyTorch that
+    autograd differentiates itself.
     """
 
     name: str
     forward: Callable
     description: str
     devices: tuple                      # device types it takes
+    backward: Optional[Callable] = None
     auto_devices: tuple = ()            # device types "auto" may pick it for
     priority: int = 100                 # "auto" tries lower first
     dtypes: tuple = FLOAT_DTYPES

@@ -162,6 +162,7 @@ lse_op, lse_backward_op = define_core_ops("torch", lse_forward, lse_backward)
 BACKEND = Backend(
     name="torch",
     forward=lse_op,
+    backward=lse_backward_op,
     description="pure PyTorch, tiled over rows and keys; any device",
     devices=("cpu", "cuda", "xpu", "mps"),
     auto_devices=("cpu", "cuda", "xpu", "mps"),

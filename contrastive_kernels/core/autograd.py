@@ -4,6 +4,7 @@
 in Python; :func:`define_core_ops` declares a Python pair from two functions and
 registers it. Both use the schemas and output contract of :mod:`.contract`.
 
+- dq / dk come back in q's / k's layout (:mod:`.layout`).
 - Second-order gradients are not supported: differentiating the backward op raises one
   clear error on every backend (rather than zeros or an internal error).
 - Autocast: under ``torch.autocast`` the forward casts q and k to the autocast dtype (the
@@ -19,6 +20,7 @@ from typing import Callable
 import torch
 
 from .contract import BACKWARD_SCHEMA, FORWARD_SCHEMA, NAMESPACE, accumulate_dtype, op_names
+from .layout import as_layout_of
 
 
 def _fake_forward(q, k, scale, bias, q_labels, k_labels, self_offset, normalize, eps,
@@ -56,7 +58,8 @@ def _make_autograd(backward_op):
         dq, dk, dscale = backward_op(
             grad_lse.contiguous(), q, k, scale, bias, q_labels, k_labels, self_offset,
             normalize, eps, exclude_positives, lse, need_dq, need_dk, need_dscale)
-        return (dq if need_dq else None, dk if need_dk else None,
+        # every backend writes dq / dk contiguous: hand them on in q's / k's layout
+        return (as_layout_of(dq, q) if need_dq else None, as_layout_of(dk, k) if need_dk else None,
                 dscale if need_dscale else None) + (None,) * 8
 
     return setup_context, backward

@@ -8,6 +8,7 @@ import torch
 
 from ..backends import registry
 from .contract import CoreOptions, canonical_labels, scale_tensor, validate
+from .transforms import CoreOpFunction, transforms_active
 
 
 def lse(q: torch.Tensor, k: torch.Tensor, scale=1.0, *, bias: Optional[torch.Tensor] = None,
@@ -32,6 +33,10 @@ def lse(q: torch.Tensor, k: torch.Tensor, scale=1.0, *, bias: Optional[torch.Ten
                        has_labels=q_labels is not None, has_self=self_offset is not None,
                        return_o=bool(return_o))
     chosen = registry.select(backend, q, opts)
-    lse_out, o = chosen.forward(q, k, scale_t, bias, q_labels, k_labels, self_offset,
-                                bool(normalize), float(eps), bool(exclude_positives), bool(return_o))
+    args = (q, k, scale_t, bias, q_labels, k_labels, self_offset, bool(normalize), float(eps),
+            bool(exclude_positives), bool(return_o))
+    if chosen.backward is not None and transforms_active():  # torch.func, forward AD
+        lse_out, o = CoreOpFunction.apply(*args, chosen)
+    else:
+        lse_out, o = chosen.forward(*args)
     return lse_out, (o if return_o else None)

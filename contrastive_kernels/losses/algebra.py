@@ -168,6 +168,20 @@ def check_pair(name0: str, x0, name1: str, x1):
     check_same(name0, x0, name1, x1)
 
 
+def check_on(name: str, t, device: torch.device, of: str, movable: bool = False) -> None:
+    """t is on ``device`` (the device of ``of``). ``movable``: the published loss moves it
+    there itself (labels, masks, a class prior: ``.to(device)``), so any device it can be
+    copied from will do, but not the meta device, which holds no data."""
+    if not isinstance(t, torch.Tensor) or t.device == device:
+        return
+    if movable and t.device.type != "meta":
+        return
+    if movable:
+        raise ValueError(f"{name} must be on {device} (the device of {of}) or on a device it can "
+                         f"be moved from, got {t.device}, which holds no data")
+    raise ValueError(f"{name} must be on {device} (the device of {of}), got {t.device}")
+
+
 def check_labels(name: str, labels: torch.Tensor, rows: int) -> torch.Tensor:
     """labels as a flat integer tensor of ``rows`` entries (float labels would be truncated
     in one place and compared exactly in another; NaN labels would equal nothing)."""

@@ -11,10 +11,12 @@ import torch
 from torch import nn
 
 from .. import distributed, ops
+from ..core.layout import keep_input_layout
 from .algebra import (check_matrix, check_real_scalar, check_positive, check_same, reduce,
                       result_dtype, rowdot, unit_rows)
 
 
+@keep_input_layout("image_features", "text_features", "logit_scale", "logit_bias")
 def clip_loss(image_features: torch.Tensor, text_features: torch.Tensor, logit_scale,
               logit_bias=None, *, local_loss: bool = False, gather_with_grad: bool = False,
               rank: int = 0, world_size: int = 1, backend: Optional[str] = "auto"):
@@ -38,9 +40,9 @@ def clip_loss(image_features: torch.Tensor, text_features: torch.Tensor, logit_s
     if logit_bias is not None and isinstance(logit_bias, torch.Tensor) and logit_bias.numel() != 1:
         raise ValueError(f"logit_bias must be a scalar (open_clip's learnable bias), got shape "
                          f"{tuple(logit_bias.shape)}")
-    check_real_scalar("logit_scale", logit_scale)
+    check_real_scalar("logit_scale", logit_scale, image_features.device)
     if logit_bias is not None:
-        check_real_scalar("logit_bias", logit_bias)
+        check_real_scalar("logit_bias", logit_bias, image_features.device)
     acc = ops.accumulate_dtype(image_features.dtype)
     scale = logit_scale.reshape(()).to(acc) if isinstance(logit_scale, torch.Tensor) else logit_scale
 
@@ -68,6 +70,7 @@ def clip_loss(image_features: torch.Tensor, text_features: torch.Tensor, logit_s
     return loss.to(result_dtype(image_features))
 
 
+@keep_input_layout("query", "positive_key", "negative_keys")
 def info_nce(query: torch.Tensor, positive_key: torch.Tensor,
              negative_keys: Optional[torch.Tensor] = None, temperature: float = 0.1,
              symmetric: bool = False, reduction: str = "mean", *, normalize: bool = True,

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from .. import distributed, ops
+from ..core.layout import keep_input_layout
 from .algebra import (check_gather_available, check_pair, check_positive, result_dtype, rowdot,
                       unit_rows)
 
@@ -23,6 +24,7 @@ def negative_mises_fisher_weights(out0: torch.Tensor, out1: torch.Tensor,
     return 2 - out0.shape[0] * torch.softmax(sim, dim=0)
 
 
+@keep_input_layout("out0", "out1")
 def dcl_loss(out0: torch.Tensor, out1: torch.Tensor, temperature: float = 0.1,
              weight_fn=None, *, gather_distributed: bool = False, eps: float = 1e-12,
              backend: Optional[str] = "auto"):
@@ -59,20 +61,24 @@ def dcl_loss(out0: torch.Tensor, out1: torch.Tensor, temperature: float = 0.1,
 
     w0 = w1 = None
     if weight_fn is not None:
-        w0 = _checked_weights(weight_fn(u0, u1), batch)
-        w1 = _checked_weights(weight_fn(u1, u0), batch)
+        w0 = _checked_weights(weight_fn(u0, u1), batch, out0.device)
+        w1 = _checked_weights(weight_fn(u1, u0), batch, out0.device)
     loss = 0.5 * (one_side(out0, all0, all1, w0) + one_side(out1, all1, all0, w1))
     return loss.to(result_dtype(out0))
 
 
-def _checked_weights(w, batch: int) -> torch.Tensor:
+def _checked_weights(w, batch: int, device: torch.device) -> torch.Tensor:
     if not isinstance(w, torch.Tensor) or w.shape not in ((batch,), ()):
         shape = tuple(w.shape) if isinstance(w, torch.Tensor) else type(w).__name__
         raise ValueError(f"weight_fn must return per-pair weights of shape [B] = [{batch}] "
                          f"(or a scalar), got {shape}")
+    if w.device != device:
+        raise ValueError(f"weight_fn must return weights on {device} (the device of out0), "
+                         f"got {w.device}")
     return w
 
 
+@keep_input_layout("out0", "out1")
 def dclw_loss(out0: torch.Tensor, out1: torch.Tensor, temperature: float = 0.1,
               sigma: float = 0.5, *, gather_distributed: bool = False, eps: float = 1e-12,
               backend: Optional[str] = "auto"):

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from .. import ops
+from ..core.layout import keep_input_layout
 from .algebra import check_pair, check_positive, result_dtype, rowdot, unit_rows
 
 
@@ -21,6 +22,7 @@ def check_estimator(estimator):
         raise ValueError(f"estimator must be 'hard' or 'easy', got {estimator!r}")
 
 
+@keep_input_layout("out_1", "out_2")
 def hcl_loss(out_1: torch.Tensor, out_2: torch.Tensor, temperature: float = 0.5,
              tau_plus: float = 0.1, beta: float = 1.0, estimator: str = "hard", *,
              normalize: bool = False, eps: float = 1e-12, backend: Optional[str] = "auto"):

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from .. import distributed, ops
+from ..core.layout import keep_input_layout
 from .algebra import (check_gather_available, check_matrix, check_pair, result_dtype, rowdot,
                       unit_rows)
 from .state import ResizableBuffers
@@ -24,6 +25,7 @@ def check_ntxent_temperature(temperature):
         raise ValueError(f"Illegal temperature: abs({temperature}) < 1e-8")
 
 
+@keep_input_layout("out0", "out1", "negatives")
 def ntxent_loss(out0: torch.Tensor, out1: torch.Tensor, temperature: float = 0.5,
                 negatives: Optional[torch.Tensor] = None, *, gather_distributed: bool = False,
                 eps: float = 1e-12, backend: Optional[str] = "auto"):

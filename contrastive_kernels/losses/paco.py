@@ -14,8 +14,10 @@ from typing import Optional
 import torch
 
 from .. import ops
-from .algebra import (LOG_1E_12, check_in_range, check_labels, check_positive, gather_rows,
-                      label_segments, logaddexp_safe, result_dtype, rowdot, segment_sums)
+from ..core.layout import keep_input_layout
+from .algebra import (LOG_1E_12, check_in_range, check_labels, check_on, check_positive,
+                      gather_rows, label_segments, logaddexp_safe, result_dtype, rowdot,
+                      segment_sums)
 from .state import ResizableBuffers
 
 
@@ -55,6 +57,9 @@ def _parametric_contrastive(features, labels, sup_logits, n_anchors, *, alpha, b
         raise ValueError("labels is required: [N] class ids of every row of features")
     if sup_logits is None:
         raise ValueError("sup_logits is required: [n_anchors, num_classes] classifier logits")
+    check_on("labels", labels, features.device, "features", movable=True)
+    check_on("sup_logits", sup_logits, features.device, "features")
+    check_on("class_prior", prior, features.device, "features", movable=True)
     labels = check_labels("labels", labels, n).to(features.device)
     if n_anchors < 1 or n_anchors > n:
         raise ValueError(f"the number of anchors must be in [1, N = {n}], got {n_anchors} "
@@ -139,6 +144,7 @@ def _parametric_contrastive(features, labels, sup_logits, n_anchors, *, alpha, b
     return loss.mean().to(result_dtype(features))
 
 
+@keep_input_layout("features", "sup_logits")
 def paco_loss(features: torch.Tensor, labels: torch.Tensor, sup_logits: torch.Tensor,
               class_prior: torch.Tensor, *, alpha: float, beta: float = 1.0, gamma: float = 1.0,
               supt: float = 1.0, temperature: float = 1.0, base_temperature: Optional[float] = None,
@@ -161,6 +167,7 @@ def paco_loss(features: torch.Tensor, labels: torch.Tensor, sup_logits: torch.Te
         num_classes=num_classes, prior=class_prior, smooth=0.0, backend=backend)
 
 
+@keep_input_layout("features", "sup_logits")
 def gpaco_loss(features: torch.Tensor, labels: torch.Tensor, sup_logits: torch.Tensor,
                class_prior: Optional[torch.Tensor] = None, *, alpha: float, beta: float = 1.0,
                gamma: float = 1.0, supt: float = 1.0, temperature: float = 1.0,
@@ -193,6 +200,7 @@ class PaCoLoss(ResizableBuffers):
     """
 
     _resizable = ("weight",)
+    _keeps_dtype = ("weight",)  # the original's prior is a plain fp32 tensor: casts leave it
 
     def __init__(self, alpha, beta=1.0, gamma=1.0, supt=1.0, temperature=1.0,
                  base_temperature=None, K=128, num_classes=1000, *,

@@ -10,10 +10,12 @@ import torch
 from torch import nn
 
 from .. import ops
-from .algebra import (check_matrix, check_pair, check_positive, check_same, logaddexp_safe,
-                      lse_union, reduce, result_dtype, rowdot)
+from ..core.layout import keep_input_layout
+from .algebra import (check_matrix, check_on, check_pair, check_positive, check_same,
+                      logaddexp_safe, lse_union, reduce, result_dtype, rowdot)
 
 
+@keep_input_layout("q", "k", "queue")
 def moco_loss(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, temperature: float = 0.07,
               *, in_batch_negatives: bool = False, reduction: str = "mean",
               backend: Optional[str] = "auto"):
@@ -41,6 +43,7 @@ def moco_loss(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, temperature
     return reduce(lse - pos, reduction).to(result_dtype(q))
 
 
+@keep_input_layout("q_weak", "q_strong", "k", "queue")
 def clsa_ddm_loss(q_weak: torch.Tensor, q_strong: torch.Tensor, k: torch.Tensor,
                   queue: torch.Tensor, temperature: float = 0.2, *,
                   backend: Optional[str] = "auto"):
@@ -68,6 +71,7 @@ def clsa_ddm_loss(q_weak: torch.Tensor, q_strong: torch.Tensor, k: torch.Tensor,
     return loss.mean().to(result_dtype(q_strong))
 
 
+@keep_input_layout("q_weak", "q_strong", "k", "queue")
 def clsa_loss(q_weak: torch.Tensor, q_strong, k: torch.Tensor, queue: torch.Tensor,
               temperature: float = 0.2, clsa_t: float = 0.2, alpha: float = 1.0, *,
               backend: Optional[str] = "auto"):
@@ -83,6 +87,7 @@ def clsa_loss(q_weak: torch.Tensor, q_strong, k: torch.Tensor, queue: torch.Tens
     return loss
 
 
+@keep_input_layout("q", "positive_keys", "queue")
 def bingo_loss(q: torch.Tensor, positive_keys: torch.Tensor, queue: torch.Tensor, lam,
                temperature: float = 0.2, *, backend: Optional[str] = "auto"):
     """BINGO's multi-positive cross-entropy (Xu et al., haohang96/bingo ``builder.py`` +
@@ -103,8 +108,10 @@ def bingo_loss(q: torch.Tensor, positive_keys: torch.Tensor, queue: torch.Tensor
     check_matrix("queue", queue, dim=q.shape[1])
     check_same("q", q, "queue", queue)
     check_same("q", q, "positive_keys", positive_keys)
-    # lam may be a tensor with a gradient (learned weights): it stays in the graph
+    # lam may be a tensor with a gradient (learned weights): it stays in the graph; the
+    # original multiplies it with CUDA losses, so a CPU lam is moved, a meta one refused
     if isinstance(lam, torch.Tensor):
+        check_on("lam", lam, q.device, "q", movable=True)
         weights = lam
     elif isinstance(lam, (list, tuple)) and all(
             isinstance(w, (int, float)) and not isinstance(w, bool) for w in lam):

@@ -15,8 +15,9 @@ import torch
 from torch import nn
 
 from .. import ops
-from .algebra import (check_labels, check_positive, gather_rows, label_segments, result_dtype, segment_sums,
-                      unit_rows)
+from ..core.layout import keep_input_layout
+from .algebra import (check_labels, check_on, check_positive, gather_rows, label_segments,
+                      result_dtype, segment_sums, unit_rows)
 
 CONTRAST_MODES = ("all", "one")
 
@@ -28,6 +29,7 @@ def check_supcon_options(temperature, contrast_mode, base_temperature):
     check_positive("base_temperature", base_temperature)
 
 
+@keep_input_layout("features")
 def supcon_loss(features: torch.Tensor, labels: Optional[torch.Tensor] = None,
                 mask: Optional[torch.Tensor] = None, temperature: float = 0.07,
                 contrast_mode: str = "all", base_temperature: float = 0.07, *,
@@ -59,6 +61,8 @@ def supcon_loss(features: torch.Tensor, labels: Optional[torch.Tensor] = None,
         raise ValueError(f"features must hold at least one sample and one view, got shape "
                          f"{tuple(features.shape)}")
     device = features.device
+    check_on("labels", labels, device, "features", movable=True)
+    check_on("mask", mask, device, "features", movable=True)
     if labels is not None:
         if isinstance(labels, torch.Tensor) and labels.numel() != bsz:
             raise ValueError(f"Num of labels does not match num of features: labels has "
@@ -99,10 +103,13 @@ def supcon_loss(features: torch.Tensor, labels: Optional[torch.Tensor] = None,
         pos_logit_sum = lam * (q_hat * gather_rows(class_sums, anchor_seg)).sum(1) - self_logit
         pos_count = class_sizes[anchor_seg] - 1.0
 
-    # sum_j mask_ij (s_ij - lse_i); a row with no positives (count 0) contributes 0 even
-    # when its denominator is empty (lse = -inf), where the original would give NaN.
-    weighted_log_prob = torch.where(pos_count == 0, torch.zeros_like(lse),
-                                    pos_logit_sum - pos_count * lse)
+    # sum_j mask_ij (s_ij - lse_i) = pos_logit_sum - pos_count lse_i, as the original sums
+    # it whatever the weights: a signed mask row whose weights sum to 0 (e.g. [0, 1, -1])
+    # keeps sum_j mask_ij s_ij. Only the term pos_count lse_i is dropped at a count of 0,
+    # so that an anchor with no other row at all (lse = -inf) gives 0, not the original's
+    # NaN (0 * -inf).
+    weighted_log_prob = pos_logit_sum - torch.where(pos_count == 0, torch.zeros_like(lse),
+                                                    pos_count * lse)
     divisor = torch.where(pos_count < 1e-6, torch.ones_like(pos_count), pos_count)
     loss = -(temperature / base_temperature) * (weighted_log_prob / divisor)
     return loss.mean().to(result_dtype(features))

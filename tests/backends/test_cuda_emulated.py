@@ -323,3 +323,20 @@ def test_oracle_on_device(cuda_device, dtype, opt):
         pytest.skip("backend cuda cannot run on this device")
     for shape in [(97, 61, 3), (130, 257, 64), (65, 700, 40)]:
         check_against_oracle("cuda", *shape, dtype, opt, device=cuda_device)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("where", ["query", "key"])
+def test_subnormal_rows_on_device(cuda_device, where):
+    """A row of fp32 subnormals under normalize, on the device: the 1/eps branch of the
+    normalization Jacobian, as the float64 oracle (flush-to-zero, or an overflowing 1 / max
+    in the inverse norms, gave 0)."""
+    from contrastive_kernels.testing.core_check import lse_grad
+    gen = torch.Generator().manual_seed(3)
+    q, k = torch.randn(37, 24, generator=gen), torch.randn(45, 24, generator=gen)
+    x = q if where == "query" else k
+    x[5] = torch.randn(24, generator=gen) * 1e-40
+    for wrt in ("q", "k"):
+        want = lse_grad("reference", q.double(), k.double(), wrt=wrt, normalize=True).float()
+        got = lse_grad("cuda", q.to(cuda_device), k.to(cuda_device), wrt=wrt, normalize=True)
+        torch.testing.assert_close(got.cpu(), want, rtol=1e-4, atol=1e-5)

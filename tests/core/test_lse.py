@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import contrastive_kernels as ck
-from contrastive_kernels.testing import fused_backends
+from contrastive_kernels.testing import emulated_backends, fused_backends
 from contrastive_kernels.testing.core_cases import DTYPES, OPTIONS, SHAPES, make_inputs
 from contrastive_kernels.testing.core_check import check_against_oracle, gradcheck_float64
 
@@ -127,3 +127,42 @@ def test_built_backends_are_usable():
     avail = ck.available_backends()
     assert avail["cpu"] is None, avail["cpu"]
     assert avail["triton"] is None, avail["triton"]
+
+
+@pytest.mark.parametrize("backend", FUSED_BACKENDS + emulated_backends())
+def test_gradients_come_back_in_the_inputs_layout(backend):
+    """dq / dk in q's / k's layout: contiguous for contiguous inputs (a strided gradient
+    handed to torch.distributed.nn.all_gather's backward gave wrong gradients over gloo),
+    the input's own strides for a dense strided view (column-major), contiguous for a
+    non-dense one (every other column)."""
+    q, k, _ = make_inputs(40, 30, 16, torch.float32)
+    layouts = {"contiguous": (q, k), "column_major": (q.t().contiguous().t(), k.t().contiguous().t()),
+               "sparse_columns": (torch.stack([q, q], 2).flatten(1)[:, ::2],
+                                  torch.stack([k, k], 2).flatten(1)[:, ::2])}
+    expected = None
+    for name, (qq, kk) in layouts.items():
+        qq, kk = qq.detach().requires_grad_(), kk.detach().requires_grad_()
+        lse, _ = ck.ops.lse(qq, kk, 3.0, normalize=True, backend=backend)
+        dq, dk = torch.autograd.grad(lse.sum(), (qq, kk))
+        for x, dx in ((qq, dq), (kk, dk)):
+            want = torch.empty_like(x).stride() if name != "sparse_columns" else None
+            assert dx.is_contiguous() if want is None else dx.stride() == want, (name, dx.stride())
+        expected = expected or (dq, dk)
+        torch.testing.assert_close(dq, expected[0])
+        torch.testing.assert_close(dk, expected[1])
+
+
+@pytest.mark.parametrize("backend", FUSED_BACKENDS + emulated_backends())
+def test_vmap_over_queries_has_a_batching_rule(backend):
+    """torch.func.vmap over the queries (shared keys) is one call over the stacked rows
+    (core/transforms.py), not torch's per-sample fallback, which warns of a performance
+    drop; the values are the per-sample calls'."""
+    import warnings
+    q, k, _ = make_inputs(3 * 7, 9, 5, torch.float32)
+    qb = q.reshape(3, 7, 5)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        got = torch.func.vmap(lambda x: ck.ops.lse(x, k, 2.0, backend=backend)[0])(qb)
+    assert not [w for w in caught if "performance drop" in str(w.message)]
+    want = torch.stack([ck.ops.lse(x, k, 2.0, backend=backend)[0] for x in qb])
+    torch.testing.assert_close(got, want)

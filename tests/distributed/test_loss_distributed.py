@@ -1,6 +1,11 @@
 """The gathered (torch.distributed) paths of NT-Xent, DCL and CLIP, with gloo on
 127.0.0.1: the ranks' losses and gradients against the single-process loss of the whole
-batch (every rank holds an equal shard)."""
+batch (every rank holds an equal shard). Also: SupCon over features gathered by hand with
+torch.distributed.nn.all_gather (SupContrast issue 26's recipe) gives exact parameter
+gradients, unequal shards raise one clear error on every rank, and the package's own
+gathers print no deprecation warning."""
+
+import warnings
 
 import os
 import socket
@@ -42,15 +47,55 @@ def _worker(rank, port, out_dir):
             "clip_local": lambda a, b: fn.clip_loss(a, b, 7.0, local_loss=True, gather_with_grad=True,
                                                     rank=rank, world_size=WORLD, backend="torch"),
         }
-        for name, loss_of in cases.items():
-            a = a_all[rows].clone().requires_grad_()
-            b = b_all[rows].clone().requires_grad_()
-            loss = loss_of(a, b)
-            ga, gb = torch.autograd.grad(loss, (a, b))
-            results[name] = (loss.detach(), ga, gb)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            for name, loss_of in cases.items():
+                a = a_all[rows].clone().requires_grad_()
+                b = b_all[rows].clone().requires_grad_()
+                loss = loss_of(a, b)
+                ga, gb = torch.autograd.grad(loss, (a, b))
+                results[name] = (loss.detach(), ga, gb)
+        results["warnings"] = [str(w.message) for w in caught]
+        results["supcon_by_hand"] = _supcon_by_hand(rank)
+        # unequal shards: rank 0 holds one row more
+        try:
+            n = SHARD + (1 if rank == 0 else 0)
+            fn.ntxent_loss(a_all[:n], b_all[:n], 0.3, gather_distributed=True, backend="torch")
+            results["uneven"] = None
+        except ValueError as exc:
+            results["uneven"] = str(exc)
         torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
+
+
+def _mlp_batch():
+    gen = torch.Generator().manual_seed(12)
+    x = torch.randn(WORLD * SHARD, 2, DIM, generator=gen, dtype=torch.float64)
+    labels = torch.randint(0, 3, (WORLD * SHARD,), generator=gen)
+    model = torch.nn.Sequential(torch.nn.Linear(DIM, 8), torch.nn.Tanh(), torch.nn.Linear(8, 4))
+    torch.manual_seed(13)
+    for p in model.parameters():
+        torch.nn.init.normal_(p)
+    return x, labels, model.double()
+
+
+def _supcon_by_hand(rank):
+    """Each rank: its shard through the model, features all-gathered with gradient by hand,
+    the global SupCon loss; parameter gradients all-reduced (summed)."""
+    import contrastive_kernels as ck
+    x, labels, model = _mlp_batch()
+    rows = slice(rank * SHARD, (rank + 1) * SHARD)
+    feats = torch.nn.functional.normalize(model(x[rows]), dim=-1)
+    with warnings.catch_warnings():  # the recipe's API is deprecated in torch 2.14
+        warnings.simplefilter("ignore", FutureWarning)
+        gathered = torch.cat(dist.nn.all_gather(feats), dim=0)
+    loss = ck.SupConLoss(temperature=0.1, backend="torch")(gathered, labels)
+    loss.backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    for g in grads:
+        dist.all_reduce(g)
+    return loss.detach(), grads
 
 
 def _free_port():
@@ -116,3 +161,29 @@ def test_clip_global_loss_on_every_rank(ranks, name):
             _close(r[name][2], WORLD * gb[rows])
         else:  # open_clip without gather_with_grad: only the local rows carry a gradient
             assert r[name][1].abs().sum() > 0
+
+
+def test_no_deprecation_warning_from_our_gathers(ranks):
+    for r in ranks:
+        assert not [w for w in r["warnings"] if "deprecated" in w], r["warnings"]
+
+
+def test_supcon_over_features_gathered_by_hand(ranks):
+    """The summed parameter gradients over the ranks are WORLD x the full batch's (every
+    rank computes the same global loss; the all_gather backward sums into each shard)."""
+    import contrastive_kernels as ck
+    x, labels, model = _mlp_batch()
+    feats = torch.nn.functional.normalize(model(x), dim=-1)
+    loss = ck.SupConLoss(temperature=0.1, backend="torch")(feats, labels)
+    loss.backward()
+    for r in ranks:
+        got_loss, got_grads = r["supcon_by_hand"]
+        _close(got_loss, loss.detach())
+        for g, p in zip(got_grads, model.parameters()):
+            _close(g, WORLD * p.grad)
+
+
+def test_unequal_shards_raise_on_every_rank(ranks):
+    for r in ranks:
+        assert r["uneven"] is not None and "every rank must hold the same number of rows" in \
+            r["uneven"] and "[6, 5]" in r["uneven"], r["uneven"]

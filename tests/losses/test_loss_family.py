@@ -52,3 +52,16 @@ def test_every_case_is_finite_and_positive_somewhere():
         low, _ = case.inputs(torch.float64)
         value = float(case.naive(low).detach())
         assert torch.isfinite(torch.tensor(value)) and value != 0.0, case.id
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
+def test_gradients_of_contiguous_inputs_are_contiguous(case):
+    """Every loss hands a contiguous input a contiguous gradient (core/layout.py): SupCon's
+    view-major rows and BINGO's positive keys once gave strided ones, which
+    torch.distributed.nn.all_gather's backward mishandled over gloo."""
+    low, _ = case.inputs(torch.float32, small=True)
+    loss = case.fused(low, "torch")
+    tensors = [low[name] for name in case.grads]
+    grads = torch.autograd.grad(loss, tensors, allow_unused=True)
+    for name, x, g in zip(case.grads, tensors, grads):
+        assert g is None or not x.is_contiguous() or g.is_contiguous(), (name, g.stride())

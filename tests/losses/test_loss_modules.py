@@ -126,6 +126,39 @@ def test_paco_prior_follows_features_device_and_dtype():
     assert out.dtype == torch.float32 and out.device == feats.device
 
 
+CASTS = {"half": lambda m: m.half(), "bfloat16": lambda m: m.to(torch.bfloat16),
+         "double": lambda m: m.double(), "to-dtype-device": lambda m: m.to("cpu", torch.float16)}
+
+
+@pytest.mark.parametrize("cast", list(CASTS))
+def test_module_casts_follow_the_published_modules(cast):
+    """What .half() / .double() / .to(dtype) change in each stateful module, as in the
+    published one: PaCo's prior is a plain tensor there (casts leave it, so it keeps its
+    full precision here), lightly's memory bank a buffer (it follows, its pointer does
+    not). The stateless losses (MoCo, CLSA, BINGO take the queue as an argument) have none."""
+    from lightly.loss import NTXentLoss as LightlyNTXent
+    for cls in (ck.PaCoLoss, ck.GPaCoLoss):
+        module = cls(alpha=0.05, K=4, num_classes=3)
+        module.cal_weight_for_classes([10 ** 8, 10, 1])
+        before = module.weight.clone()
+        CASTS[cast](module)
+        assert module.weight.dtype == torch.float64 and torch.equal(module.weight, before), cls
+    ours, theirs = ck.NTXentLoss(memory_bank_size=(16, 4)), LightlyNTXent(memory_bank_size=(16, 4))
+    CASTS[cast](ours)
+    CASTS[cast](theirs)
+    assert ({n: b.dtype for n, b in ours.named_buffers()}
+            == {n: b.dtype for n, b in theirs.named_buffers()})
+    for cls in (ck.MoCoLoss, ck.CLSALoss, ck.BingoLoss):
+        assert not list(cls().buffers()), cls
+
+
+def test_prior_moves_with_the_module():
+    module = ck.PaCoLoss(alpha=0.05, K=4, num_classes=3)
+    module.cal_weight_for_classes([3, 2, 1])
+    module.to("meta", torch.float16)
+    assert module.weight.device.type == "meta" and module.weight.dtype == torch.float64
+
+
 def test_paco_errors_name_the_argument():
     loss_fn = ck.PaCoLoss(alpha=0.05, K=4, num_classes=3)
     loss_fn.cal_weight_for_classes([3, 2, 1])

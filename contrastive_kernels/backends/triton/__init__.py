@@ -44,7 +44,7 @@ def _interpret_env() -> bool:
 def unavailable_reason() -> Optional[str]:
     if _IMPORT_ERROR is not None:
         return _IMPORT_ERROR
-    if _interpret_env() or _ops._kernels_interpreted():
+    if _interpret_env() or _ops.kernels_interpreted():
         return None
     if not torch.cuda.is_available():
         return "no CUDA device (and TRITON_INTERPRET is not 1, so no CPU interpreter)"
@@ -53,14 +53,14 @@ def unavailable_reason() -> Optional[str]:
 
 def device_check(device: torch.device, dtype: torch.dtype) -> Optional[str]:
     if device.type == "cuda":
-        if _ops._kernels_interpreted():
+        if _ops.kernels_interpreted():
             return None  # the interpreter copies CUDA tensors to the host and back
         from . import configs
         forced = _ops.env.get("TRITON_ARCH")
         if forced:  # the config family is forced: the device's own is not asked
             return configs.unsupported_arch(divmod(int(forced), 10))
         return configs.unsupported_arch(torch.cuda.get_device_capability(device))
-    if _ops._kernels_interpreted():
+    if _ops.kernels_interpreted():
         return None
     if _interpret_env():
         return ("TRITON_INTERPRET=1 was set after contrastive_kernels.backends.triton was "
@@ -74,9 +74,16 @@ def _forward(*args):
     return lse_op(*args)
 
 
+def _backward(*args):
+    if _IMPORT_ERROR is not None:
+        raise BackendError(f"backend 'triton' is unavailable: {_IMPORT_ERROR}")
+    return lse_backward_op(*args)
+
+
 BACKEND = Backend(
     name="triton",
     forward=_forward,
+    backward=_backward,
     description="Triton kernels (CUDA; CPU under TRITON_INTERPRET=1)",
     devices=("cuda", "cpu"),
     auto_devices=("cuda",),

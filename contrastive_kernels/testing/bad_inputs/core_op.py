@@ -167,3 +167,69 @@ def _empty_row_grad(backend):
 
 _val("lse-empty-row-grad", "ops.lse", "empty_keys", _empty_row_grad,
      lambda: _empty_row_grad("reference"), "0000ffffffff")
+
+
+def _lse_grads(backend, wrt, q=None, k=None, **kw):
+    from ..core_check import lse_grad
+    return lse_grad(backend, _Q() if q is None else q, _K() if k is None else k, wrt=wrt, **kw)
+
+
+def _grad_val(id, topic, wrt, pattern, **kw):
+    """A gradient case: the oracle is the reference backend on float64 copies of the
+    inputs, rounded to the inputs' dtype."""
+    def oracle():
+        q, k = kw.get("q", _Q()), kw.get("k", _K())
+        kw64 = {name: (v.double() if isinstance(v, torch.Tensor) and v.is_floating_point()
+                       else v) for name, v in kw.items() if name not in ("q", "k")}
+        return _lse_grads("reference", wrt, q.double(), k.double(), **kw64).to(q.dtype)
+    _val(f"lse-{id}-d{wrt}", "ops.lse", topic, lambda b: _lse_grads(b, wrt, **kw), oracle,
+         pattern)
+
+
+# one key far above every other: its softmax weight is 1 to the last bit, so dq and dk are
+# exact only if the backward rounds each logit as the forward did (triton once did not)
+for _magnitude in (1e2, 1e4, 1e9, 1e20, 1e38, 3e38):
+    for _wrt in ("q", "k"):
+        _grad_val(f"huge-bias-{_magnitude:.0e}", "huge_bias", _wrt, "f" * (12 if _wrt == "q" else 20),
+                  bias=_with(torch.zeros(5), 3, _magnitude), normalize=True)
+# the same far above the logit range, but every key: all weights matter
+_grad_val("bias-1e3-every-key", "huge_bias", "q", "f" * 12,
+          bias=1e3 + torch.linspace(0.0, 2.0, 5), normalize=True)
+# a row of fp32 subnormals (||q_0|| < eps): the 1/eps branch of the normalization
+# Jacobian, dq_0 = dq^_0 / eps, not 0 (flush-to-zero on a device gave 0)
+_SUBNORMAL_Q = _with(_Q(), 0, _rand(4, seed=9) * 1e-40)
+_grad_val("subnormal-row", "subnormal", "q", "f" * 12, q=_SUBNORMAL_Q, normalize=True)
+_grad_val("subnormal-row", "subnormal", "k", "f" * 20, q=_SUBNORMAL_Q, normalize=True)
+_grad_val("subnormal-key", "subnormal", "k", "f" * 20, k=_with(_K(), 2, _rand(4, seed=8) * 1e-41),
+          normalize=True)
+
+
+# torch.func transforms over ops.lse: reverse mode and vmap as the plain-PyTorch oracle
+# gives them (core/transforms.py), forward mode one clear error
+def _func_lse(backend, **kw):
+    k = _K()  # drawn outside the transform (vmap refuses random draws inside)
+    return lambda q: ops.lse(q, k, 2.0, backend=backend, **kw)[0]
+
+
+_QB = torch.stack([_Q(), 2 * _Q()])
+_val("lse-func-grad", "ops.lse", "func", lambda b: torch.func.grad(lambda q: _func_lse(b)(q).sum())(_Q()),
+     lambda: torch.func.grad(lambda q: _func_lse("reference")(q).sum())(_Q()), "f" * 12)
+_val("lse-func-jacrev", "ops.lse", "func", lambda b: torch.func.jacrev(_func_lse(b))(_Q()),
+     lambda: torch.func.jacrev(_func_lse("reference"))(_Q()), "f" * 36)
+_val("lse-func-vmap", "ops.lse", "func", lambda b: torch.func.vmap(_func_lse(b))(_QB),
+     lambda: torch.func.vmap(_func_lse("reference"))(_QB), "f" * 6)
+_val("lse-func-vmap-self", "ops.lse", "func",
+     lambda b: torch.func.vmap(_func_lse(b, self_offset=1))(_QB),
+     lambda: torch.func.vmap(_func_lse("reference", self_offset=1))(_QB), "f" * 6)
+
+
+def _vmap_grad(backend):
+    f = _func_lse(backend)
+    return torch.func.vmap(torch.func.grad(lambda q: f(q).sum()))(_QB)
+
+
+_val("lse-func-vmap-grad", "ops.lse", "func", _vmap_grad, lambda: _vmap_grad("reference"),
+     "f" * 24)
+_err("lse-func-jvp", "ops.lse", "func",
+     lambda b: torch.func.jvp(_func_lse(b), (_Q(),), (torch.ones(3, 4),)),
+     RuntimeError, "jvp", "forward-mode AD of ops.lse (torch.func.jvp")

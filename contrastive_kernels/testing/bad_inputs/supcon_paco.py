@@ -117,6 +117,30 @@ supcon_val("lone-anchor", "no_positives", "0", features=_feats(bsz=1, views=1), 
 supcon_val("negative-label-ids", "accepted", "f", labels=torch.tensor([-5, 7, -5, 2]))
 supcon_val("int8-labels", "accepted", "f", labels=_SUP_LABELS.to(torch.int8))
 
+# signed mask rows: weights summing to 0 ([0, 1, -1]) or below 0. SupContrast sums
+# mask * log_prob whatever the weights and divides by 1 where the sum is < 1e-6.
+_SIGNED_MASK = torch.tensor([[0.0, 1.0, -1.0, 0.0], [1.0, 0.0, 0.0, 1.0],
+                             [0.5, -0.5, 0.0, 0.0], [-1.0, 0.0, 0.0, 0.0]])
+
+
+def _supcon_grad(backend, mask, mode):
+    f = _feats().requires_grad_()
+    loss = F.supcon_loss(f, mask=mask, contrast_mode=mode, backend=backend)
+    return torch.autograd.grad(loss, f)[0]
+
+
+def _supcon_grad_reference(mask, mode):
+    f = _feats().double().requires_grad_()
+    loss = R.supcon_loss_reference(f, mask=mask.double(), contrast_mode=mode)
+    return torch.autograd.grad(loss, f)[0].float()
+
+
+for _mode in ("all", "one"):
+    supcon_val(f"signed-mask-{_mode}", "signed_mask", "f", mask=_SIGNED_MASK, contrast_mode=_mode)
+    _val(f"supcon-signed-mask-grad-{_mode}", "supcon_loss", "signed_mask",
+         lambda b, m=_mode: _supcon_grad(b, _SIGNED_MASK, m),
+         lambda m=_mode: _supcon_grad_reference(_SIGNED_MASK, m), "f" * 32)
+
 # --------------------------------------------------------------------------- PaCo / GPaCo
 # N = 6 rows = [q (2); k (2); queue (2)], C = 3 classes; PaCo anchors (N - K) // 2 = 2,
 # GPaCo anchors N - K = 4.
@@ -279,3 +303,33 @@ paco_val("nan-sup-logits", "nan", "n", sup_logits=_with(_sup(2), (0, 2), NAN))
 paco_val("nan-features", "nan", "n", gpaco=True, features=_with(_paco_feats(), (0, 0), NAN))
 paco_val("gamma-0", "degenerate", "f", gamma=0.0)
 paco_val("queue-label-beyond-C", "accepted", "f", labels=_with(_PACO_LABELS, 5, 9))
+
+# module casts: the published prior is a plain fp32 tensor that .half() / .to(dtype) leave
+# alone; a long-tail prior (counts 1e8 ... 1) must keep its tail classes (fp16 made them 0)
+_LONG_TAIL = [10 ** 8, 10 ** 4, 1]
+_TAIL_LABELS = torch.tensor([2, 1, 2, 1, 0, 2])  # anchors of the tail class: its center counts
+
+
+def _cast_module_loss(backend, which, cast):
+    cls = L.PaCoLoss if which == "PaCoLoss" else L.GPaCoLoss
+    module = cls(alpha=0.5, K=2, num_classes=_C, backend=backend)
+    module.cal_weight_for_classes(_LONG_TAIL)
+    module = cast(module)
+    sup = _sup(2 if which == "PaCoLoss" else 4)
+    return module(_paco_feats(), _TAIL_LABELS, sup)
+
+
+def _cast_module_reference(which):
+    prior = torch.tensor(_LONG_TAIL, dtype=torch.float64)
+    prior = prior / prior.sum()
+    ref = R.paco_loss_reference if which == "PaCoLoss" else R.gpaco_loss_reference
+    return ref(_paco_feats().double(), _TAIL_LABELS, _sup(2 if which == "PaCoLoss" else 4).double(),
+               prior, alpha=0.5, K=2, num_classes=_C).float()
+
+
+for _which in ("PaCoLoss", "GPaCoLoss"):
+    for _name, _cast in (("half", lambda m: m.half()), ("bf16", lambda m: m.to(torch.bfloat16)),
+                         ("double-then-float", lambda m: m.double().float())):
+        _val(f"{_which.lower()}-module-{_name}-long-tail-prior", _which, "module_cast",
+             lambda b, w=_which, c=_cast: _cast_module_loss(b, w, c),
+             lambda w=_which: _cast_module_reference(w), "f")

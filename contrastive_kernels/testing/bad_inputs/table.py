@@ -120,6 +120,19 @@ TOPICS = {
     "extreme": ("extreme values: scale 1e4, zero rows under normalize, fp16 products above "
                 "65504, self_offset far outside [-N, M)",
                 "finite where the oracle is, no overflow; nothing excluded"),
+    "func": ("torch.func transforms over ops.lse: grad, jacrev, vmap (and vmap of grad), jvp",
+             "reverse mode and vmap as the plain-PyTorch oracle; forward mode (jvp, "
+             "forward_ad) one clear RuntimeError naming the supported alternative"),
+    "module_cast": ("a stateful module cast with .half(), .to(torch.bfloat16) or .double() "
+                    "(PaCo / GPaCo class prior)",
+                    "what the published module keeps: the prior in full precision, so the loss "
+                    "is unchanged; memory banks follow the cast, as lightly's buffer does"),
+    "signed_mask": ("SupCon mask rows with negative weights, summing to 0 or below",
+                    "SupContrast's value: sum_j mask_ij log_prob_ij over a divisor of 1"),
+    "huge_bias": ("a key bias far above the logit range (1e2 ... 3e38) on one key or on all",
+                  "dq and dk as the float64 oracle's: each pass rounds the logit alike"),
+    "subnormal": ("a row of fp32 subnormals under normalize (||x|| < eps)",
+                  "the gradient of the 1/eps branch, as the oracle (not flushed to 0)"),
     "accepted": ("values the originals accept: NT-Xent negative temperature, CLIP "
                  "logit_scale 0, non-anchor PaCo labels >= C, negative SupCon label ids",
                  "the original's value"),
