@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 TORCH_PIN := torch==2.14.1 triton==3.8.0
 ANCHORS := lightly==1.6.0 open_clip_torch==3.3.0 torchvision==0.29.1 ftfy wcwidth regex
-EXT_SOURCES := $(wildcard csrc/*.cpp csrc/*.h csrc/*/*.cpp csrc/*/*.h csrc/*/*.cu csrc/*/*.cuh)
+EXT_SOURCES := $(wildcard csrc/*.cpp csrc/*.h csrc/*/*.cpp csrc/*/*.h csrc/*/*.cu csrc/*/*.cuh) csrc/cuda/nvcc_flags.py
 
 .PHONY: install demo test test-fast bench info clean wheel wheel-check triton-report cuda-report gpu-check gpu-check-dry test-compat
 
@@ -73,16 +73,31 @@ triton-report: install
 cuda-report: install
 	$(PY) csrc/cuda/compile_report.py --out docs/cuda_compile_report.md
 
-# The prepared GPU run (bench/gpu_check.py): sections written to $(RESULTS) as they finish.
-# Uses the machine's own python / torch / triton (GPU machines cannot install anything).
-RESULTS ?= bench/results/gpu
+# The prepared GPU run (bench/gpu_check.py, docs/gpu_check.md): sections in child processes
+# with deadlines, packed after each into $(OUT) as summary.md, summary.json, results.tar.gz
+# (plus console.log: 4 files; the device tool returns at most 8). `timeout` bounds the whole
+# run and the --pack-only step after it packs whatever a killed run left, so the results
+# always come back. Uses the machine's own python / torch / triton (GPU machines cannot
+# install anything). Whole run: GPU_CHECK_BUDGET + the packing, under 6 minutes.
+OUT ?= bench/results/gpu
+GPU_CHECK_BUDGET ?= 330
+GPU_CHECK_LIMIT ?= $(shell echo $$(( $(GPU_CHECK_BUDGET) + 15 )))
+GPU_CHECK_WORK ?= build/gpu-check
 GPU_PY ?= $(if $(wildcard $(PY)),$(PY),python3)
+GPU_CHECK = mkdir -p $(OUT); \
+	timeout -k 5 $(GPU_CHECK_LIMIT) $(GPU_PY) bench/gpu_check.py --out $(OUT) \
+	  --work $(GPU_CHECK_WORK) --budget $(GPU_CHECK_BUDGET) $(1) 2>&1 | tee $(OUT)/console.log; \
+	$(GPU_PY) bench/gpu_check.py --out $(OUT) --work $(GPU_CHECK_WORK) --pack-only
 gpu-check:
-	env -u TRITON_INTERPRET $(GPU_PY) bench/gpu_check.py --results $(RESULTS)
+	env -u TRITON_INTERPRET sh -c '$(call GPU_CHECK,)'
 
-# The same script on CPU under the Triton interpreter at tiny sizes (CI: keeps it working).
+# The same run on CPU: Triton interpreter, CUDA emulation, tiny sizes (CI keeps it working:
+# tests/backends/test_gpu_check_dry.py, also with a budget that cuts sections off).
+gpu-check-dry: OUT = bench/results/gpu-dry.tmp
+gpu-check-dry: GPU_CHECK_BUDGET = 240
+gpu-check-dry: GPU_CHECK_WORK = build/gpu-check-dry
 gpu-check-dry:
-	$(GPU_PY) bench/gpu_check.py --dry --results $(if $(filter bench/results/gpu,$(RESULTS)),bench/results/gpu-dry.tmp,$(RESULTS))
+	sh -c '$(call GPU_CHECK,--dry)'
 
 # A second environment with the GPU machines' versions (torch 2.11 and triton 3.6): the
 # extension is built against that torch (as `pip install --no-build-isolation -e .` does

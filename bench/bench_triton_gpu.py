@@ -7,7 +7,7 @@ usable there (Triton, torch tiled) against the naive reference, over N = M in
 Each case is a :class:`harness.Row` in bench/results/triton_gpu.json (written at the end of
 the session): min / median / max seconds by CUDA events (``triton.testing.do_bench`` for
 short calls, a few event pairs for long ones), peak extra memory
-(``torch.cuda.max_memory_allocated`` above the inputs), and the matmul floor (forward
+(``torch.cuda.max_memory_allocated`` above the inputs; ``harness.lse_rows``), and the matmul floor (forward
 2 N M d; backward 6 N M d) at the GEMM rate torch.mm reaches on this GPU in the dtype
 (fp32 at torch's float32 matmul precision); ``extra`` adds TFLOP/s against the floor and
 against the 8 N M d the two-grid Triton backward actually spends. Cases over the time
@@ -18,22 +18,18 @@ or over the memory of the GPU are skipped with the reason.
 import pytest
 import torch
 
-import contrastive_kernels as ck
 from contrastive_kernels import env
 from contrastive_kernels.testing import fused_backends
-from contrastive_kernels.testing.measure import peak_memory_bytes, time_fn
 
 import harness
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
-SUBJECT = "lse"
 SIZES = [(n, d) for n in (16384, 65536, 262144) for d in (128, 256, 1024)]
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 # the reference is the registry's oracle backend, never among the fused ones
 CONTENDERS = (fused_backends("cuda") if torch.cuda.is_available() else []) + ["reference"]
 DIRECTIONS = ("forward", "backward")
-TWO_GRID = frozenset({"triton"})  # backward recomputes the logits on both grids: 8 N M d
 RESULTS = harness.RESULTS / "triton_gpu.json"
 _rows: list = []
 
@@ -74,43 +70,13 @@ def _skip_reason(contender, n, d, which):
     return None
 
 
-def _call(contender, q, k, scale):
-    return ck.ops.lse(q, k, scale, normalize=True, self_offset=0, backend=contender)[0]
-
-
 @pytest.mark.gpu
 @pytest.mark.parametrize("which", DIRECTIONS)
 @pytest.mark.parametrize("dtype_name", list(DTYPES))
 @pytest.mark.parametrize("contender", CONTENDERS)
 def test_lse_gpu(gemm_flop_s, contender, n, d, dtype_name, which):
-    dtype = DTYPES[dtype_name]
     reason = _skip_reason(contender, n, d, which)
     if reason:
         pytest.skip(reason)
-    gen = torch.Generator(device="cuda").manual_seed(0)
-    q = torch.randn(n, d, device="cuda", dtype=dtype, generator=gen)
-    k = torch.randn(n, d, device="cuda", dtype=dtype, generator=gen)
-    scale = torch.tensor(10.0, device="cuda", dtype=torch.float32, requires_grad=True)
-    if which == "backward":
-        q.requires_grad_()
-        k.requires_grad_()
-        lse = _call(contender, q, k, scale)
-        grad = torch.randn_like(lse)
-
-        def fn():
-            torch.autograd.grad(lse, (q, k, scale), grad, retain_graph=True)
-    else:
-        def fn():
-            with torch.no_grad():
-                _call(contender, q, k, scale)
-
-    peak = peak_memory_bytes(fn, "cuda")
-    timing = time_fn(fn, "cuda")
-    two_grid = which == "backward" and contender in TWO_GRID
-    row = harness.make_row(SUBJECT, contender, "cuda", dtype, which, n, n, d, timing, peak,
-                           gemm_flop_s[dtype_name])
-    spent = harness.floor_flop(n, n, d, which, two_grid=two_grid)
-    row.extra.update(tflops_floor=row.floor_flop / timing.median / 1e12,
-                     tflops_spent=spent / timing.median / 1e12,
-                     fp32_precision=torch.get_float32_matmul_precision())
-    _rows.append(row)
+    _rows.extend(harness.lse_rows(contender, n, d, DTYPES[dtype_name], gemm_flop_s[dtype_name],
+                                  "cuda", directions=(which,)))

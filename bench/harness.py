@@ -10,6 +10,9 @@
   the floor halves for a kernel that exploits it.
 - :class:`Row`: the one JSON row every script writes (``write_rows``) or puts in a
   pytest-benchmark ``extra_info``; ``load_rows`` reads either file back.
+- :func:`lse_rows`: the core op's forward and backward on one device, as rows (the GPU
+  benchmark and the GPU check time it this way); :func:`copy_bandwidth`: the copy rate a
+  kernel's bytes are read against (L2-resident or not).
 """
 
 from __future__ import annotations
@@ -24,11 +27,13 @@ from typing import Optional
 import torch
 
 from contrastive_kernels import env
-from contrastive_kernels.testing.measure import Timing, time_fn
+from contrastive_kernels.testing.measure import Timing, peak_memory_bytes, time_fn
 
 RESULTS = pathlib.Path(__file__).parent / "results"
 
 
+# contenders whose backward recomputes the logits on both grids (dq's and dk's): 8 N M d
+TWO_GRID_BACKWARD = frozenset({"triton", "cuda"})
 DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16",
                torch.float64: "fp64"}
 DIRECTIONS = ("forward", "backward", "forward+backward")
@@ -69,6 +74,76 @@ def gemm_rate(device="cpu", dtype: torch.dtype = torch.float32, n: Optional[int]
     b = torch.randn(n, n, device=device).to(dtype)
     timing = time_fn(lambda: torch.mm(a, b), device, repeats=repeats)
     return 2 * n ** 3 / timing.median
+
+
+def copy_bandwidth(nbytes: int, device="cpu", repeats: int = 50) -> float:
+    """Bytes per second (read + written) of ``repeats`` back-to-back copies between two
+    buffers of ``nbytes``, with nothing flushed between them: buffers that fit in L2 are
+    read from L2 (do_bench would flush it before every call)."""
+    device = torch.device(device)
+    x = torch.randn(max(nbytes // 4, 1), device=device)
+    y = torch.empty_like(x)
+    y.copy_(x)  # warm: allocation, first touch, the L2 lines
+    if device.type == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        torch.cuda.synchronize(device)
+        start.record()
+        for _ in range(repeats):
+            y.copy_(x)
+        end.record()
+        end.synchronize()
+        seconds = start.elapsed_time(end) / 1e3
+    else:
+        import time
+        t0 = time.perf_counter()
+        for _ in range(repeats):
+            y.copy_(x)
+        seconds = time.perf_counter() - t0
+    return 2 * x.numel() * 4 * repeats / seconds
+
+
+def lse_rows(contender: str, n: int, d: int, dtype: torch.dtype, gemm_flop_s=None,
+             device="cuda", directions=("forward", "backward"), repeats: int = 3,
+             **extra) -> list:
+    """Rows of the core op at N = M = ``n`` in the SimCLR call (normalize, self-exclusion):
+    the forward without autograd, and the backward alone (``autograd.grad`` of a kept
+    graph). Peak memory above the inputs; floors at ``gemm_flop_s``; ``extra`` adds
+    TFLOP/s on the floor and on the work the contender spends."""
+    import contrastive_kernels as ck
+
+    device = torch.device(device)
+    gen = torch.Generator(device=device).manual_seed(0)
+    q = torch.randn(n, d, device=device, dtype=dtype, generator=gen)
+    k = torch.randn(n, d, device=device, dtype=dtype, generator=gen)
+    scale = torch.tensor(10.0, device=device, dtype=torch.float32, requires_grad=True)
+
+    def call(q_, k_):
+        return ck.ops.lse(q_, k_, scale, normalize=True, self_offset=0, backend=contender)[0]
+
+    rows = []
+    for which in directions:
+        if which == "backward":
+            qg, kg = q.clone().requires_grad_(), k.clone().requires_grad_()
+            lse = call(qg, kg)
+            grad = torch.randn_like(lse)
+
+            def fn():
+                torch.autograd.grad(lse, (qg, kg, scale), grad, retain_graph=True)
+        else:
+            def fn():
+                with torch.no_grad():
+                    call(q, k)
+        peak = peak_memory_bytes(fn, device)
+        timing = time_fn(fn, device, repeats=repeats)
+        row = make_row("lse", contender, device, dtype, which, n, n, d, timing, peak,
+                       gemm_flop_s, **extra)
+        spent = floor_flop(n, n, d, which, two_grid=which == "backward"
+                           and contender in TWO_GRID_BACKWARD)
+        row.extra.update(tflops_floor=row.floor_flop / timing.median / 1e12,
+                         tflops_spent=spent / timing.median / 1e12,
+                         fp32_precision=torch.get_float32_matmul_precision())
+        rows.append(row)
+    return rows
 
 
 def device_name(device="cpu") -> str:

@@ -1,10 +1,13 @@
-"""Turn the JSON of bench_supcon_cpu.py into a PNG plot and a markdown table.
+"""Turn benchmark rows (``harness.Row``) into a PNG plot and a markdown table.
 
     python bench/report.py bench/results/supcon_cpu.json
+    python bench/report.py bench/results/gpu/timing.json      # the GPU check's rows
 
-writes supcon_cpu.png (median time, with the min-max spread, and peak memory against N,
-log-log, d = 128) and supcon_cpu.md (every case) beside the JSON. Reads a pytest-benchmark
-JSON or a ``harness.write_rows`` file.
+writes <stem>.png (median time, with the min-max spread, and peak memory against N,
+log-log, at one d) and <stem>.md (every case) beside the JSON. Reads a pytest-benchmark
+JSON or a ``harness.write_rows`` file. SupCon CPU rows get their comparison with the
+reference formulation; any other subject (the core op on a GPU) gets the generic table:
+per case the time, the floor, TFLOP/s on the floor and the peak memory.
 """
 
 import os
@@ -52,7 +55,39 @@ def markdown(rows, machine):
     return "\n".join(lines) + "\n"
 
 
-def plot(rows, path, d=128):
+def generic_markdown(rows) -> str:
+    """Every row: contender, dtype, direction, N, d, time, x floor, TFLOP/s, peak memory."""
+    lines = ["| subject | contender | dtype | direction | N | d | median (ms) | min / max (ms) | "
+             "x floor | TFLOP/s (floor) | % of GEMM | peak (MiB) |",
+             "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+
+    def num(v, fmt):
+        return fmt.format(v) if isinstance(v, (int, float)) else "-"
+    for r in sorted(rows, key=lambda r: (r.get("subject", ""), r.get("dtype", ""), r.get("N") or 0,
+                                         r.get("d") or 0, r.get("direction", ""),
+                                         r.get("contender", ""))):
+        med = r.get("median_s")
+        flop = r.get("floor_flop")
+        tflops = flop / med / 1e12 if flop and med else None
+        pct = 100 / r["x_floor"] if r.get("x_floor") else None
+        lines.append(
+            f"| {r.get('subject', '')} | {r.get('contender', '')} | {r.get('dtype', '')} | "
+            f"{r.get('direction', '')} | {r.get('N', '')} | {r.get('d', '')} | "
+            f"{num(med and 1e3 * med, '{:.3f}')} | "
+            f"{num(r.get('min_s') and 1e3 * r['min_s'], '{:.3f}')} / "
+            f"{num(r.get('max_s') and 1e3 * r['max_s'], '{:.3f}')} | "
+            f"{num(r.get('x_floor'), '{:.2f}')} | {num(tflops, '{:.3g}')} | "
+            f"{num(pct, '{:.0f}%')} | "
+            f"{num(r.get('peak_bytes') and r['peak_bytes'] / 2 ** 20, '{:.0f}')} |")
+    return "\n".join(lines) + "\n"
+
+
+def _series_key(r, generic):
+    return (f"{r['contender']} {r.get('dtype', '')} {r.get('direction', '')}" if generic
+            else r["contender"])
+
+
+def plot(rows, path, d=128, generic=False, title=None):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -61,7 +96,8 @@ def plot(rows, path, d=128):
     series = defaultdict(list)
     for r in rows:
         if r["d"] == d:
-            series[r["contender"]].append((r["N"], *_spread(r), r["peak_bytes"] / 2**20))
+            series[_series_key(r, generic)].append((r["N"], *_spread(r),
+                                                    (r.get("peak_bytes") or 0) / 2**20))
     fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(11, 4.2))
     for name, pts in sorted(series.items()):
         pts.sort()
@@ -73,29 +109,37 @@ def plot(rows, path, d=128):
     for halved, style, label in ((False, "k--", "matmul floor"),
                                  (True, "k:", "matmul floor, symmetric tiles once")):
         floor = sorted({(r["N"], r["floor_s"]) for r in rows
-                        if r["d"] == d and bool(r.get("floor_halved")) == halved})
+                        if r["d"] == d and r.get("floor_s") and not generic
+                        and bool(r.get("floor_halved")) == halved})
         if floor:
             ax_t.plot([f[0] for f in floor], [f[1] for f in floor], style, label=label)
-    for ax, label in ((ax_t, "forward + backward time (s)"), (ax_m, "peak memory (MiB)")):
+    time_label = "median time per call (s)" if generic else "forward + backward time (s)"
+    for ax, label in ((ax_t, time_label), (ax_m, "peak memory (MiB)")):
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
-        ax.set_xlabel("N = bsz x 2 views")
+        ax.set_xlabel("N = M" if generic else "N = bsz x 2 views")
         ax.set_ylabel(label)
         ax.grid(True, which="both", alpha=0.3)
         ax.legend()
-    fig.suptitle(f"SupCon 'all', fp32, d = {d}, CPU")
+    fig.suptitle(title or f"SupCon 'all', fp32, d = {d}, CPU")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
 
 def main(argv):
     path = argv[1] if len(argv) > 1 else "bench/results/supcon_cpu.json"
-    rows, machine = harness.load_rows(path, SUBJECT)
+    rows, machine = harness.load_rows(path)
+    subjects = {r.get("subject", SUBJECT) for r in rows}
+    generic = subjects != {SUBJECT}
     stem = os.path.splitext(path)[0]
     with open(stem + ".md", "w") as fh:
-        fh.write(markdown(rows, machine))
+        fh.write(generic_markdown(rows) if generic else markdown(rows, machine))
+    rows = [r for r in rows if r.get("median_s") is not None]
     sizes = {r["d"] for r in rows}
-    plot(rows, stem + ".png", d=128 if 128 in sizes or not sizes else max(sizes))
+    d = 128 if 128 in sizes or not sizes else max(sizes)
+    title = (f"{', '.join(sorted(subjects))}, d = {d}, {rows[0].get('device', '')}"
+             if generic and rows else None)
+    plot(rows, stem + ".png", d=d, generic=generic, title=title)
     print(f"wrote {stem}.md and {stem}.png")
     return 0
 

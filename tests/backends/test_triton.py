@@ -25,7 +25,7 @@ from contrastive_kernels.backends.triton import _ops, configs, key_split  # noqa
 pytestmark = pytest.mark.skipif(ck_triton.unavailable_reason() is not None,
                                 reason=f"triton backend unavailable: {ck_triton.unavailable_reason()}")
 
-INTERPRETED = _ops._kernels_interpreted()
+INTERPRETED = _ops.kernels_interpreted()
 needs_interpreter = pytest.mark.skipif(not INTERPRETED, reason="checks the interpreter path")
 
 
@@ -131,7 +131,7 @@ def test_rejects_names_the_reason(monkeypatch):
         return " ".join(ck_triton.BACKEND.not_supported_reasons(cpu, dtype, 2, opts))
 
     assert "dtype" in reasons(torch.int32)
-    monkeypatch.setattr(_ops, "_kernels_interpreted", lambda: False)
+    monkeypatch.setattr(_ops, "kernels_interpreted", lambda: False)
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert "TRITON_INTERPRET" in reasons()
@@ -168,7 +168,7 @@ from contrastive_kernels.backends.triton import _ops
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch._functorch.aot_autograd import aot_function
 
-assert not _ops._kernels_interpreted()
+assert not _ops.kernels_interpreted()
 graphs = []
 
 def capture(gm, example_inputs):
@@ -496,7 +496,7 @@ def test_flags_interpreter_and_precision(monkeypatch):
         assert _ops._flags(torch.bfloat16)["UPCAST"]
         assert not _ops._flags(torch.float16)["UPCAST"]
         assert not _ops._flags(torch.float32)["TF32"]  # the interpreter's dot is IEEE anyway
-    monkeypatch.setattr(_ops, "_kernels_interpreted", lambda: False)
+    monkeypatch.setattr(_ops, "kernels_interpreted", lambda: False)
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     assert not _ops._flags(torch.bfloat16)["UPCAST"]  # compiled: bf16 goes to tl.dot as is
     assert _ops._flags(torch.float16)["RESCALE"]
@@ -590,7 +590,7 @@ def test_arch_rejected_with_a_reason(cap, monkeypatch):
     with pytest.raises(ValueError):
         configs.arch_of(cap)
     # the backend's device check names it for a CUDA device of that capability
-    monkeypatch.setattr(_ops, "_kernels_interpreted", lambda: False)
+    monkeypatch.setattr(_ops, "kernels_interpreted", lambda: False)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: cap)
     monkeypatch.delenv("CONTRASTIVE_KERNELS_TRITON_ARCH", raising=False)
     assert ck_triton.device_check(torch.device("cuda", 0), torch.float32) == reason
@@ -720,3 +720,21 @@ def test_gpu_runtime_has_no_spills(native_cuda):
     for kernel in (lse_fwd_kernel, lse_bwd_kernel):
         for compiled in kernel.device_caches[torch.cuda.current_device()][0].values():
             assert compiled.n_spills == 0, (compiled.name, compiled.n_spills)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("magnitude", [1e2, 1e4, 1e9, 1e20, 1e38, 3e38])
+def test_gpu_huge_bias_on_device(native_cuda, magnitude):
+    """Compiled kernels on the device: one key's bias far above the logit range. dq and dk
+    are the float64 oracle's only if every pass rounds each logit as the forward did."""
+    from contrastive_kernels.testing.core_check import lse_grad
+    gen = torch.Generator().manual_seed(4)
+    q, k = torch.randn(300, 64, generator=gen), torch.randn(200, 64, generator=gen)
+    bias = torch.randn(200, generator=gen)
+    bias[17] = magnitude
+    for wrt in ("q", "k"):
+        want = lse_grad("reference", q.double(), k.double(), wrt=wrt, bias=bias.double(),
+                        normalize=True).float()
+        got = lse_grad("triton", q.to(native_cuda), k.to(native_cuda), wrt=wrt,
+                       bias=bias.to(native_cuda), normalize=True)
+        torch.testing.assert_close(got.cpu(), want, rtol=1e-4, atol=1e-5)

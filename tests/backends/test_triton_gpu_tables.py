@@ -21,7 +21,7 @@ OPT = {o.id: o for o in OPTIONS}
 
 @pytest.fixture(params=configs.ARCHS, ids=lambda a: f"sm{a}")
 def gpu_tables(request, monkeypatch):
-    monkeypatch.setattr(_ops, "_arch", lambda device: request.param)
+    monkeypatch.setattr(_ops, "arch_for", lambda device: request.param)
     return request.param
 
 

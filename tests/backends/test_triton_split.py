@@ -274,7 +274,7 @@ def test_interpreter_default_is_unsplit(monkeypatch):
 def test_gpu_automatic_split(cuda_device, monkeypatch, dtype):
     """Compiled kernels on a CUDA device: N = 4096 splits automatically (S > 1 on any GPU
     with more than 32 SMs), close to the forced unsplit run, bitwise reproducible."""
-    if _ops._kernels_interpreted():
+    if _ops.kernels_interpreted():
         pytest.skip("compiled Triton needed: CONTRASTIVE_KERNELS_TRITON_NATIVE=1")
     monkeypatch.delenv(ENV, raising=False)
     n, m, d = 4096, 4096, 128

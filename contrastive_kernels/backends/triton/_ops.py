@@ -33,16 +33,16 @@ from .lse_forward import lse_fwd_kernel, lse_fwd_kernel_py
 FORWARD_NAME = f"{contract.NAMESPACE}::lse_triton"
 BACKWARD_NAME = f"{contract.NAMESPACE}::lse_triton_backward"
 
-_LOG2E = 1.4426950408889634
 _FP32_TINY = 1.1754943508222875e-38  # eps is passed to the kernels as an fp32 scalar
 
 
 def interpreting() -> bool:
     """Whether the kernels run under the Triton interpreter (read at call time)."""
-    return os.environ.get("TRITON_INTERPRET", "0") == "1" or _kernels_interpreted()
+    return os.environ.get("TRITON_INTERPRET", "0") == "1" or kernels_interpreted()
 
 
-def _kernels_interpreted() -> bool:
+def kernels_interpreted() -> bool:
+    """Whether the kernel objects are the interpreter's (TRITON_INTERPRET=1 at import)."""
     try:
         from triton.runtime.interpreter import InterpretedFunction
     except ImportError:  # pragma: no cover
@@ -53,7 +53,7 @@ def _kernels_interpreted() -> bool:
 ARCH_ENV = env.name("TRITON_ARCH")  # "80" / "90": config family without asking the device
 
 
-def _arch(device: torch.device):
+def arch_for(device: torch.device):
     """Config family (80 / 90) for a CUDA device, None under the interpreter."""
     if interpreting() or device.type != "cuda":
         return None
@@ -70,7 +70,7 @@ def _wrap(kernel):
     try:
         return wrap_triton(kernel)
     except RuntimeError:
-        if _kernels_interpreted():
+        if kernels_interpreted():
             return kernel
         raise
 
@@ -104,7 +104,7 @@ def _splits(device: torch.device, n_rows: int, n_streamed: int, cfg: configs.Con
     """(S, streamed tiles per range) of one launch (key_split.splits_for). The opt-in
     autotuner keeps S = 1: its BLOCK_O / BLOCK_I (hence the ranges and the workspaces) are
     chosen inside the launch, after the host has sized everything."""
-    if configs.autotune_enabled() and not _kernels_interpreted():
+    if configs.autotune_enabled() and not kernels_interpreted():
         return 1, 0
     return key_split.splits_for(device, triton.cdiv(n_rows, cfg.block_o),
                                 triton.cdiv(n_streamed, cfg.block_i), interpreting())
@@ -119,7 +119,7 @@ def _launch(which: str, n_rows: int, cfg: configs.Config, kwargs: dict, reset=()
     triton.autotune over the config's neighbours, heuristics applied per candidate.
     """
     plain, fn_py, heur = _KERNELS[which]
-    if configs.autotune_enabled() and not _kernels_interpreted():
+    if configs.autotune_enabled() and not kernels_interpreted():
         assert splits == 1, "the autotuned launch is never split"
         key = (which, cfg, tuple(reset))
         if key not in _tuned:
@@ -139,11 +139,12 @@ def _launch(which: str, n_rows: int, cfg: configs.Config, kwargs: dict, reset=()
 # --------------------------------------------------------------------------- helpers
 
 
-def _bias2(bias: Optional[torch.Tensor], acc: torch.dtype) -> Optional[torch.Tensor]:
-    """bias log2(e) in the accumulation dtype, padded: the kernels work in base 2."""
+def _bias_padded(bias: Optional[torch.Tensor], acc: torch.dtype) -> Optional[torch.Tensor]:
+    """bias in the accumulation dtype, padded to whole tiles (the kernels add it as it is:
+    the logit stays on the contract's natural grid, _common.logit)."""
     if bias is None:
         return None
-    return _padded(bias.to(acc) * _LOG2E, 0.0)
+    return _padded(bias.to(acc), 0.0)
 
 
 def _inv_norms(x: torch.Tensor, eps: float, acc: torch.dtype) -> torch.Tensor:
@@ -234,9 +235,9 @@ def lse_triton(q: torch.Tensor, k: torch.Tensor, scale: torch.Tensor, bias: Opti
     scale = scale.to(acc)
     q_labels, k_labels = contract.active_labels(q_labels, k_labels, exclude_positives)
     bias, q_labels, k_labels = _per_key_inputs(bias, q_labels, k_labels)
-    bias, k_labels = _bias2(bias, acc), _padded(k_labels, 0)
+    bias, k_labels = _bias_padded(bias, acc), _padded(k_labels, 0)
     inv_q, inv_k = _inv_norm_pair(q, k, normalize, eps, acc)
-    cfg = configs.select("fwd_o" if return_o else "fwd", d, q.dtype, _arch(q.device),
+    cfg = configs.select("fwd_o" if return_o else "fwd", d, q.dtype, arch_for(q.device),
                          tf32=_allow_tf32(q.dtype))
     block_d, single = configs.block_d_for(cfg, d, q.dtype)
     splits, per = _splits(q.device, n, m, cfg)
@@ -283,7 +284,7 @@ def _launch_bwd(dk_side, grad_lse, q, k, scale, bias, q_labels, k_labels, self_o
     nx, d = x.shape
     ny = y.shape[0]
     acc = contract.accumulate_dtype(q.dtype)
-    cfg = configs.select("bwd_dk" if dk_side else "bwd_dq", d, q.dtype, _arch(q.device),
+    cfg = configs.select("bwd_dk" if dk_side else "bwd_dq", d, q.dtype, arch_for(q.device),
                          tf32=_allow_tf32(q.dtype))
     block_d, single = configs.block_d_for(cfg, d, q.dtype)
     flags = _flags(q.dtype)
@@ -353,7 +354,8 @@ def lse_triton_backward(grad_lse: torch.Tensor, q: torch.Tensor, k: torch.Tensor
     scale_acc = scale.to(acc)
     q_labels, k_labels = contract.active_labels(q_labels, k_labels, exclude_positives)
     bias, q_labels, k_labels = _per_key_inputs(bias, q_labels, k_labels)
-    bias, q_labels, k_labels = _bias2(bias, acc), _padded(q_labels, 0), _padded(k_labels, 0)
+    bias, q_labels, k_labels = (_bias_padded(bias, acc), _padded(q_labels, 0),
+                                _padded(k_labels, 0))
     inv_q, inv_k = _inv_norm_pair(q, k, normalize, eps, acc)
     grad_lse = _padded(grad_lse, 0.0)
     lse = _padded(lse, float("-inf"))

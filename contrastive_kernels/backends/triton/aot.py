@@ -319,7 +319,9 @@ def _compile_one(job) -> Row:
     return row
 
 
-def _tool(name: str):
+def tool(name: str):
+    """The path of a CUDA binary tool (cuobjdump, ptxas): Triton's bundled copy, else the
+    toolkit's, else None."""
     import triton
     path = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", name)
     if os.path.exists(path):
@@ -330,13 +332,13 @@ def _tool(name: str):
 
 def _run_cuobjdump(cubin: bytes, flag: str):
     """cuobjdump's output for ``flag`` on a cubin, or None without the tool."""
-    tool = _tool("cuobjdump")
-    if tool is None:
+    exe = tool("cuobjdump")
+    if exe is None:
         return None
     with tempfile.NamedTemporaryFile(suffix=".cubin", delete=False) as f:
         f.write(cubin)
     try:
-        return subprocess.run([tool, flag, f.name], capture_output=True, text=True,
+        return subprocess.run([exe, flag, f.name], capture_output=True, text=True,
                               check=False).stdout
     finally:
         os.unlink(f.name)
