@@ -52,6 +52,12 @@ def rows(work: str, name: str) -> list:
         return [json.loads(line) for line in f if line.strip().endswith("}")]
 
 
+def append_row(work: str, name: str, row: dict) -> None:
+    """One finished row of a section, as one JSON line (what :func:`rows` reads back)."""
+    with open(os.path.join(work, f"{name}.jsonl"), "a") as f:
+        f.write(json.dumps(row, default=str) + "\n")
+
+
 def status(work: str, name: str) -> dict:
     path = os.path.join(work, f"{name}.status.json")
     if not os.path.exists(path):
@@ -136,7 +142,7 @@ class Build:
                                          stdout=log, stderr=subprocess.STDOUT,
                                          start_new_session=True)
         row = dict(reason=self.reason, env=self.env, ninja=plan.get("ninja"))
-        _emit(work, "build", row)
+        append_row(work, "build", row)
 
     def poll(self, until: float = 0.0):
         """The build's state after waiting until ``until`` at most: ok / failed / running."""
@@ -152,18 +158,13 @@ class Build:
             with open(os.path.join(self.work, "build.log")) as f:
                 text = f.read()
             timed = re.findall(r"\[build\] ([\d.]+) s", text)
-            _emit(self.work, "build", dict(state=state, seconds=float(timed[-1]) if timed else None,
+            append_row(self.work, "build", dict(state=state, seconds=float(timed[-1]) if timed else None,
                                            tail=text[-2000:] if self.rc else ""))
         return state
 
     def stop(self):
         if self.proc is not None and self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGKILL)
-
-
-def _emit(work: str, name: str, row: dict) -> None:
-    with open(os.path.join(work, f"{name}.jsonl"), "a") as f:
-        f.write(json.dumps(row, default=str) + "\n")
 
 
 # --------------------------------------------------------------------------- the parent

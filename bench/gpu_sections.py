@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import faulthandler
 import importlib.util
-import json
 import os
 import platform
 import re
@@ -26,6 +25,8 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
+
+import gpu_check  # noqa: E402  (the orchestrator's row format)
 
 # correctness cases (dtype, d, option id of testing.core_cases, variant of core_check), by
 # value: first the option set the timings use (normalize + self-exclusion), then every
@@ -66,8 +67,7 @@ class Section:
         return self.deadline - time.time()
 
     def emit(self, row: dict, file: str | None = None) -> None:
-        with open(os.path.join(self.work, f"{file or self.name}.jsonl"), "a") as f:
-            f.write(json.dumps(row, default=str) + "\n")
+        gpu_check.append_row(self.work, file or self.name, row)
 
     def cases(self, items):
         """Yield the cases that fit before the deadline; the others become skipped rows."""

@@ -2,10 +2,11 @@
 
 Gathers with gradient use torch's functional collectives (``all_gather_single``, whose
 backward is a reduce-scatter; ``all_gather_tensor_autograd`` on torch releases before it),
-not the deprecated ``torch.distributed.nn.functional.all_gather``. Before any gather the
-ranks exchange their row counts: unequal counts raise one clear ValueError on every rank
-instead of aborting the process inside the backend (gloo's "Received data size doesn't
-match") or hanging. That exchange reads 1 integer per rank back to the host.
+not the deprecated ``torch.distributed.nn.functional.all_gather``. Before the tensors of
+one call are gathered the ranks exchange their row counts once: unequal counts raise one
+clear ValueError on every rank instead of aborting the process inside the backend (gloo's
+"Received data size doesn't match") or hanging. That exchange reads 1 integer per rank
+back to the host.
 """
 
 from __future__ import annotations
@@ -29,25 +30,26 @@ def _autograd_all_gather():
     return getattr(fc, "all_gather_single", None) or fc.all_gather_tensor_autograd
 
 
-def check_equal_rows(x: torch.Tensor, what: str = "gathered loss") -> None:
-    """Raise on every rank unless every rank holds as many rows as this one."""
+def check_equal_rows(xs) -> None:
+    """Raise on every rank unless every rank holds as many rows as this one (the tensors
+    ``xs`` of one call share their row count: the losses check their pairs first)."""
     import torch.distributed as dist
 
-    size, rank = dist.get_world_size(), dist.get_rank()
-    count = torch.tensor([x.shape[0]], dtype=torch.long, device=x.device)
-    counts = [torch.empty_like(count) for _ in range(size)]
+    n = xs[0].shape[0]
+    count = torch.tensor([n], dtype=torch.long, device=xs[0].device)
+    counts = [torch.empty_like(count) for _ in range(dist.get_world_size())]
     dist.all_gather(counts, count)
     counts = [int(c) for c in counts]
     if len(set(counts)) > 1:
         raise ValueError(
-            f"{what}: every rank must hold the same number of rows, got {counts} (rows per "
-            f"rank; this is rank {rank} with {x.shape[0]}); pad or drop the last batch "
-            "(DistributedSampler(drop_last=True)), uneven batches are not supported yet")
+            f"gathered loss: every rank must hold the same number of rows, got {counts} "
+            f"(rows per rank; this is rank {dist.get_rank()} with {n}); pad or drop the last "
+            "batch (DistributedSampler(drop_last=True)), uneven batches are not supported yet")
 
 
-def gather(x: torch.Tensor, with_grad: bool, keep_local: bool = False,
-           what: str = "gathered loss") -> torch.Tensor:
-    """[world_size * rows, ...]: x of every rank, concatenated in rank order.
+def gather(*xs: torch.Tensor, with_grad: bool, keep_local: bool = False) -> list:
+    """[world_size * rows, ...] per tensor of ``xs``: its rows of every rank, concatenated
+    in rank order (one row-count check for all of them).
 
     ``with_grad`` keeps the autograd graph through the gather (the backward returns to each
     rank the sum over ranks of the gradient of its rows, by a reduce-scatter). Without it,
@@ -57,7 +59,13 @@ def gather(x: torch.Tensor, with_grad: bool, keep_local: bool = False,
 
     if not (dist.is_available() and dist.is_initialized()):
         raise RuntimeError("gathering needs an initialized torch.distributed process group")
-    check_equal_rows(x, what)
+    check_equal_rows(xs)
+    return [_gather_one(x, with_grad, keep_local) for x in xs]
+
+
+def _gather_one(x: torch.Tensor, with_grad: bool, keep_local: bool) -> torch.Tensor:
+    import torch.distributed as dist
+
     if with_grad:
         out = _autograd_all_gather()(x.contiguous(), 0, dist.group.WORLD)
         return out.wait() if hasattr(out, "wait") and callable(out.wait) else out

@@ -38,31 +38,37 @@ def _fake_backward(grad_lse, q, k, scale, bias, q_labels, k_labels, self_offset,
     return dq, dk, scale.new_empty(())
 
 
+def save_context(ctx, inputs, output):
+    """What the backward needs of a forward call (``inputs`` start with the forward
+    schema's arguments): q, k, scale, bias, labels, lse and the options; o carries no
+    gradient. Shared by the ops' autograd and the torch.func path (:mod:`.transforms`)."""
+    q, k, scale, bias, q_labels, k_labels, self_offset, normalize, eps, exclude_positives = \
+        inputs[:10]
+    ctx.mark_non_differentiable(output[1])
+    ctx.save_for_backward(q, k, scale, bias, q_labels, k_labels, output[0])
+    ctx.options = (self_offset, normalize, eps, exclude_positives)
+
+
+def gradients(ctx, backward_op, grad_lse):
+    """(dq, dk, dscale) of a saved call by ``backward_op``, None where no gradient is
+    needed; dq / dk in q's / k's layout (every backend writes them contiguous)."""
+    q, k, scale, bias, q_labels, k_labels, lse = ctx.saved_tensors
+    need_dq, need_dk, need_dscale = ctx.needs_input_grad[:3]
+    if not (need_dq or need_dk or need_dscale):
+        return None, None, None
+    if grad_lse is None:
+        grad_lse = torch.zeros_like(lse)
+    dq, dk, dscale = backward_op(grad_lse.contiguous(), q, k, scale, bias, q_labels, k_labels,
+                                 *ctx.options, lse, need_dq, need_dk, need_dscale)
+    return (as_layout_of(dq, q) if need_dq else None, as_layout_of(dk, k) if need_dk else None,
+            dscale if need_dscale else None)
+
+
 def _make_autograd(backward_op):
-    def setup_context(ctx, inputs, output):
-        (q, k, scale, bias, q_labels, k_labels, self_offset, normalize, eps,
-         exclude_positives, return_o) = inputs
-        lse, o = output
-        ctx.mark_non_differentiable(o)
-        ctx.save_for_backward(q, k, scale, bias, q_labels, k_labels, lse)
-        ctx.options = (self_offset, normalize, eps, exclude_positives)
-
     def backward(ctx, grad_lse, grad_o):
-        q, k, scale, bias, q_labels, k_labels, lse = ctx.saved_tensors
-        self_offset, normalize, eps, exclude_positives = ctx.options
-        need_dq, need_dk, need_dscale = ctx.needs_input_grad[:3]
-        if not (need_dq or need_dk or need_dscale):
-            return (None,) * 11
-        if grad_lse is None:
-            grad_lse = torch.zeros_like(lse)
-        dq, dk, dscale = backward_op(
-            grad_lse.contiguous(), q, k, scale, bias, q_labels, k_labels, self_offset,
-            normalize, eps, exclude_positives, lse, need_dq, need_dk, need_dscale)
-        # every backend writes dq / dk contiguous: hand them on in q's / k's layout
-        return (as_layout_of(dq, q) if need_dq else None, as_layout_of(dk, k) if need_dk else None,
-                dscale if need_dscale else None) + (None,) * 8
+        return gradients(ctx, backward_op, grad_lse) + (None,) * 8
 
-    return setup_context, backward
+    return save_context, backward
 
 
 SECOND_ORDER_ERROR = ("contrastive_kernels: second-order gradients (differentiating the core "

@@ -23,33 +23,38 @@ def same_layout(shape, stride_a, stride_b) -> bool:
     return all(n <= 1 or a == b for n, a, b in zip(shape, stride_a, stride_b))
 
 
-def as_layout_of(grad: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """``grad`` with the strides of ``like`` (what ``torch.empty_like`` keeps: a
-    non-overlapping dense layout, else contiguous)."""
-    if like.is_contiguous():
+def layout_of(x: torch.Tensor):
+    """The strides a gradient of x should have (what ``torch.empty_like`` keeps: x's for a
+    non-overlapping dense layout, else contiguous), or None for contiguous; found without
+    allocating or keeping x."""
+    return None if x.is_contiguous() else torch.empty_like(x, device="meta").stride()
+
+
+def in_layout(grad: torch.Tensor, stride) -> torch.Tensor:
+    """``grad`` with ``stride`` (:func:`layout_of`; None: contiguous), copied only when its
+    own layout differs."""
+    if stride is None:
         return grad.contiguous()
-    target = torch.empty_like(like, dtype=grad.dtype, device=grad.device)
-    if same_layout(grad.shape, grad.stride(), target.stride()):
+    if same_layout(grad.shape, grad.stride(), stride):
         return grad
-    return target.copy_(grad)
+    return torch.empty_strided(grad.shape, stride, dtype=grad.dtype,
+                               device=grad.device).copy_(grad)
+
+
+def as_layout_of(grad: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``grad`` in ``like``'s layout."""
+    return in_layout(grad, layout_of(like))
 
 
 class _KeepLayout(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x):
-        ctx.contiguous = x.is_contiguous()
-        # the strides empty_like would give, without keeping x (or its memory) alive
-        ctx.stride = torch.empty_like(x, device="meta").stride()
+        ctx.stride = layout_of(x)
         return x.view_as(x)
 
     @staticmethod
     def backward(ctx, grad):
-        if ctx.contiguous:
-            return grad.contiguous()
-        if same_layout(grad.shape, grad.stride(), ctx.stride):
-            return grad
-        return torch.empty_strided(grad.shape, ctx.stride, dtype=grad.dtype,
-                                   device=grad.device).copy_(grad)
+        return in_layout(grad, ctx.stride)
 
 
 def keep_layout(x):

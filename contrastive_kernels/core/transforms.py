@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import torch
 
-from .layout import as_layout_of
+from .autograd import gradients, save_context
 
 FORWARD_AD_ERROR = (
     "contrastive_kernels: forward-mode AD of ops.lse (torch.func.jvp / jacfwd, "
@@ -56,28 +56,15 @@ class CoreOpFunction(torch.autograd.Function):
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        (q, k, scale, bias, q_labels, k_labels, self_offset, normalize, eps,
-         exclude_positives, _, backend) = inputs
-        ctx.mark_non_differentiable(output[1])
-        ctx.save_for_backward(q, k, scale, bias, q_labels, k_labels, output[0])
-        ctx.options = (self_offset, normalize, eps, exclude_positives)
-        ctx.backend = backend
+        save_context(ctx, inputs, output)
+        ctx.backend = inputs[-1]
 
     @staticmethod
     def backward(ctx, grad_lse, grad_o):
-        q, k, scale, bias, q_labels, k_labels, lse = ctx.saved_tensors
-        need_dq, need_dk, need_dscale = ctx.needs_input_grad[:3]
-        if grad_lse is None:
-            grad_lse = torch.zeros_like(lse)
         # no graph of the backward (second order is not supported): torch.func runs the
         # backward with grad mode on, and the backward op's own autograd is not func-ready
         with torch.no_grad():
-            dq, dk, dscale = ctx.backend.backward(
-                grad_lse.contiguous(), q, k, scale, bias, q_labels, k_labels, *ctx.options, lse,
-                need_dq, need_dk, need_dscale)
-        return ((as_layout_of(dq, q) if need_dq else None),
-                (as_layout_of(dk, k) if need_dk else None),
-                (dscale if need_dscale else None)) + (None,) * 9
+            return gradients(ctx, ctx.backend.backward, grad_lse) + (None,) * 9
 
     @staticmethod
     def jvp(ctx, *tangents):

@@ -47,8 +47,9 @@ def clip_loss(image_features: torch.Tensor, text_features: torch.Tensor, logit_s
     scale = logit_scale.reshape(()).to(acc) if isinstance(logit_scale, torch.Tensor) else logit_scale
 
     if world_size > 1:
-        all_img = distributed.gather(image_features, gather_with_grad, keep_local=not local_loss)
-        all_txt = distributed.gather(text_features, gather_with_grad, keep_local=not local_loss)
+        all_img, all_txt = distributed.gather(image_features, text_features,
+                                              with_grad=gather_with_grad,
+                                              keep_local=not local_loss)
         if local_loss:
             q_img, q_txt, offset = image_features, text_features, rank * image_features.shape[0]
         else:

@@ -41,8 +41,7 @@ def dcl_loss(out0: torch.Tensor, out1: torch.Tensor, temperature: float = 0.1,
     u0, u1 = unit_rows(out0, True, eps), unit_rows(out1, True, eps)
     world, rank = distributed.world() if gather_distributed else (1, 0)
     if world > 1:
-        all0 = distributed.gather(out0, True)
-        all1 = distributed.gather(out1, True)
+        all0, all1 = distributed.gather(out0, out1, with_grad=True)
     else:
         all0, all1 = out0, out1
     pos = lam * rowdot(u0, u1)

@@ -55,7 +55,7 @@ def ntxent_loss(out0: torch.Tensor, out1: torch.Tensor, temperature: float = 0.5
     batch = out0.shape[0]
     world, rank = distributed.world() if gather_distributed else (1, 0)
     if world > 1:
-        keys = torch.cat([distributed.gather(out0, True), distributed.gather(out1, True)])
+        keys = torch.cat(distributed.gather(out0, out1, with_grad=True))
         lse0, _ = ops.lse(out0, keys, lam, self_offset=rank * batch, normalize=True, eps=eps,
                           backend=backend)
         lse1, _ = ops.lse(out1, keys, lam, self_offset=(world + rank) * batch, normalize=True,
@@ -126,7 +126,7 @@ class MemoryBank(ResizableBuffers):
         if update:
             rows = output
             if gather and distributed.world()[0] > 1:
-                rows = distributed.gather(output.detach(), False)
+                (rows,) = distributed.gather(output.detach(), with_grad=False)
             self._dequeue_and_enqueue(rows)
         return output, bank
 

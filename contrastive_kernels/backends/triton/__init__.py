@@ -68,16 +68,19 @@ def device_check(device: torch.device, dtype: torch.dtype) -> Optional[str]:
     return "CPU tensors run only under the Triton interpreter (TRITON_INTERPRET=1)"
 
 
-def _forward(*args):
+def _op_pair():
+    """(forward, backward) ops, or why the kernels are unavailable."""
     if _IMPORT_ERROR is not None:
         raise BackendError(f"backend 'triton' is unavailable: {_IMPORT_ERROR}")
-    return lse_op(*args)
+    return lse_op, lse_backward_op
+
+
+def _forward(*args):
+    return _op_pair()[0](*args)
 
 
 def _backward(*args):
-    if _IMPORT_ERROR is not None:
-        raise BackendError(f"backend 'triton' is unavailable: {_IMPORT_ERROR}")
-    return lse_backward_op(*args)
+    return _op_pair()[1](*args)
 
 
 BACKEND = Backend(
