@@ -45,8 +45,10 @@ constexpr bool kWithCuda = false;
 // FRAGMENT: Python declares other ops (the pure-PyTorch kernel sets) in the same namespace.
 TORCH_LIBRARY_FRAGMENT(contrastive_kernels, m) {
   namespace c = ck::contract;
-  m.def(c::declaration(c::kForwardOp, c::kForwardSchema).c_str());
-  m.def(c::declaration(c::kBackwardOp, c::kBackwardSchema).c_str());
+  for (const c::OpDecl& op : c::kOps) {
+    m.def(c::declaration(c::op_name(op, "native", false).c_str(), op.forward_schema).c_str());
+    m.def(c::declaration(c::op_name(op, "native", true).c_str(), op.backward_schema).c_str());
+  }
 }
 
 namespace py = pybind11;
@@ -87,9 +89,12 @@ py::list cpu_kernels() {
   return names;
 }
 
-py::tuple schemas() {
-  return py::make_tuple(std::string(ck::contract::kForwardSchema),
-                        std::string(ck::contract::kBackwardSchema));
+// {op name: (forward schema, backward schema)} as compiled in (common/contract.h).
+py::dict op_table() {
+  py::dict table;
+  for (const ck::contract::OpDecl& op : ck::contract::kOps)
+    table[op.name] = py::make_tuple(std::string(op.forward_schema), std::string(op.backward_schema));
+  return table;
 }
 
 }  // namespace
@@ -102,6 +107,6 @@ PYBIND11_MODULE(_C, m) {
   m.def("set_cpu_kernel", &ck::cpu::set_kernel_set, py::arg("name"),
         "Runs the CPU ops with kernel set `name` ('auto', 'baseline', 'avx2+fma') from now "
         "on; returns the name of the one it replaces (for tests and benchmarks)");
-  m.def("schemas", &schemas,
-        "(forward, backward) schema strings of the lse_native ops, as compiled in");
+  m.def("op_table", &op_table,
+        "{op: (forward schema, backward schema)} of the core ops, as compiled in");
 }

@@ -62,6 +62,33 @@ def lse_reference(q, k, scale, bias, q_labels, k_labels, self_offset, normalize,
     return lse, o
 
 
+def _masked_lse(s, dim):
+    """log-sum-exp of s over ``dim``, -inf for an all -inf line, with no NaN gradient."""
+    empty = torch.isneginf(s).all(dim=dim, keepdim=True)
+    if s.shape[dim] == 0:
+        return torch.full(s.shape[:dim] + s.shape[dim + 1:], -math.inf, dtype=s.dtype,
+                          device=s.device)
+    out = torch.logsumexp(s.masked_fill(empty, 0.0), dim=dim, keepdim=True)
+    return out.masked_fill(empty, -math.inf).squeeze(dim)
+
+
+def two_sided_lse_reference(q, k, scale, bias, q_labels, k_labels, self_offset, normalize, eps,
+                            exclude_positives, compute_dtype=None):
+    """Two-sided core op, naively: row_lse [N] over each row's keys and col_lse [M] over
+    each key's rows, both over the same pairs (those outside the excluded set)."""
+    acc = compute_dtype or (torch.float64 if q.dtype == torch.float64 else torch.float32)
+    qh, kh = q.to(acc), k.to(acc)
+    if normalize:
+        qh, kh = _normalize(qh, eps), _normalize(kh, eps)
+    s = scale.to(acc) * (qh @ kh.T)
+    if bias is not None:
+        s = s + bias.to(acc)
+    excluded = excluded_mask(q.shape[0], k.shape[0], self_offset, q_labels, k_labels,
+                             exclude_positives, q.device)
+    s = s.masked_fill(excluded, -math.inf)
+    return _masked_lse(s, 1), _masked_lse(s, 0)
+
+
 BACKEND = Backend(
     name="reference",
     forward=lse_reference,

@@ -25,6 +25,10 @@ std::string declaration(const char* op, const char* schema) {
   return std::string(op) + schema;
 }
 
+std::string op_name(const OpDecl& op, const char* kernel_set, bool backward) {
+  return std::string(op.name) + "_" + kernel_set + (backward ? "_backward" : "");
+}
+
 std::pair<std::optional<at::Tensor>, std::optional<at::Tensor>> active_labels(
     const std::optional<at::Tensor>& q_labels, const std::optional<at::Tensor>& k_labels,
     bool exclude_positives) {

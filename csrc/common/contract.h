@@ -23,17 +23,45 @@ namespace contract {
 // TORCH_LIBRARY takes the namespace as a bare token, so this copy is for messages and
 // qualified lookups only; the macros must still spell `contrastive_kernels`.
 inline constexpr char kNamespace[] = "contrastive_kernels";
+// The core ops, once: each op <name> is declared for the compiled kernels as the pair
+// <name>_native / <name>_native_backward (register.cpp loops over kOps) and for the
+// emulated CUDA kernels as <name>_cuda_emulated / _backward (emulation/ops_emulated.cpp).
+// The schemas are what contrastive_kernels/core/ops/ derives from each op's spec (the
+// shared pair prefix plus the op's own inputs, outputs and saved tensors);
+// tests/core/test_op_specs.py compares them, per op, through _C.op_table().
+struct OpDecl {
+  const char* name;
+  const char* forward_schema;
+  const char* backward_schema;
+};
+
+#define CK_PAIR_PREFIX                                                                     \
+  "Tensor q, Tensor k, Tensor scale, Tensor? bias, Tensor? q_labels, Tensor? k_labels, " \
+  "int? self_offset, bool normalize, float eps"
+
+inline constexpr OpDecl kLse{
+    "lse",
+    "(" CK_PAIR_PREFIX ", bool exclude_positives, bool return_o) -> (Tensor, Tensor)",
+    "(Tensor grad_lse, " CK_PAIR_PREFIX ", bool exclude_positives, Tensor lse, "
+    "bool need_dq, bool need_dk, bool need_dscale) -> (Tensor, Tensor, Tensor)"};
+inline constexpr OpDecl kTwoSidedLse{
+    "two_sided_lse",
+    "(" CK_PAIR_PREFIX ", bool exclude_positives) -> (Tensor, Tensor)",
+    "(Tensor grad_row_lse, Tensor grad_col_lse, " CK_PAIR_PREFIX ", bool exclude_positives, "
+    "Tensor row_lse, Tensor col_lse, bool need_dq, bool need_dk, bool need_dscale) "
+    "-> (Tensor, Tensor, Tensor)"};
+#undef CK_PAIR_PREFIX
+
+inline constexpr OpDecl kOps[] = {kLse, kTwoSidedLse};
+
+// The op names of the compiled kernels (kernel set "native").
 inline constexpr char kForwardOp[] = "lse_native";
 inline constexpr char kBackwardOp[] = "lse_native_backward";
+inline constexpr char kTwoSidedForwardOp[] = "two_sided_lse_native";
+inline constexpr char kTwoSidedBackwardOp[] = "two_sided_lse_native_backward";
 
-inline constexpr char kForwardSchema[] =
-    "(Tensor q, Tensor k, Tensor scale, Tensor? bias, Tensor? q_labels, Tensor? k_labels, "
-    "int? self_offset, bool normalize, float eps, bool exclude_positives, bool return_o) "
-    "-> (Tensor, Tensor)";
-inline constexpr char kBackwardSchema[] =
-    "(Tensor grad_lse, Tensor q, Tensor k, Tensor scale, Tensor? bias, Tensor? q_labels, "
-    "Tensor? k_labels, int? self_offset, bool normalize, float eps, bool exclude_positives, "
-    "Tensor lse, bool need_dq, bool need_dk, bool need_dscale) -> (Tensor, Tensor, Tensor)";
+// <op>_<kernel_set> and <op>_<kernel_set>_backward.
+std::string op_name(const OpDecl& op, const char* kernel_set, bool backward);
 
 // What Library::def parses: the unqualified name followed by the signature.
 std::string declaration(const char* op, const char* schema);

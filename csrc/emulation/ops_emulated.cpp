@@ -103,8 +103,10 @@ void selftest_deadlock() { emu_selftest::deadlock(); }
 
 TORCH_LIBRARY_FRAGMENT(contrastive_kernels, m) {
   namespace c = ck::contract;
-  m.def(c::declaration(ck::cuda_ops::kEmulatedForward, c::kForwardSchema).c_str());
-  m.def(c::declaration(ck::cuda_ops::kEmulatedBackward, c::kBackwardSchema).c_str());
+  for (const c::OpDecl& op : c::kOps) {
+    m.def(c::declaration(c::op_name(op, "cuda_emulated", false).c_str(), op.forward_schema).c_str());
+    m.def(c::declaration(c::op_name(op, "cuda_emulated", true).c_str(), op.backward_schema).c_str());
+  }
   m.def("_cuda_emulation_test_barrier() -> Tensor", &ck::cuda_ops::selftest_barrier);
   m.def("_cuda_emulation_test_shuffle() -> Tensor", &ck::cuda_ops::selftest_shuffle);
   m.def("_cuda_emulation_test_ldmatrix(Tensor m, int num, bool trans) -> Tensor",
