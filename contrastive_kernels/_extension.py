@@ -11,7 +11,8 @@ import warnings
 
 import torch  # noqa: F401  (loads libtorch, which _C links against)
 
-from .core.autograd import lookup, register_core_ops
+from .core.autograd import lookup, register_op
+from .core.ops import SPECS
 
 KERNEL_SET = "native"  # ops lse_native / lse_native_backward: one kernel per dispatch key
 # the CUDA kernel source compiled for the host against the emulation layer (csrc/emulation)
@@ -19,9 +20,26 @@ EMULATED_KERNEL_SET = "cuda_emulated"
 
 _C = None
 LOAD_ERROR = None
-native_ops = None  # (forward, backward) OpOverloads once _C is loaded
+native_ops = None  # lse's (forward, backward) OpOverloads once _C is loaded
 emulated_ops = None  # the same for lse_cuda_emulated, when _C holds it
+# {op: (forward, backward)} of every op of the family _C declares, per kernel set
+native_op_pairs: dict = {}
+emulated_op_pairs: dict = {}
 EMULATED_ERROR = None
+
+
+def _op_pairs(kernel_set: str) -> dict:
+    """Every spec's pair in ``kernel_set`` that _C declares, registered (fake, autograd,
+    autocast); an op _C lacks (built from older sources) is simply absent."""
+    pairs = {}
+    for name, spec in SPECS.items():
+        try:
+            pair = lookup(kernel_set, spec)
+        except (AttributeError, RuntimeError):
+            continue
+        register_op(spec, *pair)
+        pairs[name] = pair
+    return pairs
 
 
 def _torch_mismatch(built: str, running: str):
@@ -52,18 +70,14 @@ if _C is not None and LOAD_ERROR is not None:
     warnings.warn(f"contrastive_kernels: {LOAD_ERROR}; the C++/CUDA backends are disabled, "
                   "the PyTorch backends still work", RuntimeWarning, stacklevel=2)
 elif _C is not None:
-    try:
-        native_ops = lookup(KERNEL_SET)
-    except (AttributeError, RuntimeError) as exc:  # an extension built from other sources
-        LOAD_ERROR = f"compiled extension _C has no lse_{KERNEL_SET} op ({exc}); rebuild it"
-    else:
-        register_core_ops(*native_ops)
-    try:
-        emulated_ops = lookup(EMULATED_KERNEL_SET)
-    except (AttributeError, RuntimeError) as exc:
-        EMULATED_ERROR = f"compiled extension _C has no lse_{EMULATED_KERNEL_SET} op ({exc}); rebuild it"
-    else:
-        register_core_ops(*emulated_ops)
+    native_op_pairs = _op_pairs(KERNEL_SET)
+    native_ops = native_op_pairs.get("lse")
+    if native_ops is None:  # an extension built from other sources
+        LOAD_ERROR = f"compiled extension _C has no lse_{KERNEL_SET} op; rebuild it"
+    emulated_op_pairs = _op_pairs(EMULATED_KERNEL_SET)
+    emulated_ops = emulated_op_pairs.get("lse")
+    if emulated_ops is None:
+        EMULATED_ERROR = f"compiled extension _C has no lse_{EMULATED_KERNEL_SET} op; rebuild it"
 
 
 def build_info() -> dict:
@@ -73,9 +87,18 @@ def build_info() -> dict:
     return dict(_C.build_info())
 
 
-def kernels_for(device_type: str) -> bool:
-    """Whether the loaded op has a kernel for this device type (CPU, CUDA)."""
-    if native_ops is None:
+def kernels_for(device_type: str, op: str = "lse") -> bool:
+    """Whether the loaded ``op`` has a kernel for this device type (CPU, CUDA)."""
+    pair = native_op_pairs.get(op)
+    if pair is None:
         return False
     key = {"cpu": "CPU", "cuda": "CUDA"}[device_type]
-    return torch._C._dispatch_has_kernel_for_dispatch_key(native_ops[0].name(), key)
+    return torch._C._dispatch_has_kernel_for_dispatch_key(pair[0].name(), key)
+
+
+def kernel_ops(kernel_set_pairs: dict, device_type: str, dispatch_key: str = None) -> dict:
+    """The ops of ``kernel_set_pairs`` that have a kernel for ``dispatch_key`` (default:
+    the device type's own), as {op: (forward, backward)}."""
+    key = dispatch_key or {"cpu": "CPU", "cuda": "CUDA"}[device_type]
+    return {name: pair for name, pair in kernel_set_pairs.items()
+            if torch._C._dispatch_has_kernel_for_dispatch_key(pair[0].name(), key)}

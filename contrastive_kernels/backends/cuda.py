@@ -1,11 +1,11 @@
 """Backend ``cuda``: the CUDA C++ kernels of the compiled op (``csrc/cuda/``).
 
-- On CUDA tensors: ``contrastive_kernels::lse_native`` / ``lse_native_backward``, whose
+- On CUDA tensors: ``contrastive_kernels::<op>_native`` / ``<op>_native_backward``, whose
   CUDA kernel (``TORCH_LIBRARY_IMPL(contrastive_kernels, CUDA, ...)``) is the one this
   backend selects; the CPU kernel of the same op is backend ``cpu``.
 - Under ``CONTRASTIVE_KERNELS_CUDA_EMULATE=1`` it also takes CPU tensors and runs the same
   kernel source, compiled for the host against the emulation layer (``csrc/emulation/``),
-  through the op pair ``contrastive_kernels::lse_cuda_emulated`` / ``_backward`` (the role
+  through the op pairs ``contrastive_kernels::<op>_cuda_emulated`` / ``_backward`` (the role
   ``TRITON_INTERPRET=1`` plays for Triton). The variable is read at every call.
 
 fp32 inputs use tf32 tensor cores exactly when ``torch.get_float32_matmul_precision()`` is
@@ -24,7 +24,8 @@ from typing import Optional
 import torch
 
 from .. import _extension, env
-from .registry import Backend, BackendError
+from ..core.ops import SPECS
+from .registry import Backend, BackendError, OpPair
 
 EMULATE_KEY = "CUDA_EMULATE"
 EMULATE_VAR = env.name(EMULATE_KEY)
@@ -76,29 +77,41 @@ def device_check(device: torch.device, dtype: torch.dtype) -> Optional[str]:
     return None
 
 
-def _ops_for(device: torch.device):
-    """(forward, backward) of the op pair that runs the kernels for tensors on ``device``."""
+def _pair_for(op: str, device: torch.device):
+    """(forward, backward) of the op pair that runs ``op``'s kernels for tensors on ``device``."""
     if device.type == "cpu":
-        if emulated_ops is None:
-            raise BackendError(f"backend 'cuda' is unavailable: {_EMULATED_ERROR}")
-        return emulated_ops
-    if _extension.native_ops is None:
+        pair = _extension.emulated_op_pairs.get(op)
+        if pair is None:
+            raise BackendError(f"backend 'cuda' is unavailable: {_EMULATED_ERROR or 'no emulated ' + op}")
+        return pair
+    pair = _extension.native_op_pairs.get(op)
+    if pair is None:
         raise BackendError(f"backend 'cuda' is unavailable: {unavailable_reason()}")
-    return _extension.native_ops
+    return pair
 
 
-def _forward(q, *args):
-    return _ops_for(q.device)[0](q, *args)
+def _routed(op: str) -> OpPair:
+    grads = len(SPECS[op].saved)  # the backward's incoming gradients come before q
+
+    def forward(q, *args):
+        return _pair_for(op, q.device)[0](q, *args)
+
+    def backward(*args):
+        return _pair_for(op, args[grads].device)[1](*args)
+
+    return OpPair(forward, backward)
 
 
-def _backward(grad_lse, q, *args):
-    return _ops_for(q.device)[1](grad_lse, q, *args)
+def _ops() -> dict:
+    """The ops whose kernels this build has, emulated or for CUDA."""
+    names = set(_extension.kernel_ops(_extension.emulated_op_pairs, "cpu"))
+    names |= set(_extension.kernel_ops(_extension.native_op_pairs, "cuda"))
+    return {name: _routed(name) for name in SPECS if name in names or name == "lse"}
 
 
 BACKEND = Backend(
     name="cuda",
-    forward=_forward,
-    backward=_backward,
+    ops=_ops(),
     description=("CUDA C++ kernels (mma.sync / ldmatrix / cp.async); CPU tensors through the "
                  f"emulation under {EMULATE_VAR}=1"),
     devices=("cuda", "cpu"),

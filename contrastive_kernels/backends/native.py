@@ -1,9 +1,11 @@
-"""Backend ``cpu``: the compiled op ``contrastive_kernels::lse_native`` on CPU tensors.
+"""Backend ``cpu``: the compiled ops ``contrastive_kernels::<op>_native`` on CPU tensors.
 
-The op is declared once in C++ (``csrc/register.cpp``) with one kernel per dispatch key
-(``csrc/cpu/`` for CPU; CUDA next); its fake implementation and autograd are registered
-when the extension loads (:mod:`contrastive_kernels._extension`). Without the extension the
-backend still exists and says why it is unavailable.
+The ops are declared once in C++ (``csrc/register.cpp``, from the table in
+``csrc/common/contract.h``) with one kernel per dispatch key (``csrc/cpu/`` for CPU,
+``csrc/cuda/`` for CUDA); their fake implementations and autograd are registered when the
+extension loads (:mod:`contrastive_kernels._extension`). The backend implements the ops
+that have a CPU kernel. Without the extension it still exists and says why it is
+unavailable.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 from typing import Optional
 
 from .. import _extension
-from .registry import Backend, BackendError
+from .registry import Backend, BackendError, OpPair
 
 
 def _cpu_available() -> Optional[str]:
@@ -26,10 +28,16 @@ def _unloaded(*args, **kwargs):
     raise BackendError(f"backend 'cpu' is unavailable: {_cpu_available()}")
 
 
+def _ops() -> dict:
+    if _extension.native_ops is None:
+        return {"lse": OpPair(_unloaded, _unloaded)}
+    return {name: OpPair(*pair)
+            for name, pair in _extension.kernel_ops(_extension.native_op_pairs, "cpu").items()}
+
+
 BACKEND = Backend(
     name="cpu",
-    forward=_extension.native_ops[0] if _extension.native_ops else _unloaded,
-    backward=_extension.native_ops[1] if _extension.native_ops else _unloaded,
+    ops=_ops(),
     description="C++ kernels, tiled, OpenMP; CPU tensors, fp32/fp64/bf16/fp16",
     devices=("cpu",),
     auto_devices=("cpu",),

@@ -12,7 +12,7 @@ import math
 import torch
 
 from ..core.norms import row_norms
-from .registry import Backend
+from .registry import Backend, OpPair
 
 
 def _normalize(x: torch.Tensor, eps: float) -> torch.Tensor:
@@ -91,7 +91,7 @@ def two_sided_lse_reference(q, k, scale, bias, q_labels, k_labels, self_offset, 
 
 BACKEND = Backend(
     name="reference",
-    forward=lse_reference,
+    ops={"lse": OpPair(lse_reference), "two_sided_lse": OpPair(two_sided_lse_reference)},
     description="naive PyTorch, materializes N x M; the oracle (never picked by auto)",
     devices=("cpu", "cuda", "xpu", "mps"),
     deterministic=False,  # index_put / softmax backward on CUDA may not be

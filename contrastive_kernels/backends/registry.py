@@ -45,21 +45,25 @@ def _always_available() -> Optional[str]:
 
 
 @dataclasses.dataclass(frozen=True)
-class Backend:
-    """One implementation of the core op (:mod:`contrastive_kernels.core.contract`).
+class OpPair:
+    """How a backend runs one op (:mod:`contrastive_kernels.core.ops`): ``forward`` takes
+    the op's flat schema arguments and is differentiable in q, k and scale; ``backward`` is
+    its backward op, which the torch.func path calls (core/transforms.py), or None when
+    ``forward`` is plain PyTorch that autograd differentiates itself."""
 
-    ``forward(q, k, scale, bias, q_labels, k_labels, self_offset, normalize, eps,
-    exclude_positives, return_o) -> (lse, o)``, differentiable in q, k and scale;
-    ``backward`` is its backward op (``contract.BACKWARD_SCHEMA``), which the torch.func
-    path calls (core/transforms.py), or None when ``forward`` is plain PyTorch that
-    autograd differentiates itself.
-    """
+    forward: Callable
+    backward: Optional[Callable] = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Backend:
+    """One implementation of the op family (:mod:`contrastive_kernels.core.contract`):
+    ``ops`` maps each op it implements (a spec name) to its :class:`OpPair`."""
 
     name: str
-    forward: Callable
+    ops: dict
     description: str
     devices: tuple                      # device types it takes
-    backward: Optional[Callable] = None
     auto_devices: tuple = ()            # device types "auto" may pick it for
     priority: int = 100                 # "auto" tries lower first
     dtypes: tuple = FLOAT_DTYPES
@@ -77,13 +81,15 @@ class Backend:
         return d >= low and (high is None or d <= high)
 
     def not_supported_reasons(self, device: torch.device, dtype: torch.dtype, d,
-                              opts: CoreOptions) -> list:
-        """Why this backend cannot run a call with these properties ([] when it can).
-        ``d=None`` leaves the feature size out of the question."""
+                              opts: CoreOptions, op: str = "lse") -> list:
+        """Why this backend cannot run a call of ``op`` with these properties ([] when it
+        can). ``d=None`` leaves the feature size out of the question."""
         reason = self.available()
         if reason:
             return [reason]
         reasons = []
+        if op not in self.ops:
+            reasons.append(f"does not implement op {op} (it has {', '.join(self.ops)})")
         if device.type not in self.devices:
             reasons.append(f"takes {'/'.join(self.devices)} tensors, got {device.type}")
         if dtype not in self.dtypes:
@@ -164,32 +170,32 @@ def requested_backend(backend: Optional[str]) -> str:
     return backend
 
 
-def select(backend: Optional[str], q: torch.Tensor, opts: CoreOptions) -> Backend:
-    """Pick the backend for one call, or raise BackendError listing every reason.
+def select(backend: Optional[str], q: torch.Tensor, opts: CoreOptions, op: str = "lse") -> Backend:
+    """Pick the backend for one call of ``op``, or raise BackendError listing every reason.
 
     The choice reads the device, the dtype and the options (a constant of the graph under
     torch.compile; the environment variable is read while tracing, too), then d (a guard
     when d is symbolic); never the number of rows, so a compiled graph holds for every
     batch size.
     """
-    candidates = _candidates(backend, str(q.device), q.dtype, *dataclasses.astuple(opts))
+    candidates = _candidates(backend, op, str(q.device), q.dtype, *dataclasses.astuple(opts))
     d = q.shape[1]
     for name in candidates:
         if _loaded[name][0].admits_d(d):
             return _loaded[name][0]
-    reasons = [f"  {name}: {'; '.join(_loaded[name][0].not_supported_reasons(q.device, q.dtype, int(d), opts))}"
+    reasons = [f"  {name}: {'; '.join(_loaded[name][0].not_supported_reasons(q.device, q.dtype, int(d), opts, op))}"
                for name in candidates]
     raise BackendError("no backend can run this call:\n" + "\n".join(reasons))
 
 
 @torch.compiler.assume_constant_result
-def _candidates(backend, device, dtype, *options) -> tuple:
+def _candidates(backend, op, device, dtype, *options) -> tuple:
     # plain values in, names out: what torch.compile can treat as a constant
     device = torch.device(device)
     opts = CoreOptions(*options)
     name = requested_backend(backend)
     if name != "auto":
-        reasons = get_backend(name).not_supported_reasons(device, dtype, None, opts)
+        reasons = get_backend(name).not_supported_reasons(device, dtype, None, opts, op)
         if reasons:
             raise BackendError(f"backend {name!r} cannot run this call: {'; '.join(reasons)}")
         return (name,)
@@ -199,7 +205,7 @@ def _candidates(backend, device, dtype, *options) -> tuple:
         if device.type not in chosen.auto_devices:
             reasons = [f"not picked automatically for {device.type} tensors"]
         else:
-            reasons = chosen.not_supported_reasons(device, dtype, None, opts)
+            reasons = chosen.not_supported_reasons(device, dtype, None, opts, op)
         if not reasons:
             fits.append(candidate)
         lines.append(f"  {candidate}: {'; '.join(reasons)}")

@@ -1,18 +1,23 @@
 """Backend ``torch``: the core ops in plain PyTorch, tiled so no N x M tensor exists.
 
-Forward, per row block R and key tile C (online log-sum-exp, as in flash-attention):
+One sweep (:func:`_sweep`) scores the tiles, row block R by key tile C:
 
-    s   = scale (q^_R k^_C^T) + bias_C, excluded keys set to -inf
-    m'  = max(m, rowmax s);  l = l e^{m - m'} + sum_j e^{s_j - m'};  o likewise
-    lse = m + log l
+    s = scale (q^_R k^_C^T) + bias_C, excluded pairs set to -inf
 
-Backward recomputes each tile once from the saved lse and feeds both sides
-(one recompute, two products; the row-block loop is sequential so dk needs no atomics):
+and hands each to the op's reduction, a small policy class:
 
-    P   = g_i e^{s_ij - lse_i}      (= dL/ds_ij)
-    u_R += P k^_C,  v_C += P^T q^_R,  dq^ = scale u,  dk^ = scale v,  dscale = sum_i <q^_i, u_i>
+- forward of ``lse`` (:class:`RowLse`): online log-sum-exp along rows, as in
+  flash-attention: m' = max(m, rowmax s); l = l e^{m - m'} + sum_j e^{s_j - m'}; o likewise;
+- forward of ``two_sided_lse`` (:class:`RowColLse`): the same along rows, and along
+  columns with per-column running (max, sum) updated by the row blocks in order (the loop
+  is sequential, so the merge order is fixed);
+- backward: each tile recomputed once into the weights W = dL/ds (:class:`LseWeights`:
+  g_i e^{s_ij - lse_i}; :class:`TwoSidedWeights`: that plus h_j e^{s_ij - lse'_j}), then the
+  shared second products
 
-and then through the normalization Jacobian  dq = (dq^ - [||q|| >= eps] q^ <q^, dq^>) / max(||q||, eps).
+    u_R += W k^_C,  v_C += W^T q^_R,  dq^ = scale u,  dk^ = scale v,  dscale = sum_i <q^_i, u_i>
+
+  and the normalization Jacobian  dq = (dq^ - [||q|| >= eps] q^ <q^, dq^>) / max(||q||, eps).
 
 Memory: O((N + M) d) for the fp32 copies plus one tile of TILE_ELEMENTS floats (a few
 temporaries of that size). Works on any device; computes in float32 (float64 for float64).
@@ -24,10 +29,12 @@ import math
 
 import torch
 
-from ..core.autograd import define_core_ops
-from ..core.contract import accumulate_dtype, active_labels
+from ..core.autograd import define_op
+from ..core.contract import accumulate_dtype
 from ..core.norms import row_norms
-from .registry import Backend
+from ..core.ops import LSE, TWO_SIDED_LSE
+from ..core.problem import PairProblem
+from .registry import Backend, OpPair
 
 # Elements per similarity tile. 2^20 fp32 = 4 MiB: large enough that the tile matmuls run
 # near the GEMM rate, small enough that the tile stays close to cache and memory stays flat.
@@ -51,102 +58,204 @@ def normalized(x: torch.Tensor, normalize: bool, eps: float, acc: torch.dtype):
     return x * inv[:, None], inv, norm >= eps
 
 
-def _mask_tile(s, r0, c0, self_offset, q_labels, k_labels):
-    """Set excluded (row, key) pairs of tile s (rows r0.., keys c0..) to -inf, in place."""
-    rows, cols = s.shape
-    if self_offset is not None:
-        # key j = i + self_offset for rows i in [r0, r0 + rows) that land in [c0, c0 + cols)
-        first = max(r0, c0 - self_offset)
-        last = min(r0 + rows, c0 + cols - self_offset)
-        if first < last:
-            i = torch.arange(first, last, device=s.device)
-            s[i - r0, i + self_offset - c0] = -math.inf
-    if q_labels is not None:
-        same = q_labels[r0:r0 + rows, None] == k_labels[None, c0:c0 + cols]
-        s.masked_fill_(same, -math.inf)
+class Tiles:
+    """The score tiles of one problem: normalized rows in the accumulation dtype, the
+    masks, and the tile shape."""
 
+    def __init__(self, problem: PairProblem, exclude_positives: bool):
+        self.acc = acc = accumulate_dtype(problem.q.dtype)
+        self.n, self.m = problem.q.shape[0], problem.k.shape[0]
+        self.qh, self.q_inv, self.q_big = normalized(problem.q, problem.normalize, problem.eps, acc)
+        self.kh, self.k_inv, self.k_big = normalized(problem.k, problem.normalize, problem.eps, acc)
+        self.scale = problem.scale.to(acc)
+        self.bias = problem.bias
+        self.self_offset = problem.self_offset
+        active = exclude_positives and problem.q_labels is not None
+        self.q_labels = problem.q_labels if active else None
+        self.k_labels = problem.k_labels if active else None
+        self.block_rows, self.block_keys = tile_shape(self.n, self.m)
 
-def _tile_logits(qh, kh, scale, bias, r0, r1, c0, c1, self_offset, q_labels, k_labels):
-    # scale after the product, as s_ij = scale <q^_i, k^_j> reads: an infinite scale then
-    # gives +-inf per logit, not inf - inf inside the product
-    s = (qh[r0:r1] @ kh[c0:c1].T).mul_(scale)
-    if bias is not None:
-        s += bias[c0:c1]
-    _mask_tile(s, r0, c0, self_offset, q_labels, k_labels)
-    return s
+    def logits(self, r0, r1, c0, c1):
+        # scale after the product, as s_ij = scale <q^_i, k^_j> reads: an infinite scale
+        # then gives +-inf per logit, not inf - inf inside the product
+        s = (self.qh[r0:r1] @ self.kh[c0:c1].T).mul_(self.scale)
+        if self.bias is not None:
+            s += self.bias[c0:c1]
+        self._mask(s, r0, c0)
+        return s
+
+    def _mask(self, s, r0, c0):
+        """Set excluded (row, key) pairs of tile s (rows r0.., keys c0..) to -inf, in place."""
+        rows, cols = s.shape
+        if self.self_offset is not None:
+            # key j = i + self_offset for rows i in [r0, r0 + rows) that land in [c0, c0 + cols)
+            first = max(r0, c0 - self.self_offset)
+            last = min(r0 + rows, c0 + cols - self.self_offset)
+            if first < last:
+                i = torch.arange(first, last, device=s.device)
+                s[i - r0, i + self.self_offset - c0] = -math.inf
+        if self.q_labels is not None:
+            same = self.q_labels[r0:r0 + rows, None] == self.k_labels[None, c0:c0 + cols]
+            s.masked_fill_(same, -math.inf)
+
+    def sweep(self, reduction):
+        """Every tile, row block by row block, keys in order, to ``reduction``."""
+        for r0 in range(0, self.n, self.block_rows):
+            r1 = min(self.n, r0 + self.block_rows)
+            reduction.start_rows(r0, r1)
+            for c0 in range(0, self.m, self.block_keys):
+                c1 = min(self.m, c0 + self.block_keys)
+                reduction.tile(self.logits(r0, r1, c0, c1), r0, r1, c0, c1)
+            reduction.finish_rows(r0, r1)
 
 
 def _finite_pivot(row_max):
-    """The running max where finite, else 0. A row that has seen only -inf keeps l = 0
+    """The running max where finite, else 0. A line that has seen only -inf keeps l = 0
     (lse = -inf: no keys); a +inf logit makes l = +inf (lse = +inf) instead of inf - inf;
     a NaN logit makes l NaN. So lse = pivot + log(l) needs no special case."""
     return torch.where(torch.isfinite(row_max), row_max, torch.zeros_like(row_max))
 
 
-def lse_forward(q, k, scale, bias, q_labels, k_labels, self_offset, normalize, eps,
-                exclude_positives, return_o):
-    acc = accumulate_dtype(q.dtype)
-    n, m = q.shape[0], k.shape[0]
-    qh, _, _ = normalized(q, normalize, eps, acc)
-    kh, _, _ = normalized(k, normalize, eps, acc)
-    scale = scale.to(acc)
-    q_labels, k_labels = active_labels(q_labels, k_labels, exclude_positives)
-    lse = torch.empty(n, dtype=acc, device=q.device)
-    o = torch.zeros((n, q.shape[1]) if return_o else (0,), dtype=acc, device=q.device)
-    block_rows, block_keys = tile_shape(n, m)
-    for r0 in range(0, n, block_rows):
-        r1 = min(n, r0 + block_rows)
-        run_max = torch.full((r1 - r0,), -math.inf, dtype=acc, device=q.device)
-        run_sum = torch.zeros(r1 - r0, dtype=acc, device=q.device)
-        run_o = o[r0:r1] if return_o else None
-        for c0 in range(0, m, block_keys):
-            c1 = min(m, c0 + block_keys)
-            s = _tile_logits(qh, kh, scale, bias, r0, r1, c0, c1, self_offset, q_labels, k_labels)
-            new_max = torch.maximum(run_max, s.amax(dim=1))
-            pivot = _finite_pivot(new_max)
-            rescale = torch.exp(run_max - pivot)
-            s.sub_(pivot[:, None]).exp_()
-            run_sum.mul_(rescale).add_(s.sum(dim=1))
-            if return_o:
-                run_o.mul_(rescale[:, None]).addmm_(s, kh[c0:c1])
-            run_max = new_max
-        lse[r0:r1] = _finite_pivot(run_max) + torch.log(run_sum)
-        if return_o:
-            run_o.div_(run_sum.clamp_min(torch.finfo(acc).tiny)[:, None])
-    return lse, o
+class OnlineLse:
+    """Running (max, sum-exp) of lines (rows or columns) met tile by tile."""
+
+    def __init__(self, size, acc, device):
+        self.max = torch.full((size,), -math.inf, dtype=acc, device=device)
+        self.sum = torch.zeros(size, dtype=acc, device=device)
+
+    def update(self, lo, hi, e_source, dim):
+        """Merge tile ``e_source`` (a tile of logits, consumed) along ``dim`` into lines
+        lo .. hi; returns (the tile exponentiated at the new pivot, the rescale factor)."""
+        new_max = torch.maximum(self.max[lo:hi], e_source.amax(dim=dim))
+        pivot = _finite_pivot(new_max)
+        rescale = torch.exp(self.max[lo:hi] - pivot)
+        e = e_source.sub_(pivot.unsqueeze(dim)).exp_()
+        self.sum[lo:hi].mul_(rescale).add_(e.sum(dim=dim))
+        self.max[lo:hi] = new_max
+        return e, rescale
+
+    def lse(self, lo=None, hi=None):
+        return _finite_pivot(self.max[lo:hi]) + torch.log(self.sum[lo:hi])
 
 
-def lse_backward(grad_lse, q, k, scale, bias, q_labels, k_labels, self_offset, normalize, eps,
-                 exclude_positives, lse, need_dq, need_dk, need_dscale):
-    acc = accumulate_dtype(q.dtype)
-    n, m = q.shape[0], k.shape[0]
-    qh, q_inv, q_big = normalized(q, normalize, eps, acc)
-    kh, k_inv, k_big = normalized(k, normalize, eps, acc)
-    scale = scale.to(acc)
-    q_labels, k_labels = active_labels(q_labels, k_labels, exclude_positives)
-    live = lse != -math.inf  # rows with an empty A(i) carry no gradient; NaN rows pass NaN
-    g = torch.where(live, grad_lse.to(acc), 0.0)
-    lse_safe = torch.where(live, lse.to(acc), 0.0)
-    u = torch.zeros(n, q.shape[1], dtype=acc, device=q.device) if (need_dq or need_dscale) else None
-    v = torch.zeros(m, k.shape[1], dtype=acc, device=q.device) if need_dk else None
-    block_rows, block_keys = tile_shape(n, m)
-    for r0 in range(0, n, block_rows):
-        r1 = min(n, r0 + block_rows)
-        for c0 in range(0, m, block_keys):
-            c1 = min(m, c0 + block_keys)
-            p = _tile_logits(qh, kh, scale, bias, r0, r1, c0, c1, self_offset, q_labels, k_labels)
-            p.sub_(lse_safe[r0:r1, None]).exp_().mul_(g[r0:r1, None])
-            if u is not None:
-                u[r0:r1].addmm_(p, kh[c0:c1])
-            if v is not None:
-                v[c0:c1].addmm_(p.T, qh[r0:r1])
-    dq = dk = q.new_empty((0,))
-    if need_dq:
-        dq = _through_normalization(u * scale, qh, q_inv, q_big).to(q.dtype)
-    if need_dk:
-        dk = _through_normalization(v * scale, kh, k_inv, k_big).to(k.dtype)
-    dscale = (qh * u).sum() if need_dscale else torch.zeros((), dtype=acc, device=q.device)
-    return dq, dk, dscale.to(scale.dtype)
+class RowLse:
+    """Forward of ``lse``: row statistics (and o)."""
+
+    def __init__(self, tiles: Tiles, return_o: bool):
+        self.t = tiles
+        device = tiles.qh.device
+        self.rows = OnlineLse(tiles.n, tiles.acc, device)
+        self.lse = torch.empty(tiles.n, dtype=tiles.acc, device=device)
+        self.o = torch.zeros((tiles.n, tiles.qh.shape[1]) if return_o else (0,), dtype=tiles.acc,
+                             device=device)
+        self.return_o = return_o
+
+    def start_rows(self, r0, r1):
+        pass
+
+    def tile(self, s, r0, r1, c0, c1):
+        e, rescale = self.rows.update(r0, r1, s, 1)
+        if self.return_o:
+            self.o[r0:r1].mul_(rescale[:, None]).addmm_(e, self.t.kh[c0:c1])
+
+    def finish_rows(self, r0, r1):
+        self.lse[r0:r1] = self.rows.lse(r0, r1)
+        if self.return_o:
+            self.o[r0:r1].div_(self.rows.sum[r0:r1].clamp_min(torch.finfo(self.t.acc).tiny)[:, None])
+
+
+class RowColLse(RowLse):
+    """Forward of ``two_sided_lse``: row statistics, and column statistics merged across
+    the row blocks in their (fixed) order."""
+
+    def __init__(self, tiles: Tiles):
+        super().__init__(tiles, return_o=False)
+        self.cols = OnlineLse(tiles.m, tiles.acc, tiles.qh.device)
+
+    def tile(self, s, r0, r1, c0, c1):
+        self.cols.update(c0, c1, s.clone(), 0)
+        super().tile(s, r0, r1, c0, c1)
+
+
+def lse_forward(*args):
+    problem = PairProblem.from_args(args)
+    exclude_positives, return_o = args[-2:]
+    tiles = Tiles(problem, exclude_positives)
+    reduction = RowLse(tiles, return_o)
+    tiles.sweep(reduction)
+    return reduction.lse, reduction.o
+
+
+def two_sided_lse_forward(*args):
+    problem = PairProblem.from_args(args)
+    tiles = Tiles(problem, args[-1])
+    reduction = RowColLse(tiles)
+    tiles.sweep(reduction)
+    return reduction.lse, reduction.cols.lse()
+
+
+def _live(lse, grad, acc):
+    """(g, lse) with lines of an empty set (lse = -inf) given no gradient; NaN passes."""
+    live = lse != -math.inf
+    return torch.where(live, grad.to(acc), 0.0), torch.where(live, lse.to(acc), 0.0)
+
+
+class LseWeights:
+    """Backward of ``lse``: W = g_i e^{s_ij - lse_i}."""
+
+    def __init__(self, tiles, grad_lse, lse):
+        self.g, self.lse = _live(lse, grad_lse, tiles.acc)
+
+    def __call__(self, s, r0, r1, c0, c1):
+        return s.sub_(self.lse[r0:r1, None]).exp_().mul_(self.g[r0:r1, None])
+
+
+class TwoSidedWeights(LseWeights):
+    """Backward of ``two_sided_lse``: W = g_i e^{s_ij - lse_i} + h_j e^{s_ij - lse'_j}."""
+
+    def __init__(self, tiles, grad_row, grad_col, row_lse, col_lse):
+        super().__init__(tiles, grad_row, row_lse)
+        self.h, self.col_lse = _live(col_lse, grad_col, tiles.acc)
+
+    def __call__(self, s, r0, r1, c0, c1):
+        cols = (s - self.col_lse[None, c0:c1]).exp_().mul_(self.h[None, c0:c1])
+        return super().__call__(s, r0, r1, c0, c1).add_(cols)
+
+
+class SecondProducts:
+    """The backward's reduction of weight tiles: u = W K^, v = W^T Q^."""
+
+    def __init__(self, tiles: Tiles, weights, need_dq, need_dk, need_dscale):
+        self.t, self.weights = tiles, weights
+        d, acc, device = tiles.qh.shape[1], tiles.acc, tiles.qh.device
+        self.u = torch.zeros(tiles.n, d, dtype=acc, device=device) if (need_dq or need_dscale) else None
+        self.v = torch.zeros(tiles.m, d, dtype=acc, device=device) if need_dk else None
+
+    def start_rows(self, r0, r1):
+        pass
+
+    def finish_rows(self, r0, r1):
+        pass
+
+    def tile(self, s, r0, r1, c0, c1):
+        w = self.weights(s, r0, r1, c0, c1)
+        if self.u is not None:
+            self.u[r0:r1].addmm_(w, self.t.kh[c0:c1])
+        if self.v is not None:
+            self.v[c0:c1].addmm_(w.T, self.t.qh[r0:r1])
+
+    def gradients(self, q, k, need_dq, need_dk, need_dscale):
+        t = self.t
+        dq = dk = q.new_empty((0,))
+        if need_dq:
+            dq = _through_normalization(self.u * t.scale, t.qh, t.q_inv, t.q_big).to(q.dtype)
+        if need_dk:
+            dk = _through_normalization(self.v * t.scale, t.kh, t.k_inv, t.k_big).to(k.dtype)
+        if need_dscale:
+            dscale = (t.qh * self.u).sum()
+        else:
+            dscale = torch.zeros((), dtype=t.acc, device=q.device)
+        return dq, dk, dscale.to(t.scale.dtype)
 
 
 def _through_normalization(d_hat, x_hat, inv, big):
@@ -157,12 +266,38 @@ def _through_normalization(d_hat, x_hat, inv, big):
     return (d_hat - x_hat * radial) * inv[:, None]
 
 
-lse_op, lse_backward_op = define_core_ops("torch", lse_forward, lse_backward)
+def _backward(problem, exclude_positives, make_weights, needs):
+    tiles = Tiles(problem, exclude_positives)
+    if problem.q.shape[0] == 0 or problem.k.shape[0] == 0 or not any(needs):
+        products = SecondProducts(tiles, None, *needs)
+    else:
+        products = SecondProducts(tiles, make_weights(tiles), *needs)
+        tiles.sweep(products)
+    return products.gradients(problem.q, problem.k, *needs)
+
+
+def lse_backward(grad_lse, *args):
+    problem = PairProblem.from_args(args)
+    exclude_positives, lse = args[-5:-3]
+    return _backward(problem, exclude_positives, lambda t: LseWeights(t, grad_lse, lse),
+                     args[-3:])
+
+
+def two_sided_lse_backward(grad_row, grad_col, *args):
+    problem = PairProblem.from_args(args)
+    exclude_positives, row_lse, col_lse = args[-6:-3]
+    return _backward(problem, exclude_positives,
+                     lambda t: TwoSidedWeights(t, grad_row, grad_col, row_lse, col_lse), args[-3:])
+
+
+lse_op, lse_backward_op = define_op(LSE, "torch", lse_forward, lse_backward)
+two_sided_op, two_sided_backward_op = define_op(TWO_SIDED_LSE, "torch", two_sided_lse_forward,
+                                                two_sided_lse_backward)
 
 BACKEND = Backend(
     name="torch",
-    forward=lse_op,
-    backward=lse_backward_op,
+    ops={"lse": OpPair(lse_op, lse_backward_op),
+         "two_sided_lse": OpPair(two_sided_op, two_sided_backward_op)},
     description="pure PyTorch, tiled over rows and keys; any device",
     devices=("cpu", "cuda", "xpu", "mps"),
     auto_devices=("cpu", "cuda", "xpu", "mps"),

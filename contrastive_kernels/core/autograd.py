@@ -1,17 +1,18 @@
-"""Fake implementations, autograd and autocast for any declared (forward, backward) pair.
+"""Fake implementations, autograd and autocast of any declared op pair, derived from the
+op's spec (:mod:`.ops`).
 
-:func:`register_core_ops` attaches them to a pair declared in C++ (``TORCH_LIBRARY``) or
-in Python; :func:`define_core_ops` declares a Python pair from two functions and
-registers it. Both use the schemas and output contract of :mod:`.contract`.
+:func:`register_op` attaches them to a pair declared in C++ (``TORCH_LIBRARY``) or in
+Python; :func:`define_op` declares a Python pair from two functions and registers it.
 
-- dq / dk come back in q's / k's layout (:mod:`.layout`).
+- The forward's differentiable outputs are saved; the backward takes one incoming gradient
+  per differentiable output (zeros for an unused one) and returns (dq, dk, dscale); dq / dk
+  come back in q's / k's layout (:mod:`.layout`).
 - Second-order gradients are not supported: differentiating the backward op raises one
   clear error on every backend (rather than zeros or an internal error).
 - Autocast: under ``torch.autocast`` the forward casts q and k to the autocast dtype (the
   products then run in it, accumulated in fp32, as a matmul under autocast does) and runs
-  with autocast off; scale and bias keep their accumulation dtype, lse and o stay fp32.
+  with autocast off; scale and bias keep their accumulation dtype, the outputs stay fp32.
 """
-
 
 from __future__ import annotations
 
@@ -19,56 +20,58 @@ from typing import Callable
 
 import torch
 
-from .contract import BACKWARD_SCHEMA, FORWARD_SCHEMA, NAMESPACE, accumulate_dtype, op_names
 from .layout import as_layout_of
+from .ops import LSE, PAIR_PREFIX, OpSpec
+
+NAMESPACE = "contrastive_kernels"
+_PAIR = len(PAIR_PREFIX)
 
 
-def _fake_forward(q, k, scale, bias, q_labels, k_labels, self_offset, normalize, eps,
-                  exclude_positives, return_o):
-    acc = accumulate_dtype(q.dtype)
-    lse = q.new_empty((q.shape[0],), dtype=acc)
-    o = q.new_empty((q.shape[0], q.shape[1]) if return_o else (0,), dtype=acc)
-    return lse, o
-
-
-def _fake_backward(grad_lse, q, k, scale, bias, q_labels, k_labels, self_offset, normalize,
-                   eps, exclude_positives, lse, need_dq, need_dk, need_dscale):
-    dq = q.new_empty(q.shape if need_dq else (0,))
-    dk = k.new_empty(k.shape if need_dk else (0,))
-    return dq, dk, scale.new_empty(())
-
-
-def save_context(ctx, inputs, output):
+def save_context(spec: OpSpec, ctx, inputs, output):
     """What the backward needs of a forward call (``inputs`` start with the forward
-    schema's arguments): q, k, scale, bias, labels, lse and the options; o carries no
-    gradient. Shared by the ops' autograd and the torch.func path (:mod:`.transforms`)."""
-    q, k, scale, bias, q_labels, k_labels, self_offset, normalize, eps, exclude_positives = \
-        inputs[:10]
-    ctx.mark_non_differentiable(output[1])
-    ctx.save_for_backward(q, k, scale, bias, q_labels, k_labels, output[0])
-    ctx.options = (self_offset, normalize, eps, exclude_positives)
+    schema's arguments): q, k, scale, bias, labels, the differentiable outputs and the
+    options; the other outputs carry no gradient. Shared by the ops' autograd and the
+    torch.func path (:mod:`.transforms`)."""
+    q, k, scale, bias, q_labels, k_labels, self_offset, normalize, eps = inputs[:_PAIR]
+    options = dict(zip(spec.option_names, inputs[_PAIR:]))
+    saved = []
+    for out, tensor in zip(spec.outputs, output):
+        if out.differentiable:
+            saved.append(tensor)
+        else:
+            ctx.mark_non_differentiable(tensor)
+    ctx.save_for_backward(q, k, scale, bias, q_labels, k_labels, *saved)
+    ctx.options = (self_offset, normalize, eps) + tuple(options[n] for n in spec.backward_options)
+    ctx.spec = spec
 
 
-def gradients(ctx, backward_op, grad_lse):
-    """(dq, dk, dscale) of a saved call by ``backward_op``, None where no gradient is
-    needed; dq / dk in q's / k's layout (every backend writes them contiguous)."""
-    q, k, scale, bias, q_labels, k_labels, lse = ctx.saved_tensors
-    need_dq, need_dk, need_dscale = ctx.needs_input_grad[:3]
-    if not (need_dq or need_dk or need_dscale):
+def gradients(ctx, backward_op, grads):
+    """(dq, dk, dscale) of a saved call by ``backward_op`` from the incoming gradients of
+    every forward output, None where no gradient is needed; dq / dk in q's / k's layout
+    (every backend writes them contiguous)."""
+    q, k, scale, bias, q_labels, k_labels, *saved = ctx.saved_tensors
+    need = tuple(ctx.needs_input_grad[:3])
+    if not any(need):
         return None, None, None
-    if grad_lse is None:
-        grad_lse = torch.zeros_like(lse)
-    dq, dk, dscale = backward_op(grad_lse.contiguous(), q, k, scale, bias, q_labels, k_labels,
-                                 *ctx.options, lse, need_dq, need_dk, need_dscale)
-    return (as_layout_of(dq, q) if need_dq else None, as_layout_of(dk, k) if need_dk else None,
-            dscale if need_dscale else None)
+    incoming = [g for out, g in zip(ctx.spec.outputs, grads) if out.differentiable]
+    incoming = [torch.zeros_like(s) if g is None else g.contiguous()
+                for g, s in zip(incoming, saved)]
+    dq, dk, dscale = backward_op(*incoming, q, k, scale, bias, q_labels, k_labels, *ctx.options,
+                                 *saved, *need)
+    return (as_layout_of(dq, q) if need[0] else None, as_layout_of(dk, k) if need[1] else None,
+            dscale if need[2] else None)
 
 
-def _make_autograd(backward_op):
-    def backward(ctx, grad_lse, grad_o):
-        return gradients(ctx, backward_op, grad_lse) + (None,) * 8
+def _make_autograd(spec: OpSpec, backward_op):
+    rest = (None,) * (_PAIR + len(spec.options) - 3)
 
-    return save_context, backward
+    def setup_context(ctx, inputs, output):
+        save_context(spec, ctx, inputs, output)
+
+    def backward(ctx, *grads):
+        return gradients(ctx, backward_op, grads) + rest
+
+    return setup_context, backward
 
 
 SECOND_ORDER_ERROR = ("contrastive_kernels: second-order gradients (differentiating the core "
@@ -116,11 +119,11 @@ def _register_autocast(op, first_cast: int, lib) -> None:
         lib.impl(name, kernel, key.name, with_keyset=True)
 
 
-def register_core_ops(forward_op, backward_op) -> None:
-    """Attach fake implementations, autograd and autocast to a declared pair."""
-    torch.library.register_fake(forward_op)(_fake_forward)
-    torch.library.register_fake(backward_op)(_fake_backward)
-    setup_context, backward = _make_autograd(backward_op)
+def register_op(spec: OpSpec, forward_op, backward_op) -> None:
+    """Attach fake implementations, autograd and autocast to a declared pair of ``spec``."""
+    torch.library.register_fake(forward_op)(spec.fake_forward)
+    torch.library.register_fake(backward_op)(spec.fake_backward)
+    setup_context, backward = _make_autograd(spec, backward_op)
     torch.library.register_autograd(forward_op, backward, setup_context=setup_context)
     torch.library.register_autograd(backward_op, _no_double_backward, setup_context=_no_context)
     lib = torch.library.Library(NAMESPACE, "FRAGMENT")
@@ -129,9 +132,14 @@ def register_core_ops(forward_op, backward_op) -> None:
     _register_autocast(backward_op, 0, lib)  # a backward inside the region: as saved
 
 
-def lookup(kernel_set: str):
-    """The (forward, backward) OpOverloads of ``lse_<kernel_set>``."""
-    fwd, bwd = op_names(kernel_set)
+def register_core_ops(forward_op, backward_op, spec: OpSpec = LSE) -> None:
+    """:func:`register_op` with the spec first defaulting to ``lse`` (the original op)."""
+    register_op(spec, forward_op, backward_op)
+
+
+def lookup(kernel_set: str, spec: OpSpec = LSE):
+    """The (forward, backward) OpOverloads of ``<op>_<kernel_set>``."""
+    fwd, bwd = spec.op_names(kernel_set)
     namespace = getattr(torch.ops, NAMESPACE)
     return getattr(namespace, fwd).default, getattr(namespace, bwd).default
 
@@ -139,17 +147,23 @@ def lookup(kernel_set: str):
 _LIBRARIES: list = []  # keeps the Library objects (and so their registrations) alive
 
 
-def define_core_ops(kernel_set: str, forward_impl: Callable, backward_impl: Callable,
-                    dispatch_keys=("CompositeExplicitAutograd",)):
-    """Declare ``lse_<kernel_set>`` and its backward as Python ops, with fake + autograd."""
+def define_op(spec: OpSpec, kernel_set: str, forward_impl: Callable, backward_impl: Callable,
+              dispatch_keys=("CompositeExplicitAutograd",)):
+    """Declare ``<op>_<kernel_set>`` and its backward as Python ops, with fake + autograd."""
     lib = torch.library.Library(NAMESPACE, "FRAGMENT")
     _LIBRARIES.append(lib)
-    fwd_name, bwd_name = op_names(kernel_set)
-    lib.define(fwd_name + FORWARD_SCHEMA)
-    lib.define(bwd_name + BACKWARD_SCHEMA)
+    fwd_name, bwd_name = spec.op_names(kernel_set)
+    lib.define(fwd_name + spec.forward_schema())
+    lib.define(bwd_name + spec.backward_schema())
     for key in dispatch_keys:
         lib.impl(fwd_name, forward_impl, key)
         lib.impl(bwd_name, backward_impl, key)
-    forward_op, backward_op = lookup(kernel_set)
-    register_core_ops(forward_op, backward_op)
+    forward_op, backward_op = lookup(kernel_set, spec)
+    register_op(spec, forward_op, backward_op)
     return forward_op, backward_op
+
+
+def define_core_ops(kernel_set: str, forward_impl: Callable, backward_impl: Callable,
+                    dispatch_keys=("CompositeExplicitAutograd",)):
+    """:func:`define_op` for ``lse``."""
+    return define_op(LSE, kernel_set, forward_impl, backward_impl, dispatch_keys)

@@ -1,27 +1,26 @@
-"""The core-op contract, stated once: what every backend implements.
+"""The contract every op of the family shares, stated once: what every backend implements.
 
-For queries q [N, d], keys k [M, d] (docs/design.md section 1):
+For queries q [N, d], keys k [M, d] (docs/design.md section 1), every op reduces
 
     s_ij  = scale * <q^_i, k^_j> + bias_j      q^ = q / max(||q||, eps) when normalize
-    lse_i = log sum_{j in A(i)} exp(s_ij)      A(i): all j but i + self_offset and, with
-                                               exclude_positives, j with k_labels[j] == q_labels[i]
-    o_i   = sum_{j in A(i)} exp(s_ij - lse_i) k^_j          (only with return_o)
 
-A row with an empty A(i) gets lse = -inf, o = 0 and no gradient.
+over the pairs outside an excluded set: (i, i + self_offset) and, with exclude_positives,
+the pairs whose labels are equal. What each op computes from them is its spec
+(:mod:`.ops`: ``lse``, ``two_sided_lse``). Every backend that owns kernels provides, per op
+it implements, the pair of torch.library ops ``<op>_<kernel_set>`` and
+``<op>_<kernel_set>_backward`` with the schemas the spec derives (the C++ copy,
+``csrc/common/contract.h``, is checked against them per op by a test), and:
 
-Every backend that owns kernels provides the pair of torch.library ops
-``contrastive_kernels::lse_<name>`` and ``lse_<name>_backward`` with the schemas below
-(the C++ copy, ``csrc/common/contract.h``, is checked against these by a test), and:
+- ``scale`` is a 0-dim tensor in the accumulation dtype (:func:`accumulate_dtype`); the
+  outputs come back in that dtype, dq / dk in the inputs' dtype, dscale in the scale's dtype.
+- An output whose option is off (lse's o without ``return_o``) is an empty tensor of shape
+  [0]; when a ``need_*`` flag is False the matching gradient is an empty tensor ([0] for
+  dq / dk, a 0-dim zero for dscale).
+- Labels matter only under the op's label option (:func:`active_labels`).
+- ``bias``, labels and the non-differentiable outputs carry no gradient.
 
-- ``scale`` is a 0-dim tensor in the accumulation dtype (:func:`accumulate_dtype`); lse
-  and o come back in that dtype, dq / dk in the inputs' dtype, dscale in the scale's dtype.
-- When ``return_o`` is False, o is an empty tensor of shape [0]; when a ``need_*`` flag is
-  False the matching gradient is an empty tensor ([0] for dq / dk, a 0-dim zero for dscale).
-- Labels matter only with ``exclude_positives`` (:func:`active_labels`).
-- ``bias``, labels and o carry no gradient (o is marked non-differentiable).
-
-Input validation (:func:`validate`) happens once, in the public entry
-(:func:`contrastive_kernels.core.lse.lse`), before any backend sees the call.
+Input validation (:func:`validate`) happens once, when the public entry builds the call's
+problem (:class:`.problem.PairProblem`), before any backend sees the call.
 """
 
 from __future__ import annotations
@@ -30,28 +29,18 @@ import dataclasses
 
 import torch
 
+from .ops import LSE, accumulate_dtype  # noqa: F401  (the contract's dtype rule)
+
 NAMESPACE = "contrastive_kernels"
 
-FORWARD_SCHEMA = (
-    "(Tensor q, Tensor k, Tensor scale, Tensor? bias, Tensor? q_labels, Tensor? k_labels, "
-    "int? self_offset, bool normalize, float eps, bool exclude_positives, bool return_o) "
-    "-> (Tensor, Tensor)"
-)
-BACKWARD_SCHEMA = (
-    "(Tensor grad_lse, Tensor q, Tensor k, Tensor scale, Tensor? bias, Tensor? q_labels, "
-    "Tensor? k_labels, int? self_offset, bool normalize, float eps, bool exclude_positives, "
-    "Tensor lse, bool need_dq, bool need_dk, bool need_dscale) -> (Tensor, Tensor, Tensor)"
-)
+# The lse op's schemas, derived from its spec (core/ops/lse.py).
+FORWARD_SCHEMA = LSE.forward_schema()
+BACKWARD_SCHEMA = LSE.backward_schema()
 
 
 def op_names(kernel_set: str):
-    """(forward, backward) op names of a kernel set, e.g. ``lse_native``."""
-    return f"lse_{kernel_set}", f"lse_{kernel_set}_backward"
-
-
-def accumulate_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The dtype every product is accumulated in, and lse / o are returned in."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
+    """(forward, backward) op names of lse in a kernel set, e.g. ``lse_native``."""
+    return LSE.op_names(kernel_set)
 
 
 def active_labels(q_labels, k_labels, exclude_positives: bool):

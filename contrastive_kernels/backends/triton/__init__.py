@@ -21,7 +21,7 @@ from typing import Optional
 
 import torch
 
-from ..registry import Backend, BackendError
+from ..registry import Backend, BackendError, OpPair
 
 try:
     import triton  # noqa: F401
@@ -85,8 +85,7 @@ def _backward(*args):
 
 BACKEND = Backend(
     name="triton",
-    forward=_forward,
-    backward=_backward,
+    ops={"lse": OpPair(_forward, _backward)},
     description="Triton kernels (CUDA; CPU under TRITON_INTERPRET=1)",
     devices=("cuda", "cpu"),
     auto_devices=("cuda",),

@@ -1,0 +1,15 @@
+"""The op vocabulary of the family, as data: one :class:`~.spec.OpSpec` per op.
+
+Adding an op: a spec module here, one line in :data:`SPECS`, the same row in the C++ table
+(``csrc/common/contract.h``), the oracle in ``backends/reference.py`` and one reduction
+per backend.
+"""
+
+from .lse import LSE
+from .spec import GRADIENTS, NEEDS, PAIR_NAMES, PAIR_PREFIX, OpSpec, Output, accumulate_dtype
+from .two_sided_lse import TWO_SIDED_LSE
+
+SPECS = {spec.name: spec for spec in (LSE, TWO_SIDED_LSE)}
+
+__all__ = ["LSE", "TWO_SIDED_LSE", "SPECS", "OpSpec", "Output", "PAIR_PREFIX", "PAIR_NAMES",
+           "GRADIENTS", "NEEDS", "accumulate_dtype"]
