@@ -1,6 +1,8 @@
 """CLIP's symmetric InfoNCE (open_clip ``ClipLoss``) and InfoNCE (info-nce-pytorch).
 
-Each direction is lse over the other modality (the core op) minus the paired logit.
+Each direction is a log-sum-exp over the other modality minus the paired logit; both
+directions of one image x text matrix come from one sweep of the two-sided op
+(``ops.two_sided_lse``: rows are image -> text, columns text -> image).
 """
 
 from __future__ import annotations
@@ -58,8 +60,11 @@ def clip_loss(image_features: torch.Tensor, text_features: torch.Tensor, logit_s
         all_img, all_txt, q_img, q_txt, offset = (image_features, text_features, image_features,
                                                   text_features, 0)
 
-    lse_i, _ = ops.lse(q_img, all_txt, scale, backend=backend)
-    lse_t, _ = ops.lse(q_txt, all_img, scale, backend=backend)
+    if q_img is all_img:  # one matrix, both directions: one sweep
+        lse_i, lse_t = ops.two_sided_lse(all_img, all_txt, scale, backend=backend)
+    else:  # local queries against gathered keys: two different matrices
+        lse_i, _ = ops.lse(q_img, all_txt, scale, backend=backend)
+        lse_t, _ = ops.lse(q_txt, all_img, scale, backend=backend)
     n_q = q_img.shape[0]
     pos_i = scale * rowdot(q_img.to(acc), all_txt[offset:offset + n_q].to(acc))
     pos_t = scale * rowdot(q_txt.to(acc), all_img[offset:offset + n_q].to(acc))
@@ -106,13 +111,13 @@ def info_nce(query: torch.Tensor, positive_key: torch.Tensor,
         lse_neg, _ = ops.lse(query, negative_keys, lam, normalize=normalize, eps=eps,
                              backend=backend)
         loss = torch.logaddexp(pos, lse_neg) - pos
+    elif symmetric:  # query -> key along rows, key -> query along columns: one sweep
+        lse_q, lse_k = ops.two_sided_lse(query, positive_key, lam, normalize=normalize, eps=eps,
+                                         backend=backend)
+        loss = ((lse_q - pos) + (lse_k - pos)) / 2
     else:
         lse_q, _ = ops.lse(query, positive_key, lam, normalize=normalize, eps=eps, backend=backend)
         loss = lse_q - pos
-        if symmetric:
-            lse_k, _ = ops.lse(positive_key, query, lam, normalize=normalize, eps=eps,
-                               backend=backend)
-            loss = (loss + (lse_k - pos)) / 2
     return reduce(loss, reduction).to(result_dtype(query))
 
 
