@@ -148,13 +148,21 @@ def scale_tensor(scale, q: torch.Tensor) -> torch.Tensor:
 
 
 # Integer dtypes whose every value fits in int32: labels of these compare as int32.
-_INT32_SAFE = (torch.int8, torch.uint8, torch.int16, torch.int32)
+_INT32_SAFE = (torch.int8, torch.uint8, torch.int16, torch.int32) + tuple(
+    getattr(torch, name) for name in ("uint16",) if hasattr(torch, name))
 
 
 def canonical_labels(q_labels: torch.Tensor, k_labels: torch.Tensor):
-    """Both label vectors contiguous and in one integer dtype, chosen from the dtypes alone
-    (no value is read, so no host sync): int32 when both fit, else int64. Comparing an int8
-    -1 with a uint8 255 in their own dtypes could alias; in the common dtype it cannot."""
-    both_small = q_labels.dtype in _INT32_SAFE and k_labels.dtype in _INT32_SAFE
-    dtype = torch.int32 if both_small else torch.int64
-    return q_labels.to(dtype).contiguous(), k_labels.to(dtype).contiguous()
+    """Both label vectors as contiguous int32 equality codes: the one rule every backend
+    receives (a kernel compares raw 32-bit integers; a 64-bit compare costs two
+    instructions per logit on a GPU). Decided by dtype, never by reading values (no host
+    sync): dtypes that fit int32 are cast (in the common dtype an int8 -1 and a uint8 255
+    no longer alias); wider ones are replaced by the value's position in the sorted
+    concatenation of both vectors (sort + searchsorted on the device, O((N + M) log(N + M))),
+    which preserves equality."""
+    if q_labels.dtype in _INT32_SAFE and k_labels.dtype in _INT32_SAFE:
+        return q_labels.to(torch.int32).contiguous(), k_labels.to(torch.int32).contiguous()
+    ql, kl = q_labels.to(torch.int64), k_labels.to(torch.int64)
+    ordered = torch.sort(torch.cat([ql, kl])).values
+    return (torch.searchsorted(ordered, ql, out_int32=True).contiguous(),
+            torch.searchsorted(ordered, kl, out_int32=True).contiguous())
