@@ -45,12 +45,13 @@ def save_context(spec: OpSpec, ctx, inputs, output):
     ctx.spec = spec
 
 
-def gradients(ctx, backward_op, grads):
+def gradients(ctx, backward_op, grads, need=None):
     """(dq, dk, dscale) of a saved call by ``backward_op`` from the incoming gradients of
-    every forward output, None where no gradient is needed; dq / dk in q's / k's layout
-    (every backend writes them contiguous)."""
+    every forward output, None where no gradient is needed (``need``: whether q, k and
+    scale need one; default the first three inputs'); dq / dk in q's / k's layout (every
+    backend writes them contiguous)."""
     q, k, scale, bias, q_labels, k_labels, *saved = ctx.saved_tensors
-    need = tuple(ctx.needs_input_grad[:3])
+    need = tuple(ctx.needs_input_grad[:3] if need is None else need)
     if not any(need):
         return None, None, None
     incoming = [g for out, g in zip(ctx.spec.outputs, grads) if out.differentiable]

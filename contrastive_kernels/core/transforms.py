@@ -27,10 +27,9 @@ from .autograd import gradients, save_context
 from .ops import PAIR_PREFIX
 
 FORWARD_AD_ERROR = (
-    "contrastive_kernels: forward-mode AD of the core ops (ops.lse, ops.two_sided_lse) "
-    "(torch.func.jvp / jacfwd, torch.autograd.forward_ad) is not supported: no kernel computes "
-    "the tangent's second product. Use reverse mode (torch.autograd.grad, torch.func.grad / "
-    "vjp / jacrev).")
+    "contrastive_kernels: forward-mode AD of ops.{op} (torch.func.jvp / jacfwd, "
+    "torch.autograd.forward_ad) is not supported: no kernel computes the tangent's second "
+    "product. Use reverse mode (torch.autograd.grad, torch.func.grad / vjp / jacrev).")
 
 _PAIR = len(PAIR_PREFIX)
 
@@ -68,13 +67,13 @@ class CoreOpFunction(torch.autograd.Function):
         # no graph of the backward (second order is not supported): torch.func runs the
         # backward with grad mode on, and the backward op's own autograd is not func-ready
         with torch.no_grad():
-            dq, dk, dscale = gradients(ctx, ctx.pair.backward, grads)
+            dq, dk, dscale = gradients(ctx, ctx.pair.backward, grads, ctx.needs_input_grad[2:5])
         rest = (None,) * (_PAIR + len(ctx.spec.options) - 3)
         return (None, None, dq, dk, dscale) + rest
 
     @staticmethod
     def jvp(ctx, *tangents):
-        raise RuntimeError(FORWARD_AD_ERROR)
+        raise RuntimeError(FORWARD_AD_ERROR.format(op=ctx.spec.name))
 
     @staticmethod
     def vmap(info, in_dims, spec, pair, *args):
