@@ -86,7 +86,8 @@ def markdown(rows, backends):
         errs = "; ".join(f"{be}: {_fmt(r['errors'][be]['loss'])} / {_fmt(r['errors'][be]['grad'])}"
                          for be in backends)
         lines.append(f"| {r['loss']} | {r['source']} | `{r['module']}` | "
-                     f"`functional.{r['functional']}` | {errs} | {measured(r)} | {r['documented']} |")
+                     f"`functional.{r['functional']}` | {errs} | {measured(r)} | "
+                     f"{r['documented']} |")
     return "\n".join(lines)
 
 

@@ -15,7 +15,7 @@ from .. import distributed, ops
 from ..core.layout import keep_input_layout
 from .algebra import (check_gather_available, check_pair, check_positive, result_dtype, rowdot,
                       unit_rows)
-from .spec import Accuracy, LossCase, LossSpec, pair_inputs, randn
+from .spec import Accuracy, LossCase, LossSpec, pair_inputs, two_views
 
 
 def negative_mises_fisher_weights(out0: torch.Tensor, out1: torch.Tensor,
@@ -129,7 +129,7 @@ class DCLWLoss(DCLLoss):
 
 def _accuracy(function, *args):
     return Accuracy(function,
-                    lambda gen, s: {"out0": randn(gen, 2 * s.b, s.d), "out1": randn(gen, 2 * s.b, s.d)},
+                    lambda gen, s: two_views(gen, 2 * s.b, s.d),
                     lambda f, x, **be: f(x["out0"], x["out1"], *args, **be), ("out0", "out1"),
                     error="1e-14")
 

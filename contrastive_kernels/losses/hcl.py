@@ -15,7 +15,7 @@ from torch import nn
 from .. import ops
 from ..core.layout import keep_input_layout
 from .algebra import check_pair, check_positive, result_dtype, rowdot, unit_rows
-from .spec import Accuracy, LossCase, LossSpec, pair_inputs, unit
+from .spec import Accuracy, LossCase, LossSpec, pair_inputs, two_views, unit
 
 
 def check_estimator(estimator):
@@ -109,7 +109,7 @@ SPECS = (
                _case("hcl_easy", "easy")),
         accuracy=(Accuracy(
             hcl_loss,
-            lambda gen, s: {"out0": unit(gen, 2 * s.b, s.d), "out1": unit(gen, 2 * s.b, s.d)},
+            lambda gen, s: two_views(gen, 2 * s.b, s.d, draw=unit),
             lambda f, x, **be: f(x["out0"], x["out1"], 0.5, 0.1, 1.0, "hard", **be),
             ("out0", "out1"), error="1e-15"),)),
 )

@@ -17,7 +17,7 @@ from .. import distributed, ops
 from ..core.layout import keep_input_layout
 from .algebra import (check_gather_available, check_matrix, check_pair, result_dtype, rowdot,
                       unit_rows)
-from .spec import Accuracy, LossCase, LossSpec, pair_inputs, randn, unit
+from .spec import Accuracy, LossCase, LossSpec, pair_inputs, two_views, unit
 from .state import ResizableBuffers
 
 
@@ -185,12 +185,11 @@ SPECS = (
         cases=(_case("ntxent", 0.5), _case("ntxent_t01", 0.1), _case("ntxent_bank", 0.2, bank=50)),
         accuracy=(
             Accuracy(ntxent_loss,
-                     lambda gen, s: {"out0": randn(gen, 2 * s.b, s.d), "out1": randn(gen, 2 * s.b, s.d)},
+                     lambda gen, s: two_views(gen, 2 * s.b, s.d),
                      lambda f, x, **be: f(x["out0"], x["out1"], 0.5, **be), ("out0", "out1"),
                      error="1e-14"),
             Accuracy(ntxent_loss,
-                     lambda gen, s: {"out0": randn(gen, s.b, s.d), "out1": randn(gen, s.b, s.d),
-                                     "bank": unit(gen, s.k, s.d)},
+                     lambda gen, s: {**two_views(gen, s.b, s.d), "bank": unit(gen, s.k, s.d)},
                      lambda f, x, **be: f(x["out0"], x["out1"], 0.2, x["bank"], **be),
                      ("out0", "out1"), error="1e-15", label="NT-Xent, memory bank",
                      module="NTXentLoss(memory_bank_size=...)",

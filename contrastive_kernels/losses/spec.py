@@ -42,6 +42,11 @@ def unit(gen: torch.Generator, *shape) -> torch.Tensor:
     return x / x.norm(dim=-1, keepdim=True)
 
 
+def two_views(gen: torch.Generator, rows: int, d: int, draw: Callable = randn) -> dict:
+    """out0, out1 [rows, d] drawn by ``draw`` (the accuracy rows of the two-view losses)."""
+    return {"out0": draw(gen, rows, d), "out1": draw(gen, rows, d)}
+
+
 def pair_inputs(unit_rows: bool = False, bank: int = 0, aligned: bool = False) -> Callable:
     """``make`` of the losses over two views out0, out1 [B, d] (NT-Xent, DCL, HCL): raw rows
     (1.7 x normal) or unit ones; ``bank`` rows of negatives; ``aligned``: the views of a
@@ -61,14 +66,24 @@ def pair_inputs(unit_rows: bool = False, bank: int = 0, aligned: bool = False) -
     return make
 
 
+class _CallsBoth:
+    """``call(fn, x, **kw)`` runs ``function`` (kw = ``backend=``) or its oracle (no kw) on
+    the inputs ``x``: both take the published arguments in the same order."""
+
+    def fused(self, inputs: dict, backend: str):
+        return self.call(self.function, inputs, backend=backend)
+
+    def naive(self, inputs: dict):
+        return self.call(oracle_of(self.function), inputs)
+
+
 @dataclasses.dataclass(frozen=True)
-class LossCase:
+class LossCase(_CallsBoth):
     """One configuration of the loss-family test table (tests/losses/test_loss_family.py):
     the fused form and its oracle called on the same inputs, in every dtype and backend.
 
-    ``call(fn, x, **kw)`` calls ``function`` (with kw = ``backend=``) or its oracle (no kw)
-    on the inputs ``x``: both take the published arguments in the same order. ``make(gen,
-    small)`` returns the float64 inputs (``small``: tiny shapes for the Triton interpreter).
+    ``call`` as in :class:`_CallsBoth`; ``make(gen, small)`` returns the float64 inputs
+    (``small``: tiny shapes for the Triton interpreter).
     ``grads`` names the differentiable inputs; everything else is a constant of the case.
     """
 
@@ -87,12 +102,6 @@ class LossCase:
     @property
     def gradcheck_inputs(self) -> tuple:
         return self.grads if self.gradcheck is None else self.gradcheck
-
-    def fused(self, inputs: dict, backend: str):
-        return self.call(self.function, inputs, backend=backend)
-
-    def naive(self, inputs: dict):
-        return self.call(oracle_of(self.function), inputs)
 
     def inputs(self, dtype: torch.dtype, small: bool = False, seed: int = 0):
         """(inputs in dtype, the same values in float64) with grads enabled."""
@@ -119,12 +128,12 @@ class Sizes(NamedTuple):
 
 
 @dataclasses.dataclass(frozen=True)
-class Accuracy:
+class Accuracy(_CallsBoth):
     """A row of docs/losses.md's table: a realistic float64 configuration whose agreement
     with the oracle ``bench/loss_accuracy.py`` measures, and the figure it measured.
 
     ``make(gen, sizes)`` returns the float64 inputs, ``grads`` the differentiable ones;
-    ``call`` as in :class:`LossCase`. ``error``: the largest relative error of the loss and
+    ``call`` as in :class:`_CallsBoth`. ``error``: the largest relative error of the loss and
     of its gradients (over 3 seeds, backends torch and cpu), rounded up to a power of ten.
     The texts default to the spec's (its name, module, functional forms and source).
     """
@@ -135,15 +144,11 @@ class Accuracy:
     grads: tuple
     error: str
     label: Optional[str] = None
-    module: Optional[str] = None       # how the row's module is called, e.g. "NTXentLoss(memory_bank_size=...)"
-    functional: Optional[str] = None   # how the row's functional form is called
+    # how the row calls the module and the functional form, e.g.
+    # "NTXentLoss(memory_bank_size=...)", "ntxent_loss(..., negatives=bank)"
+    module: Optional[str] = None
+    functional: Optional[str] = None
     source: Optional[str] = None
-
-    def fused(self, inputs: dict, backend: str):
-        return self.call(self.function, inputs, backend=backend)
-
-    def naive(self, inputs: dict):
-        return self.call(oracle_of(self.function), inputs)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -172,7 +172,8 @@ SPECS = (
     LossSpec(
         name="SupCon", family="SupCon", module=SupConLoss, functional=(supcon_loss,),
         source="HobbitLong/SupContrast `losses.py`",
-        cases=(_case("supcon_labels_all", "labels", "all"), _case("supcon_mask_one", "mask", "one")),
+        cases=(_case("supcon_labels_all", "labels", "all"),
+               _case("supcon_mask_one", "mask", "one")),
         accuracy=(Accuracy(
             supcon_loss,
             lambda gen, s: {"features": unit(gen, 2 * s.b, 2, s.d),

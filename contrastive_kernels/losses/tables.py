@@ -13,7 +13,8 @@ import argparse
 import pathlib
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-DOCS_HEADER = "| loss | source (read, re-implemented, nothing copied) | module | functional | accuracy |"
+DOCS_HEADER = ("| loss | source (read, re-implemented, nothing copied) | module | functional "
+               "| accuracy |")
 README_HEADER = "| loss | module | published source | matches its reference in float64 to |"
 
 
