@@ -1,7 +1,7 @@
-"""Functional forms of the losses (defined in :mod:`contrastive_kernels.losses`), and the
-row algebra they share, under the names this module has always had."""
+"""Functional forms of the losses (defined in :mod:`contrastive_kernels.losses`, one per
+registered loss, with their helper functions such as ``class_prior``)."""
 
-from .losses import (bingo_loss, class_prior, clip_loss, clsa_ddm_loss, clsa_loss,  # noqa: F401
-                     dcl_loss, dclw_loss, gpaco_loss, hcl_loss, info_nce, moco_loss,
-                     negative_mises_fisher_weights, ntxent_loss, paco_loss, supcon_loss)
-from .losses.algebra import label_segments, segment_sums, unit_rows  # noqa: F401
+from . import losses
+
+__all__ = list(losses.FUNCTIONS)
+globals().update({name: getattr(losses, name) for name in __all__})

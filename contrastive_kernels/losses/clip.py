@@ -173,3 +173,67 @@ class InfoNCE(nn.Module):
     def forward(self, query, positive_key, negative_keys=None):
         return info_nce(query, positive_key, negative_keys, self.temperature,
                                    self.symmetric, self.reduction, backend=self.backend)
+
+
+# --------------------------------------------------------------------------- registry
+
+from .spec import Accuracy, LossCase, LossSpec, randn, unit  # noqa: E402
+
+
+def _clip_case(id, with_bias):
+    def make(gen, small):
+        b, d = (3, 4) if small else (29, 24)
+        return {"image": unit(gen, b, d), "text": unit(gen, b, d),
+                "logit_scale": torch.tensor(14.3, dtype=torch.float64),
+                "logit_bias": torch.tensor(-2.0, dtype=torch.float64)}
+
+    def call(f, x, **be):
+        return f(x["image"], x["text"], x["logit_scale"], x["logit_bias"] if with_bias else None,
+                 **be)
+    grads = ("image", "text", "logit_scale") + (("logit_bias",) if with_bias else ())
+    return LossCase(id, clip_loss, make, call, grads)
+
+
+def _info_nce_case(id, negatives, symmetric=False, reduction="mean"):
+    def make(gen, small):
+        b, m, d = (3, 4, 5) if small else (26, 45, 12)
+        return {"query": 2.0 * randn(gen, b, d), "positive": 2.0 * randn(gen, b, d),
+                "negatives": 2.0 * randn(gen, m, d)}
+
+    def call(f, x, **be):
+        return f(x["query"], x["positive"], x["negatives"] if negatives else None,
+                 temperature=0.1, symmetric=symmetric, reduction=reduction, **be)
+    grads = ("query", "positive") + (("negatives",) if negatives else ())
+    return LossCase(id, info_nce, make, call, grads)
+
+
+SPECS = (
+    LossSpec(
+        name="InfoNCE / CLIP", family="CLIP", module=ClipLoss, functional=(clip_loss,),
+        source="mlfoundations/open_clip `src/open_clip/loss.py` `ClipLoss`",
+        cases=(_clip_case("clip", with_bias=False), _clip_case("clip_bias", with_bias=True)),
+        accuracy=(Accuracy(
+            clip_loss,
+            lambda gen, s: {"image": unit(gen, 2 * s.b, s.d), "text": unit(gen, 2 * s.b, s.d),
+                            "logit_scale": torch.tensor(1 / 0.07, dtype=torch.float64)},
+            lambda f, x, **be: f(x["image"], x["text"], x["logit_scale"], **be),
+            ("image", "text", "logit_scale"), error="1e-14"),),
+        published_signature=dict(local_loss=False, gather_with_grad=False, cache_labels=False,
+                                 rank=0, world_size=1, use_horovod=False),
+        published_forward=("image_features", "text_features", "logit_scale", "logit_bias",
+                           "output_dict")),
+    LossSpec(
+        name="InfoNCE", family="InfoNCE", module=InfoNCE, functional=(info_nce,),
+        source="RElbers/info-nce-pytorch `info_nce` (unpaired negatives) + `symmetric`",
+        cases=(_info_nce_case("info_nce", negatives=False),
+               _info_nce_case("info_nce_negatives_sum", negatives=True, reduction="sum"),
+               _info_nce_case("info_nce_symmetric", negatives=False, symmetric=True)),
+        accuracy=(Accuracy(
+            info_nce,
+            lambda gen, s: {"query": randn(gen, s.b, s.d), "positive": randn(gen, s.b, s.d),
+                            "negatives": randn(gen, s.k, s.d)},
+            lambda f, x, **be: f(x["query"], x["positive"], x["negatives"], 0.1, **be),
+            ("query", "positive", "negatives"), error="1e-14"),),
+        # the published constructor has no `symmetric` (ours adds it after negative_mode)
+        published_forward=("query", "positive_key", "negative_keys")),
+)

@@ -15,6 +15,7 @@ from .. import distributed, ops
 from ..core.layout import keep_input_layout
 from .algebra import (check_gather_available, check_pair, check_positive, result_dtype, rowdot,
                       unit_rows)
+from .spec import Accuracy, LossCase, LossSpec, pair_inputs, two_views
 
 
 def negative_mises_fisher_weights(out0: torch.Tensor, out1: torch.Tensor,
@@ -121,3 +122,36 @@ class DCLWLoss(DCLLoss):
     def forward(self, out0, out1):
         return dclw_loss(out0, out1, self.temperature, self.sigma,
                          gather_distributed=self.gather_distributed, backend=self.backend)
+
+
+# --------------------------------------------------------------------------- registry
+
+
+def _accuracy(function, *args):
+    return Accuracy(function,
+                    lambda gen, s: two_views(gen, 2 * s.b, s.d),
+                    lambda f, x, **be: f(x["out0"], x["out1"], *args, **be), ("out0", "out1"),
+                    error="1e-14")
+
+
+SPECS = (
+    LossSpec(
+        name="DCL", family="DCL", module=DCLLoss, functional=(dcl_loss,),
+        source=("lightly `lightly/loss/dcl_loss.py` `DCLLoss` (>= 1.5.21: one log-sum-exp over "
+                "all negatives)"),
+        cases=(LossCase("dcl", dcl_loss, pair_inputs(),
+                        lambda f, x, **be: f(x["out0"], x["out1"], 0.1, **be), ("out0", "out1")),),
+        accuracy=(_accuracy(dcl_loss, 0.1),),
+        published_signature=dict(temperature=0.1, weight_fn=None, gather_distributed=False),
+        published_forward=("out0", "out1")),
+    LossSpec(
+        name="DCLW", family="DCLW", module=DCLWLoss, functional=(dclw_loss,),
+        helpers=(negative_mises_fisher_weights,),
+        source="lightly `lightly/loss/dcl_loss.py` `DCLWLoss` (>= 1.5.21, as DCL)",
+        cases=(LossCase("dclw", dclw_loss, pair_inputs(),
+                        lambda f, x, **be: f(x["out0"], x["out1"], 0.1, 0.5, **be),
+                        ("out0", "out1"), gradcheck=()),),
+        accuracy=(_accuracy(dclw_loss, 0.1, 0.5),),
+        published_signature=dict(temperature=0.1, sigma=0.5, gather_distributed=False),
+        published_forward=("out0", "out1")),
+)

@@ -15,6 +15,7 @@ from torch import nn
 from .. import ops
 from ..core.layout import keep_input_layout
 from .algebra import check_pair, check_positive, result_dtype, rowdot, unit_rows
+from .spec import Accuracy, LossCase, LossSpec, pair_inputs, two_views, unit
 
 
 def check_estimator(estimator):
@@ -85,3 +86,30 @@ class HCLLoss(nn.Module):
     def forward(self, out_1, out_2):
         return hcl_loss(out_1, out_2, self.temperature, self.tau_plus, self.beta,
                                    self.estimator, normalize=self.normalize, backend=self.backend)
+
+
+# --------------------------------------------------------------------------- registry
+
+
+def _case(id, estimator, tau_plus=0.1, beta=1.0, temperature=0.5, aligned=False):
+    return LossCase(id, hcl_loss, pair_inputs(unit_rows=True, aligned=aligned),
+                    lambda f, x, **be: f(x["out0"], x["out1"], temperature, tau_plus, beta,
+                                         estimator, **be),
+                    ("out0", "out1"))
+
+
+SPECS = (
+    LossSpec(
+        name="HCL", family="HCL", module=HCLLoss, functional=(hcl_loss,),
+        source="joshr17/HCL `image/main.py` `criterion`",
+        cases=(_case("hcl_hard", "hard"),
+               # views aligned: the clamp of Ng fires for some rows, not all
+               _case("hcl_hard_beta3_clamped", "hard", tau_plus=0.5, beta=3.0, temperature=0.3,
+                     aligned=True),
+               _case("hcl_easy", "easy")),
+        accuracy=(Accuracy(
+            hcl_loss,
+            lambda gen, s: two_views(gen, 2 * s.b, s.d, draw=unit),
+            lambda f, x, **be: f(x["out0"], x["out1"], 0.5, 0.1, 1.0, "hard", **be),
+            ("out0", "out1"), error="1e-15"),)),
+)

@@ -17,6 +17,7 @@ from .. import distributed, ops
 from ..core.layout import keep_input_layout
 from .algebra import (check_gather_available, check_matrix, check_pair, result_dtype, rowdot,
                       unit_rows)
+from .spec import Accuracy, LossCase, LossSpec, pair_inputs, two_views, unit
 from .state import ResizableBuffers
 
 
@@ -166,3 +167,34 @@ class NTXentLoss(nn.Module):
     def extra_repr(self) -> str:
         return (f"temperature={self.temperature}, memory_bank_size={self.memory_bank_size}, "
                 f"gather_distributed={self.gather_distributed}, backend={self.backend!r}")
+
+
+# --------------------------------------------------------------------------- registry
+
+
+def _case(id, temperature, bank=0):
+    def call(f, x, **be):
+        return f(x["out0"], x["out1"], temperature, x.get("bank"), **be)
+    return LossCase(id, ntxent_loss, pair_inputs(bank=bank), call, ("out0", "out1"))
+
+
+SPECS = (
+    LossSpec(
+        name="SimCLR NT-Xent", family="NT-Xent", module=NTXentLoss, functional=(ntxent_loss,),
+        helpers=(MemoryBank,), source="lightly `lightly/loss/ntx_ent_loss.py`",
+        cases=(_case("ntxent", 0.5), _case("ntxent_t01", 0.1), _case("ntxent_bank", 0.2, bank=50)),
+        accuracy=(
+            Accuracy(ntxent_loss,
+                     lambda gen, s: two_views(gen, 2 * s.b, s.d),
+                     lambda f, x, **be: f(x["out0"], x["out1"], 0.5, **be), ("out0", "out1"),
+                     error="1e-14"),
+            Accuracy(ntxent_loss,
+                     lambda gen, s: {**two_views(gen, s.b, s.d), "bank": unit(gen, s.k, s.d)},
+                     lambda f, x, **be: f(x["out0"], x["out1"], 0.2, x["bank"], **be),
+                     ("out0", "out1"), error="1e-15", label="NT-Xent, memory bank",
+                     module="NTXentLoss(memory_bank_size=...)",
+                     functional="ntxent_loss(..., negatives=bank)",
+                     source="lightly `ntx_ent_loss.py` + `memory_bank.py`")),
+        published_signature=dict(temperature=0.5, memory_bank_size=0, gather_distributed=False),
+        published_forward=("out0", "out1")),
+)

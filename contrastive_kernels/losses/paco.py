@@ -8,6 +8,7 @@ label segment sums).
 
 from __future__ import annotations
 
+import inspect
 import math
 from typing import Optional
 
@@ -18,6 +19,7 @@ from ..core.layout import keep_input_layout
 from .algebra import (LOG_1E_12, check_in_range, check_labels, check_on, check_positive,
                       gather_rows, label_segments, logaddexp_safe, result_dtype, rowdot,
                       segment_sums)
+from .spec import Accuracy, LossCase, LossSpec, randn, unit
 from .state import ResizableBuffers
 
 
@@ -265,3 +267,71 @@ class GPaCoLoss(PaCoLoss):
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", smooth={self.smooth}"
+
+
+# --------------------------------------------------------------------------- registry
+
+_SOURCE = "dvlab-research/Parametric-Contrastive-Learning"
+_CLASSES, _CLASS_COUNTS = 7, (40, 25, 12, 9, 5, 3, 1)   # a long tail, one class of 1
+
+
+def _case(id, gpaco=False, with_prior=True, **kw):
+    """features [q; k; queue] (PaCo: 2B + K rows, GPaCo: B + K), sup_logits of the B anchors."""
+    def make(gen, small):
+        b, queue, d = (3, 5, 4) if small else (24, 40, 19)
+        n = (b + queue) if gpaco else (2 * b + queue)
+        labels = torch.randint(0, _CLASSES, (n,), generator=gen)
+        return {"features": unit(gen, n, d), "labels": labels,
+                "sup_logits": 2.0 * randn(gen, b, _CLASSES), "K": queue,
+                "prior": class_prior(_CLASS_COUNTS, _CLASSES) if with_prior else None}
+
+    def call(f, x, **be):
+        return f(x["features"], x["labels"], x["sup_logits"], x["prior"], K=x["K"],
+                 num_classes=_CLASSES, **kw, **be)
+    return LossCase(id, gpaco_loss if gpaco else paco_loss, make, call, ("features", "sup_logits"),
+                    full_precision=("prior",))
+
+
+def _accuracy(gpaco, **kw):
+    def make(gen, s):
+        anchors = 2 * s.b if gpaco else s.b
+        x = {"features": unit(gen, 2 * s.b + s.k, s.d), "sup_logits": 3 * randn(gen, anchors, s.c)}
+        x["labels"] = torch.randint(0, s.c, (2 * s.b + s.k,), generator=gen)
+        x["prior"] = class_prior((1000 * torch.rand(s.c, generator=gen, dtype=torch.float64) ** 3
+                                  + 1).round(), s.c)
+        x["K"], x["C"] = s.k, s.c
+        return x
+
+    def call(f, x, **be):
+        return f(x["features"], x["labels"], x["sup_logits"], x["prior"], alpha=0.05, K=x["K"],
+                 num_classes=x["C"], **kw, **be)
+    return Accuracy(gpaco_loss if gpaco else paco_loss, make, call, ("features", "sup_logits"),
+                    error="1e-14")
+
+
+_EMPTY = inspect.Parameter.empty
+SPECS = (
+    LossSpec(
+        name="PaCo", family="PaCo", module=PaCoLoss, functional=(paco_loss,),
+        helpers=(class_prior,), source=f"{_SOURCE} `LT/losses.py` + `LT/moco/builder.py`",
+        cases=(_case("paco", alpha=0.05, temperature=0.07),
+               _case("paco_gamma_half_base_t", gamma=0.5, alpha=0.3, beta=0.7, supt=0.8,
+                     temperature=0.07, base_temperature=0.1),
+               _case("paco_gamma0", gamma=0.0, alpha=0.05, temperature=0.2)),
+        accuracy=(_accuracy(False, temperature=0.07),),
+        # alpha required, as the issue states the API
+        published_signature=dict(alpha=_EMPTY, beta=1.0, gamma=1.0, supt=1.0, temperature=1.0,
+                                 base_temperature=None, K=128, num_classes=1000),
+        published_forward=("features", "labels", "sup_logits", "mask", "epoch")),
+    LossSpec(
+        name="GPaCo", family="GPaCo", module=GPaCoLoss, functional=(gpaco_loss,),
+        source=f"{_SOURCE} `GPaCo/LT/losses.py`",
+        cases=(_case("gpaco_no_prior", gpaco=True, with_prior=False, alpha=0.05, supt=1.5,
+                     temperature=0.2, base_temperature=0.07),
+               _case("gpaco_prior_smooth", gpaco=True, smooth=0.1, gamma=0.8, alpha=0.05,
+                     supt=1.5, temperature=0.2, base_temperature=0.07)),
+        accuracy=(_accuracy(True, temperature=0.2, smooth=0.1),),
+        published_signature=dict(alpha=_EMPTY, beta=1.0, gamma=1.0, supt=1.0, temperature=1.0,
+                                 base_temperature=None, K=8192, num_classes=1000, smooth=0.0),
+        published_forward=("features", "labels", "sup_logits")),
+)

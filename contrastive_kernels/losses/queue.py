@@ -13,6 +13,7 @@ from .. import ops
 from ..core.layout import keep_input_layout
 from .algebra import (check_matrix, check_on, check_pair, check_positive, check_same,
                       logaddexp_safe, lse_union, reduce, result_dtype, rowdot)
+from .spec import Accuracy, LossCase, LossSpec, unit
 
 
 @keep_input_layout("q", "k", "queue")
@@ -191,3 +192,74 @@ class BingoLoss(nn.Module):
     def forward(self, q, positive_keys, queue, lam=None):
         return bingo_loss(q, positive_keys, queue, self.lam if lam is None else lam,
                                      self.temperature, backend=self.backend)
+
+
+# --------------------------------------------------------------------------- registry
+
+
+def _inputs(n_pos=0, strong=0):
+    """q, k [B, d], queue [K, d] (unit rows); positive_keys [B, n_pos, d]; strong views."""
+    def make(gen, small):
+        b, k, d = (3, 6, 4) if small else (21, 70, 16)
+        x = {"q": unit(gen, b, d), "k": unit(gen, b, d), "queue": unit(gen, k, d)}
+        if n_pos:
+            x["positive_keys"] = unit(gen, b, n_pos, d)
+        for i in range(strong):
+            x[f"strong{i}"] = unit(gen, b, d)
+        return x
+    return make
+
+
+def _moco_case(id, in_batch):
+    return LossCase(id, moco_loss, _inputs(),
+                    lambda f, x, **be: f(x["q"], x["k"], x["queue"], 0.07,
+                                         in_batch_negatives=in_batch, **be),
+                    ("q", "k", "queue"))
+
+
+def _bingo_case(id, lam):
+    return LossCase(id, bingo_loss, _inputs(n_pos=len(lam)),
+                    lambda f, x, **be: f(x["q"], x["positive_keys"], x["queue"], lam, 0.2, **be),
+                    ("q", "positive_keys", "queue"))
+
+
+SPECS = (
+    LossSpec(
+        name="MoCo", family="MoCo", module=MoCoLoss, functional=(moco_loss,),
+        source="facebookresearch/moco `moco/builder.py` (`[l_pos, l_neg]`, CE)",
+        cases=(_moco_case("moco", in_batch=False), _moco_case("moco_in_batch", in_batch=True)),
+        accuracy=(Accuracy(
+            moco_loss,
+            lambda gen, s: {"q": unit(gen, s.b, s.d), "k": unit(gen, s.b, s.d),
+                            "queue": unit(gen, s.k, s.d)},
+            lambda f, x, **be: f(x["q"], x["k"], x["queue"], 0.07, **be), ("q", "k", "queue"),
+            error="1e-14"),)),
+    LossSpec(
+        name="CLSA (contrastive + DDM)", family="CLSA", module=CLSALoss,
+        functional=(clsa_loss, clsa_ddm_loss),
+        source="maple-research-lab/CLSA `model/CLSA.py`, `training/train.py`",
+        cases=(
+            LossCase("clsa_ddm", clsa_ddm_loss, _inputs(strong=1),
+                     lambda f, x, **be: f(x["q"], x["strong0"], x["k"], x["queue"], 0.2, **be),
+                     ("q", "strong0"), gradcheck=("strong0",)),
+            LossCase("clsa_two_strong", clsa_loss, _inputs(strong=2),
+                     lambda f, x, **be: f(x["q"], [x["strong0"], x["strong1"]], x["k"],
+                                          x["queue"], 0.2, 0.25, 1.5, **be),
+                     ("q", "strong0", "strong1"), gradcheck=("strong0", "strong1"))),
+        accuracy=(Accuracy(
+            clsa_loss,
+            lambda gen, s: {"q": unit(gen, s.b, s.d), "strong": unit(gen, s.b, s.d),
+                            "k": unit(gen, s.b, s.d), "queue": unit(gen, s.k, s.d)},
+            lambda f, x, **be: f(x["q"], [x["strong"]], x["k"], x["queue"], 0.2, 0.2, 1.0, **be),
+            ("q", "strong", "k"), error="1e-14"),)),
+    LossSpec(
+        name="BINGO", family="BINGO", module=BingoLoss, functional=(bingo_loss,),
+        source="haohang96/bingo `moco/builder.py` + `main_moco.py` (`MulposCrossEntropy`)",
+        cases=(_bingo_case("bingo", (0.5, 0.5)), _bingo_case("bingo_three", (0.6, 0.3, 0.1))),
+        accuracy=(Accuracy(
+            bingo_loss,
+            lambda gen, s: {"q": unit(gen, s.b, s.d), "positive_keys": unit(gen, s.b, 2, s.d),
+                            "queue": unit(gen, s.k, s.d)},
+            lambda f, x, **be: f(x["q"], x["positive_keys"], x["queue"], (0.5, 0.5), 0.2, **be),
+            ("q", "positive_keys"), error="1e-15"),)),
+)

@@ -18,6 +18,7 @@ from .. import ops
 from ..core.layout import keep_input_layout
 from .algebra import (check_labels, check_on, check_positive, gather_rows, label_segments,
                       result_dtype, segment_sums, unit_rows)
+from .spec import Accuracy, LossCase, LossSpec, unit
 
 CONTRAST_MODES = ("all", "one")
 
@@ -143,3 +144,42 @@ class SupConLoss(nn.Module):
         return (f"temperature={self.temperature}, contrast_mode={self.contrast_mode!r}, "
                 f"base_temperature={self.base_temperature}, normalize={self.normalize}, "
                 f"backend={self.backend!r}")
+
+
+# --------------------------------------------------------------------------- registry
+# The family table holds two SupCon configurations; the full SupCon matrix (shapes x
+# positives x modes x normalization) is testing/supcon_cases.py, run by tests/losses/test_supcon.py.
+
+
+def _case(id, positives, contrast_mode):
+    def make(gen, small):
+        b, views, d = (3, 2, 4) if small else (19, 2, 13)
+        x = {"features": unit(gen, b, views, d)}
+        if positives == "labels":
+            x["labels"] = torch.randint(0, 5, (b,), generator=gen)
+        else:  # a user mask, one anchor without positives
+            mask = (torch.rand(b, b, generator=gen) < 0.3).double()
+            mask[0] = 0.0
+            x["mask"] = mask
+        return x
+
+    def call(f, x, **be):
+        return f(x["features"], x.get("labels"), x.get("mask"), 0.1, contrast_mode, 0.07, **be)
+    return LossCase(id, supcon_loss, make, call, ("features",))
+
+
+SPECS = (
+    LossSpec(
+        name="SupCon", family="SupCon", module=SupConLoss, functional=(supcon_loss,),
+        source="HobbitLong/SupContrast `losses.py`",
+        cases=(_case("supcon_labels_all", "labels", "all"),
+               _case("supcon_mask_one", "mask", "one")),
+        accuracy=(Accuracy(
+            supcon_loss,
+            lambda gen, s: {"features": unit(gen, 2 * s.b, 2, s.d),
+                            "labels": torch.randint(0, s.c, (2 * s.b,), generator=gen)},
+            lambda f, x, **be: f(x["features"], x["labels"], temperature=0.1, **be),
+            ("features",), error="1e-14"),),
+        published_signature=dict(temperature=0.07, contrast_mode="all", base_temperature=0.07),
+        published_forward=("features", "labels", "mask")),
+)

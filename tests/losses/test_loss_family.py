@@ -1,11 +1,13 @@
-"""Every loss of the family, every backend, every dtype: loss and gradients against the
-float64 naive reference (contrastive_kernels.reference), with tolerances set by the naive
-formulation's own error in that dtype (tests/loss_cases.py)."""
+"""Every configuration of every registered loss (LossSpec.cases, collected in
+contrastive_kernels/testing/loss_cases.py), every backend, every dtype: loss and gradients
+against the float64 naive reference (contrastive_kernels.testing.reference_losses), with
+tolerances set by the naive formulation's own error in that dtype."""
 
 import pytest
 import torch
 
-from contrastive_kernels.testing.loss_cases import CASES, DTYPES, LOSS_BACKENDS, TRITON_DTYPES, assert_loss_close, run
+from contrastive_kernels.testing.loss_cases import (CASES, DTYPES, LOSS_BACKENDS, TRITON_DTYPES,
+                                                    assert_loss_close, run)
 
 
 def _params():

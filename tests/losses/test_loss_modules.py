@@ -11,7 +11,9 @@ import torch.nn.functional as F
 
 import contrastive_kernels as ck
 from contrastive_kernels import functional as fn
-from contrastive_kernels import reference as R
+from contrastive_kernels.losses import SPECS
+from contrastive_kernels.losses.spec import Sizes
+from contrastive_kernels.testing import reference_losses as R
 from contrastive_kernels.testing.loss_cases import LOSS_BACKENDS
 from contrastive_kernels.testing.measure import record_cpu_allocations
 
@@ -28,53 +30,39 @@ def _close(a, b, rtol=1e-12):
 
 # --------------------------------------------------------------------------- signatures
 
-PUBLISHED_SIGNATURES = {
-    # PaCo LT/losses.py (alpha required, as the issue states the API)
-    ck.PaCoLoss: dict(alpha=inspect.Parameter.empty, beta=1.0, gamma=1.0, supt=1.0,
-                      temperature=1.0, base_temperature=None, K=128, num_classes=1000),
-    # GPaCo LT/losses.py
-    ck.GPaCoLoss: dict(alpha=inspect.Parameter.empty, beta=1.0, gamma=1.0, supt=1.0,
-                       temperature=1.0, base_temperature=None, K=8192, num_classes=1000,
-                       smooth=0.0),
-    # lightly
-    ck.NTXentLoss: dict(temperature=0.5, memory_bank_size=0, gather_distributed=False),
-    ck.DCLLoss: dict(temperature=0.1, weight_fn=None, gather_distributed=False),
-    ck.DCLWLoss: dict(temperature=0.1, sigma=0.5, gather_distributed=False),
-    # open_clip
-    ck.ClipLoss: dict(local_loss=False, gather_with_grad=False, cache_labels=False, rank=0,
-                      world_size=1, use_horovod=False),
-}
+def _family(spec):
+    return spec.family
 
 
-@pytest.mark.parametrize("cls", list(PUBLISHED_SIGNATURES), ids=lambda c: c.__name__)
-def test_constructor_matches_published(cls):
-    params = inspect.signature(cls.__init__).parameters
+@pytest.mark.parametrize("spec", [s for s in SPECS if s.published_signature is not None],
+                         ids=_family)
+def test_constructor_matches_published(spec):
+    params = inspect.signature(spec.module.__init__).parameters
     positional = [p for p in params.values()
                   if p.name != "self" and p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD]
-    expected = PUBLISHED_SIGNATURES[cls]
+    expected = spec.published_signature
     assert [p.name for p in positional] == list(expected)
     for p in positional:
         assert p.default == expected[p.name], (p.name, p.default)
     assert params["backend"].kind is inspect.Parameter.KEYWORD_ONLY
 
 
-@pytest.mark.parametrize("name", ["SupConLoss", "PaCoLoss", "GPaCoLoss", "NTXentLoss", "ClipLoss",
-                                  "InfoNCE", "MoCoLoss", "CLSALoss", "BingoLoss", "DCLLoss",
-                                  "DCLWLoss", "HCLLoss"])
-def test_exported_with_backend_keyword(name):
-    cls = getattr(ck, name)
-    assert name in ck.__all__
-    assert inspect.signature(cls.__init__).parameters["backend"].default == "auto"
+@pytest.mark.parametrize("spec", SPECS, ids=_family)
+def test_exported_with_backend_keyword(spec):
+    name = spec.module.__name__
+    assert name in ck.__all__ and getattr(ck, name) is spec.module
+    assert inspect.signature(spec.module.__init__).parameters["backend"].default == "auto"
+    for function in spec.functional:
+        assert inspect.signature(function).parameters["backend"].default == "auto"
 
 
-def test_forward_signatures():
-    assert list(inspect.signature(ck.PaCoLoss.forward).parameters)[1:4] == [
-        "features", "labels", "sup_logits"]
-    assert list(inspect.signature(ck.GPaCoLoss.forward).parameters)[1:] == [
-        "features", "labels", "sup_logits"]
-    assert list(inspect.signature(ck.NTXentLoss.forward).parameters)[1:] == ["out0", "out1"]
-    assert list(inspect.signature(ck.ClipLoss.forward).parameters)[1:] == [
-        "image_features", "text_features", "logit_scale", "logit_bias", "output_dict"]
+@pytest.mark.parametrize("spec", [s for s in SPECS if s.published_forward is not None],
+                         ids=_family)
+def test_forward_matches_published(spec):
+    assert tuple(inspect.signature(spec.module.forward).parameters)[1:] == spec.published_forward
+
+
+def test_info_nce_functional_keeps_the_published_order():
     assert list(inspect.signature(fn.info_nce).parameters)[:5] == [
         "query", "positive_key", "negative_keys", "temperature", "symmetric"]
 
@@ -365,89 +353,51 @@ def _largest_allocation_elements(fn_):
     return record.largest // 4
 
 
-def _memory_cases():
-    """Each loss at sizes where its smallest core-op call has N x M > 2 x the torch
-    backend's tile (2^20 elements), so a full N x M tensor would stand out."""
-    torch.manual_seed(0)
-    d = 8
-    f = lambda *s: torch.randn(*s).requires_grad_()  # noqa: E731
-    u = lambda *s: F.normalize(torch.randn(*s), dim=-1).requires_grad_()  # noqa: E731
-    b, k, c = 500, 3400, 10
-    feats, labels = u(2 * b + k, d), torch.randint(0, c, (2 * b + k,))
-    sup = f(b, c)
-    prior = fn.class_prior(list(range(1, c + 1)), c)
-    half, full = 760, 1500      # 2 x half rows (SimCLR-style) / full x full (CLIP-style)
-    h0, h1 = f(half, d), f(half, d)
-    x0, x1 = f(full, d), f(full, d)
-    q, key, queue, pos = u(1500, d), u(1500, d), u(2000, d), u(1500, 2, d)
-    bank = F.normalize(torch.randn(3000, d), dim=-1)
-    # (name, N x M of the loss's smallest core-op call, closure)
-    return [
-        ("paco", b * (2 * b + k), lambda be: fn.paco_loss(feats, labels, sup, prior, alpha=0.05,
-                                                          K=k, backend=be)),
-        ("gpaco", (2 * b) * (2 * b + k), lambda be: fn.gpaco_loss(feats, labels, sup.repeat(2, 1),
-                                                                  prior, alpha=0.05, K=k, smooth=0.1,
-                                                                  num_classes=c, backend=be)),
-        ("ntxent", (2 * half) ** 2, lambda be: fn.ntxent_loss(h0, h1, 0.5, backend=be)),
-        ("ntxent_bank", half * 3000, lambda be: fn.ntxent_loss(h0, h1, 0.5, bank, backend=be)),
-        ("clip", full * full, lambda be: fn.clip_loss(x0, x1, 10.0, backend=be)),
-        ("info_nce", full * full, lambda be: fn.info_nce(x0, x1, symmetric=True, backend=be)),
-        ("moco", 1500 * 2000, lambda be: fn.moco_loss(q, key, queue, backend=be)),
-        ("clsa", 1500 * 1500, lambda be: fn.clsa_loss(q, [key], key, queue, backend=be)),
-        ("bingo", 1500 * 2000, lambda be: fn.bingo_loss(q, pos, queue, (0.5, 0.5), backend=be)),
-        ("dclw", full * full, lambda be: fn.dclw_loss(x0, x1, backend=be)),
-        ("hcl", (2 * half) ** 2, lambda be: fn.hcl_loss(h0, h1, 0.5, 0.1, 1.0, backend=be)),
-    ]
+# Sizes at which every core-op call of every measured configuration (LossSpec.accuracy) has
+# at least B queries and B keys, and B x B > 2 x the torch backend's tile (2^20 elements):
+# a full N x M tensor would stand out against the B x B / 2 bar.
+MEMORY_SIZES = Sizes(b=1600, k=2000, d=8, c=10)
+MEMORY_ROWS = [(spec, row) for spec in SPECS for row in spec.accuracy]
+
+
+def _float32_inputs(row):
+    x = row.make(torch.Generator().manual_seed(0), MEMORY_SIZES)
+    return {k: v.float().requires_grad_(k in row.grads)
+            if isinstance(v, torch.Tensor) and v.is_floating_point() else v for k, v in x.items()}
 
 
 @pytest.mark.parametrize("backend", MODULE_BACKENDS)
-def test_no_n_by_m_tensor_on_the_fused_path(backend):
-    for name, n_by_m, loss_of in _memory_cases():
-        largest = _largest_allocation_elements(lambda: loss_of(backend).backward())
-        assert largest <= n_by_m // 2, f"{name}: an allocation of {largest} elements (N x M = {n_by_m})"
+@pytest.mark.parametrize("spec,row", MEMORY_ROWS,
+                         ids=[row.label or spec.name for spec, row in MEMORY_ROWS])
+def test_no_n_by_m_tensor_on_the_fused_path(spec, row, backend):
+    x = _float32_inputs(row)
+    bar = MEMORY_SIZES.b ** 2 // 2
+    largest = _largest_allocation_elements(lambda: row.fused(x, backend).backward())
+    assert largest <= bar, f"an allocation of {largest} elements (B x B / 2 = {bar})"
 
 
 def test_memory_probe_sees_the_reference():
-    name, n_by_m, _ = _memory_cases()[2]  # ntxent
-    h0, h1 = torch.randn(760, 8, requires_grad=True), torch.randn(760, 8, requires_grad=True)
-    largest = _largest_allocation_elements(lambda: R.ntxent_loss_reference(h0, h1).backward())
-    assert largest > n_by_m // 2, f"the probe missed the reference's {name} N x M matrix"
+    spec, row = next((s, r) for s, r in MEMORY_ROWS if s.family == "NT-Xent")
+    x = _float32_inputs(row)
+    largest = _largest_allocation_elements(lambda: row.naive(x).backward())
+    assert largest > MEMORY_SIZES.b ** 2 // 2, "the probe missed the reference's N x M matrix"
 
 
 # --------------------------------------------------------------------------- torch.compile
 
 
-def test_losses_compile_fullgraph():
-    """dynamo traces every loss without a graph break (the core op's fake implementation
-    and autograd registration included); aot_eager keeps CI fast (inductor compiles too, at
-    ~15 s per loss)."""
+@pytest.mark.parametrize("spec", SPECS, ids=_family)
+def test_losses_compile_fullgraph(spec):
+    """dynamo traces every loss (its first configuration) without a graph break (the core
+    op's fake implementation and autograd registration included); aot_eager keeps CI fast
+    (inductor compiles too, at ~15 s per loss)."""
     torch._dynamo.reset()
-    gen = torch.Generator().manual_seed(0)
-    r = lambda *s: torch.randn(*s, generator=gen).requires_grad_()  # noqa: E731
-    x0, x1, queue, pos = r(16, 8), r(16, 8), r(24, 8), r(16, 2, 8)
-    feats = F.normalize(torch.randn(40, 8, generator=gen), dim=-1).requires_grad_()
-    labels, sup = torch.randint(0, 5, (40,), generator=gen), r(12, 5)
-    prior = fn.class_prior([5, 4, 3, 2, 1], 5)
-    scale = torch.tensor(3.0, requires_grad=True)
-    losses = {
-        "paco": lambda: fn.paco_loss(feats, labels, sup, prior, alpha=0.05, K=16, backend="torch"),
-        "gpaco": lambda: fn.gpaco_loss(feats, labels, sup.repeat(2, 1), None, alpha=0.05, K=16,
-                                       smooth=0.1, backend="torch"),
-        "ntxent": lambda: fn.ntxent_loss(x0, x1, 0.5, backend="torch"),
-        "ntxent_bank": lambda: fn.ntxent_loss(x0, x1, 0.5, queue.detach(), backend="torch"),
-        "clip": lambda: fn.clip_loss(x0, x1, scale, backend="torch"),
-        "info_nce": lambda: fn.info_nce(x0, x1, queue, backend="torch"),
-        "moco": lambda: fn.moco_loss(x0, x1, queue, backend="torch"),
-        "clsa": lambda: fn.clsa_loss(x0, x1, x1, queue, backend="torch"),
-        "bingo": lambda: fn.bingo_loss(x0, pos, queue, (0.5, 0.5), backend="torch"),
-        "dclw": lambda: fn.dclw_loss(x0, x1, backend="torch"),
-        "hcl": lambda: fn.hcl_loss(x0, x1, backend="torch"),
-    }
-    for name, loss_of in losses.items():
-        compiled = torch.compile(loss_of, fullgraph=True, backend="aot_eager")
-        got = compiled()
-        got.backward()
-        torch.testing.assert_close(got, loss_of(), msg=name)
+    case = spec.cases[0]
+    x, _ = case.inputs(torch.float32, small=True)
+    compiled = torch.compile(lambda: case.fused(x, "torch"), fullgraph=True, backend="aot_eager")
+    got = compiled()
+    got.backward()
+    torch.testing.assert_close(got, case.fused(x, "torch"))
 
 
 def test_module_and_functional_form_validate_alike():

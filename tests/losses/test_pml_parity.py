@@ -1,7 +1,7 @@
 """NT-Xent against pytorch-metric-learning's NTXentLoss where PML defines the same loss:
 embeddings [out0; out1] with labels [0..B-1, 0..B-1], i.e. one positive per row (PML
 then averages -log(e^pos / (e^pos + sum over different-label rows)) over the 2B positive
-pairs, which is SimCLR's NT-Xent). PML SupConLoss parity lives in tests/test_supcon.py."""
+pairs, which is SimCLR's NT-Xent). PML SupConLoss parity lives in tests/losses/test_supcon.py."""
 
 import pytest
 import torch

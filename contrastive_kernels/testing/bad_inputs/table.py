@@ -10,6 +10,8 @@ from typing import Callable, Optional
 
 import torch
 
+from ...losses import SPECS
+
 NAN, INF = math.nan, math.inf
 
 # --------------------------------------------------------------------------- the table
@@ -138,19 +140,9 @@ TOPICS = {
                  "the original's value"),
 }
 
-FAMILIES = {
-    "ops.lse": "ops.lse",
-    "supcon_loss": "SupCon", "SupConLoss": "SupCon",
-    "paco_loss": "PaCo", "PaCoLoss": "PaCo", "gpaco_loss": "GPaCo", "GPaCoLoss": "GPaCo",
-    "ntxent_loss": "NT-Xent", "NTXentLoss": "NT-Xent", "MemoryBank": "NT-Xent",
-    "clip_loss": "CLIP", "ClipLoss": "CLIP",
-    "info_nce": "InfoNCE", "InfoNCE": "InfoNCE",
-    "moco_loss": "MoCo", "MoCoLoss": "MoCo",
-    "clsa_loss": "CLSA", "CLSALoss": "CLSA",
-    "bingo_loss": "BINGO", "BingoLoss": "BINGO",
-    "dcl_loss": "DCL", "DCLLoss": "DCL", "dclw_loss": "DCLW", "DCLWLoss": "DCLW",
-    "hcl_loss": "HCL", "HCLLoss": "HCL",
-}
+# api name -> family: ops.lse, and every public name of every registered loss
+FAMILIES = {"ops.lse": "ops.lse",
+            **{obj.__name__: spec.family for spec in SPECS for obj in spec.public}}
 
 CASES: list = []
 
