@@ -19,6 +19,19 @@ void check_device(const Site& site, const char* name, const at::Tensor& t, const
                 q.device(), ", got ", t.device());
 }
 
+// Per-line vectors of one side: shape [rows] (`side` names it: "N" or "M"), floating point.
+void check_line_vectors(const Site& site,
+                        std::initializer_list<std::pair<const char*, const at::Tensor*>> vectors,
+                        const at::Tensor& q, int64_t rows, const char* side) {
+  for (auto [name, t] : vectors) {
+    check_device(site, name, *t, q);
+    TORCH_CHECK(t->dim() == 1 && t->size(0) == rows, site.op, ": ", name, " must have shape [",
+                side, "] = [", rows, "], got ", t->sizes());
+    TORCH_CHECK(t->is_floating_point(), site.op, ": ", name, " must be floating point, got ",
+                t->scalar_type());
+  }
+}
+
 }  // namespace
 
 std::string declaration(const char* op, const char* schema) {
@@ -88,14 +101,7 @@ void check_inputs(const Site& site, const at::Tensor& q, const at::Tensor& k,
 
 void check_row_vectors(const Site& site, const at::Tensor& grad_lse, const at::Tensor& lse,
                        const at::Tensor& q) {
-  for (auto [name, t] :
-       {std::pair<const char*, const at::Tensor*>{"grad_lse", &grad_lse}, {"lse", &lse}}) {
-    check_device(site, name, *t, q);
-    TORCH_CHECK(t->dim() == 1 && t->size(0) == q.size(0), site.op, ": ", name,
-                " must have shape [N] = [", q.size(0), "], got ", t->sizes());
-    TORCH_CHECK(t->is_floating_point(), site.op, ": ", name, " must be floating point, got ",
-                t->scalar_type());
-  }
+  check_line_vectors(site, {{"grad_lse", &grad_lse}, {"lse", &lse}}, q, q.size(0), "N");
 }
 
 void check_backward_inputs(const Site& site, const at::Tensor& grad_lse, const at::Tensor& q,
@@ -106,6 +112,21 @@ void check_backward_inputs(const Site& site, const at::Tensor& grad_lse, const a
                            bool exclude_positives, const at::Tensor& lse) {
   check_inputs(site, q, k, scale, bias, q_labels, k_labels, eps, exclude_positives);
   check_row_vectors(site, grad_lse, lse, q);
+}
+
+void check_two_sided_backward_inputs(const Site& site, const at::Tensor& grad_row_lse,
+                                     const at::Tensor& grad_col_lse, const at::Tensor& q,
+                                     const at::Tensor& k, const at::Tensor& scale,
+                                     const std::optional<at::Tensor>& bias,
+                                     const std::optional<at::Tensor>& q_labels,
+                                     const std::optional<at::Tensor>& k_labels, double eps,
+                                     bool exclude_positives, const at::Tensor& row_lse,
+                                     const at::Tensor& col_lse) {
+  check_inputs(site, q, k, scale, bias, q_labels, k_labels, eps, exclude_positives);
+  check_line_vectors(site, {{"grad_row_lse", &grad_row_lse}, {"row_lse", &row_lse}}, q, q.size(0),
+                     "N");
+  check_line_vectors(site, {{"grad_col_lse", &grad_col_lse}, {"col_lse", &col_lse}}, q, k.size(0),
+                     "M");
 }
 
 }  // namespace contract

@@ -109,5 +109,16 @@ void check_backward_inputs(const Site& site, const at::Tensor& grad_lse, const a
                            const std::optional<at::Tensor>& k_labels, double eps,
                            bool exclude_positives, const at::Tensor& lse);
 
+// Everything the two-sided backward op checks: check_inputs, then grad_row_lse and row_lse
+// of shape [N] and grad_col_lse and col_lse of shape [M], floating point.
+void check_two_sided_backward_inputs(const Site& site, const at::Tensor& grad_row_lse,
+                                     const at::Tensor& grad_col_lse, const at::Tensor& q,
+                                     const at::Tensor& k, const at::Tensor& scale,
+                                     const std::optional<at::Tensor>& bias,
+                                     const std::optional<at::Tensor>& q_labels,
+                                     const std::optional<at::Tensor>& k_labels, double eps,
+                                     bool exclude_positives, const at::Tensor& row_lse,
+                                     const at::Tensor& col_lse);
+
 }  // namespace contract
 }  // namespace ck

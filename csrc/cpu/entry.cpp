@@ -1,5 +1,6 @@
 // The entry points of one build of the CPU kernels (cpu/isa.h), as a KernelSet: output
-// allocation per the op contract and dispatch to the float / double kernels. The checks
+// allocation per the op contract (lse and the two-sided lse) and dispatch to the float /
+// double kernels; one gradient epilogue (gradients) behind both backwards. The checks
 // and the choice of the kernel set are in ops_cpu.cpp and dispatch.cpp, compiled once.
 #include "cpu/isa.h"  // first: the library headers, then the ISA switch
 
@@ -7,6 +8,7 @@
 #include "kernels.h"
 #include "lse_cpu.h"
 #include "operands.h"
+#include "two_sided_cpu.h"
 
 CK_CPU_NAMESPACE_BEGIN
 
@@ -57,31 +59,44 @@ at::Tensor as_gradient(const at::Tensor& acc, const at::Tensor& x) {
   return out;
 }
 
-template <class T>
-std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_impl(
-    const Operands<T>& op, const at::Tensor& grad_lse, const at::Tensor& q, const at::Tensor& k,
-    const at::Tensor& scale, double lam, double eps, const at::Tensor& lse, bool need_dq,
-    bool need_dk, bool need_dscale) {
-  const at::ScalarType acc = c10::CppTypeToScalarType<T>::value;
-  at::Tensor g = grad_lse.to(acc).contiguous();
-  at::Tensor saved = lse.to(acc).contiguous();
+// (dq, dk, dscale) from run(u, v), which accumulates u~ and v~ (either null when not
+// needed) into zeroed buffers: the epilogue shared by every core op's backward.
+template <class T, class Run>
+std::tuple<at::Tensor, at::Tensor, at::Tensor> gradients(const Operands<T>& op, const CallArgs& a,
+                                                         const at::Tensor& scale, bool need_dq,
+                                                         bool need_dk, bool need_dscale, Run&& run) {
   at::Tensor u, v;
-  if (need_dq || need_dscale) u = accumulator<T>(q, op.dp);
-  if (need_dk) v = accumulator<T>(k, op.dp);
-  lse_backward_kernel<T>(op, g.data_ptr<T>(), saved.data_ptr<T>(),
-                         u.defined() ? u.data_ptr<T>() : nullptr,
-                         v.defined() ? v.data_ptr<T>() : nullptr);
+  if (need_dq || need_dscale) u = accumulator<T>(a.q, op.dp);
+  if (need_dk) v = accumulator<T>(a.k, op.dp);
+  run(u.defined() ? u.data_ptr<T>() : nullptr, v.defined() ? v.data_ptr<T>() : nullptr);
   double dscale = 0;
   if (u.defined())
-    dscale = finish_gradient<T>(op.q, op.n, op.d, op.dp, u.data_ptr<T>(), lam, op.normalize, eps,
-                                need_dq, op.q_grad_factor);
+    dscale = finish_gradient<T>(op.q, op.n, op.d, op.dp, u.data_ptr<T>(), a.scale, op.normalize,
+                                a.eps, need_dq, op.q_grad_factor);
   if (v.defined())
-    finish_gradient<T>(op.k, op.m, op.d, op.dp, v.data_ptr<T>(), lam, op.normalize, eps, true,
-                       op.k_grad_factor);
-  at::Tensor dq = need_dq ? as_gradient(u, q) : at::empty({0}, q.options());
-  at::Tensor dk = need_dk ? as_gradient(v, k) : at::empty({0}, k.options());
+    finish_gradient<T>(op.k, op.m, op.d, op.dp, v.data_ptr<T>(), a.scale, op.normalize, a.eps,
+                       true, op.k_grad_factor);
+  at::Tensor dq = need_dq ? as_gradient(u, a.q) : at::empty({0}, a.q.options());
+  at::Tensor dk = need_dk ? as_gradient(v, a.k) : at::empty({0}, a.k.options());
   at::Tensor ds = at::scalar_tensor(need_dscale ? dscale : 0.0, scale.options());
   return {dq, dk, ds};
+}
+
+// A per-line input (grad or saved lse) as a contiguous accumulation-dtype vector.
+template <class T>
+at::Tensor line_vector(const at::Tensor& x) {
+  return x.to(c10::CppTypeToScalarType<T>::value).contiguous();
+}
+
+template <class T>
+std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_impl(
+    const CallArgs& a, const at::Tensor& grad_lse, const at::Tensor& scale, const at::Tensor& lse,
+    bool need_dq, bool need_dk, bool need_dscale) {
+  const Operands<T> op = operands<T>(a);
+  at::Tensor g = line_vector<T>(grad_lse), saved = line_vector<T>(lse);
+  return gradients<T>(op, a, scale, need_dq, need_dk, need_dscale, [&](T* u, T* v) {
+    lse_backward_kernel<T>(op, g.data_ptr<T>(), saved.data_ptr<T>(), u, v);
+  });
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> backward(const CallArgs& a,
@@ -90,15 +105,53 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward(const CallArgs& a,
                                                         const at::Tensor& lse, bool need_dq,
                                                         bool need_dk, bool need_dscale) {
   if (accumulate_type(a.q.scalar_type()) == at::kDouble)
-    return backward_impl<double>(operands<double>(a), grad_lse, a.q, a.k, scale, a.scale, a.eps,
-                                 lse, need_dq, need_dk, need_dscale);
-  return backward_impl<float>(operands<float>(a), grad_lse, a.q, a.k, scale, a.scale, a.eps, lse,
-                              need_dq, need_dk, need_dscale);
+    return backward_impl<double>(a, grad_lse, scale, lse, need_dq, need_dk, need_dscale);
+  return backward_impl<float>(a, grad_lse, scale, lse, need_dq, need_dk, need_dscale);
+}
+
+template <class T>
+std::tuple<at::Tensor, at::Tensor> two_sided_forward_impl(const CallArgs& a) {
+  const Operands<T> op = operands<T>(a);
+  const at::TensorOptions opts = a.q.options().dtype(c10::CppTypeToScalarType<T>::value);
+  at::Tensor row_lse = at::empty({op.n}, opts), col_lse = at::empty({op.m}, opts);
+  two_sided_forward_kernel<T>(op, row_lse.data_ptr<T>(), col_lse.data_ptr<T>());
+  return {row_lse, col_lse};
+}
+
+std::tuple<at::Tensor, at::Tensor> two_sided_forward(const CallArgs& a) {
+  if (accumulate_type(a.q.scalar_type()) == at::kDouble) return two_sided_forward_impl<double>(a);
+  return two_sided_forward_impl<float>(a);
+}
+
+template <class T>
+std::tuple<at::Tensor, at::Tensor, at::Tensor> two_sided_backward_impl(
+    const CallArgs& a, const at::Tensor& grad_row_lse, const at::Tensor& grad_col_lse,
+    const at::Tensor& scale, const at::Tensor& row_lse, const at::Tensor& col_lse, bool need_dq,
+    bool need_dk, bool need_dscale) {
+  const Operands<T> op = operands<T>(a);
+  at::Tensor g = line_vector<T>(grad_row_lse), h = line_vector<T>(grad_col_lse);
+  at::Tensor rl = line_vector<T>(row_lse), cl = line_vector<T>(col_lse);
+  return gradients<T>(op, a, scale, need_dq, need_dk, need_dscale, [&](T* u, T* v) {
+    two_sided_backward_kernel<T>(op, g.data_ptr<T>(), h.data_ptr<T>(), rl.data_ptr<T>(),
+                                 cl.data_ptr<T>(), u, v);
+  });
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> two_sided_backward(
+    const CallArgs& a, const at::Tensor& grad_row_lse, const at::Tensor& grad_col_lse,
+    const at::Tensor& scale, const at::Tensor& row_lse, const at::Tensor& col_lse, bool need_dq,
+    bool need_dk, bool need_dscale) {
+  if (accumulate_type(a.q.scalar_type()) == at::kDouble)
+    return two_sided_backward_impl<double>(a, grad_row_lse, grad_col_lse, scale, row_lse, col_lse,
+                                           need_dq, need_dk, need_dscale);
+  return two_sided_backward_impl<float>(a, grad_row_lse, grad_col_lse, scale, row_lse, col_lse,
+                                        need_dq, need_dk, need_dscale);
 }
 
 }  // namespace
 
 extern const KernelSet kKernelSet;
-const KernelSet kKernelSet{CK_CPU_AVX2 ? kAvx2Name : kBaselineName, &forward, &backward};
+const KernelSet kKernelSet{CK_CPU_AVX2 ? kAvx2Name : kBaselineName, &forward, &backward,
+                           &two_sided_forward, &two_sided_backward};
 
 CK_CPU_NAMESPACE_END

@@ -47,6 +47,13 @@ struct KernelSet {
   std::tuple<at::Tensor, at::Tensor, at::Tensor> (*backward)(
       const CallArgs& args, const at::Tensor& grad_lse, const at::Tensor& scale,
       const at::Tensor& lse, bool need_dq, bool need_dk, bool need_dscale);
+  // The two-sided lse: (row_lse, col_lse) per the op contract.
+  std::tuple<at::Tensor, at::Tensor> (*two_sided_forward)(const CallArgs& args);
+  // (dq, dk, dscale) from the gradients of both lse vectors.
+  std::tuple<at::Tensor, at::Tensor, at::Tensor> (*two_sided_backward)(
+      const CallArgs& args, const at::Tensor& grad_row_lse, const at::Tensor& grad_col_lse,
+      const at::Tensor& scale, const at::Tensor& row_lse, const at::Tensor& col_lse,
+      bool need_dq, bool need_dk, bool need_dscale);
 };
 
 namespace baseline {

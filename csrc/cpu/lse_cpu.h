@@ -11,24 +11,6 @@
 
 CK_CPU_NAMESPACE_BEGIN
 
-struct TileSizes {
-  int64_t rows;  // a multiple of the micro-tile height
-  int64_t cols;  // a multiple of 16 keys (whole key panels)
-};
-
-// Tile of the general (non-symmetric) kernels, from the shapes only.
-TileSizes general_tile_sizes(int64_t n, int64_t m);
-// Block size of the symmetric kernels (rows and keys alike), from the shapes only.
-int64_t symmetric_block(int64_t n);
-
-// Row stride of a tile buffer of `cols` keys: whole panels plus one, so that successive
-// rows (read down a column by the transposed product) do not all fall into the same few
-// L1 sets, as they would with a stride of 256 floats.
-template <class T>
-constexpr int64_t tile_stride(int64_t cols) {
-  return round_up(cols, panel_width<T>()) + panel_width<T>();
-}
-
 // lse [n] and, when o is not null, o [n, dp] (zero on entry, row stride dp).
 template <class T>
 void lse_forward_kernel(const Operands<T>& op, T* lse, T* o);

@@ -1,5 +1,5 @@
 // The CPU kernels of the core ops contrastive_kernels::lse_native / lse_native_backward
-// (declared once, for every device, in csrc/register.cpp from common/contract.h): the
+// and two_sided_lse_native / two_sided_lse_native_backward (declared once, for every device, in csrc/register.cpp from common/contract.h): the
 // shared argument checks, then the kernel set this CPU runs (kernels.h, dispatch.cpp).
 // Python (contrastive_kernels/_extension.py) attaches the fake implementations and
 // autograd. Compiled once, for the baseline: no kernel code here.
@@ -48,6 +48,43 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lse_native_cpu_backward(
   return kernel_set().backward(args, grad_lse, scale, lse, need_dq, need_dk, need_dscale);
 }
 
+constexpr contract::Site kTwoSidedForwardSite{contract::kTwoSidedForwardOp,
+                                              c10::DeviceType::CPU};
+constexpr contract::Site kTwoSidedBackwardSite{contract::kTwoSidedBackwardOp,
+                                               c10::DeviceType::CPU};
+
+std::tuple<at::Tensor, at::Tensor> two_sided_lse_native_cpu(
+    const at::Tensor& q, const at::Tensor& k, const at::Tensor& scale,
+    const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& q_labels_in,
+    const std::optional<at::Tensor>& k_labels_in, std::optional<int64_t> self_offset,
+    bool normalize, double eps, bool exclude_positives) {
+  contract::check_inputs(kTwoSidedForwardSite, q, k, scale, bias, q_labels_in, k_labels_in, eps,
+                         exclude_positives);
+  const auto [q_labels, k_labels] =
+      contract::active_labels(q_labels_in, k_labels_in, exclude_positives);
+  const CallArgs args{q, k, scale.item<double>(), bias, q_labels, k_labels, self_offset,
+                      normalize, eps, exclude_positives};
+  return kernel_set().two_sided_forward(args);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> two_sided_lse_native_cpu_backward(
+    const at::Tensor& grad_row_lse, const at::Tensor& grad_col_lse, const at::Tensor& q,
+    const at::Tensor& k, const at::Tensor& scale, const std::optional<at::Tensor>& bias,
+    const std::optional<at::Tensor>& q_labels_in, const std::optional<at::Tensor>& k_labels_in,
+    std::optional<int64_t> self_offset, bool normalize, double eps, bool exclude_positives,
+    const at::Tensor& row_lse, const at::Tensor& col_lse, bool need_dq, bool need_dk,
+    bool need_dscale) {
+  contract::check_two_sided_backward_inputs(kTwoSidedBackwardSite, grad_row_lse, grad_col_lse, q,
+                                            k, scale, bias, q_labels_in, k_labels_in, eps,
+                                            exclude_positives, row_lse, col_lse);
+  const auto [q_labels, k_labels] =
+      contract::active_labels(q_labels_in, k_labels_in, exclude_positives);
+  const CallArgs args{q, k, scale.item<double>(), bias, q_labels, k_labels, self_offset,
+                      normalize, eps, exclude_positives};
+  return kernel_set().two_sided_backward(args, grad_row_lse, grad_col_lse, scale, row_lse,
+                                         col_lse, need_dq, need_dk, need_dscale);
+}
+
 }  // namespace
 }  // namespace cpu
 }  // namespace ck
@@ -57,4 +94,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lse_native_cpu_backward(
 TORCH_LIBRARY_IMPL(contrastive_kernels, CPU, m) {
   m.impl(ck::contract::kForwardOp, &ck::cpu::lse_native_cpu);
   m.impl(ck::contract::kBackwardOp, &ck::cpu::lse_native_cpu_backward);
+  m.impl(ck::contract::kTwoSidedForwardOp, &ck::cpu::two_sided_lse_native_cpu);
+  m.impl(ck::contract::kTwoSidedBackwardOp, &ck::cpu::two_sided_lse_native_cpu_backward);
 }

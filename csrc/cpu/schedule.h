@@ -1,4 +1,5 @@
-// Deterministic parallel schedules for tiles that write two blocks of accumulators.
+// Tile shapes and deterministic parallel schedules for tiles that write two blocks of
+// accumulators (or of running statistics: the two-sided lse forward).
 //
 // A backward tile (I, J) adds to the dq-side rows of block I and the dk-side rows of
 // block J (a symmetric pair to both sides of both blocks). Instead of atomics or per-thread
@@ -26,9 +27,48 @@
 #define CK_CPU_RELAX() ((void)0)
 #endif
 
+#include "microkernel.h"
 #include "operands.h"
 
 CK_CPU_NAMESPACE_BEGIN
+
+// ---------------------------------------------------------------- tile shapes
+// Every tile shape below depends on the problem's shapes only, never on the thread
+// count, so results are bitwise the same for any number of threads.
+
+struct TileSizes {
+  int64_t rows;  // a multiple of the micro-tile height
+  int64_t cols;  // a multiple of 16 keys (whole key panels)
+};
+
+// Tile of the general (non-symmetric) kernels.
+inline TileSizes general_tile_sizes(int64_t n, int64_t m) {
+  // 96 x 256 logits (~100 KiB fp32): the tile and the operand panels in use stay in a
+  // 512 KiB L2 (larger row blocks measured no faster). Smaller problems use smaller tiles
+  // so that there are ~8 blocks each way to spread over threads.
+  TileSizes ts;
+  ts.rows = std::min<int64_t>(96, std::max<int64_t>(kMR, round_up(ceil_div(n, 8), kMR)));
+  ts.cols = std::min<int64_t>(256, std::max<int64_t>(16, round_up(ceil_div(m, 8), 16)));
+  return ts;
+}
+
+// Block size of the symmetric kernels (rows and keys alike).
+inline int64_t symmetric_block(int64_t n) {
+  // 192 x 192 blocks: each pair does five 192 x 192 x d products, long enough inner loops
+  // to amortize the micro-tile epilogues; measured (N = 16384, d = 128, 2 threads) a few
+  // percent faster than 128 and 256, and 10% faster than 96.
+  return std::min<int64_t>(192, std::max<int64_t>(16, round_up(ceil_div(n, 8), 16)));
+}
+
+// Row stride of a tile buffer of `cols` keys: whole panels plus one, so that successive
+// rows (read down a column by the transposed product) do not all fall into the same few
+// L1 sets, as they would with a stride of 256 floats.
+template <class T>
+constexpr int64_t tile_stride(int64_t cols) {
+  return round_up(cols, panel_width<T>()) + panel_width<T>();
+}
+
+// ---------------------------------------------------------------- tile orders
 
 struct TileTask {
   int64_t a, b;            // row-side block, key-side block

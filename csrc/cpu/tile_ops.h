@@ -1,6 +1,6 @@
-// Per-tile pieces shared by the forward and backward kernels: the logit epilogue (one
-// formula, so the backward recomputes bit-identical logits), exclusion masks, the online
-// log-sum-exp updates along rows and columns.
+// Per-line pieces of the tile reductions (reduction.h): the online log-sum-exp updates
+// along the rows and along the columns of a score tile (score_tile.h), and both at once
+// with one shared pivot.
 #pragma once
 
 #include "cpu/isa.h"  // first: the library headers, then the ISA switch
@@ -12,35 +12,6 @@
 #include "vec.h"
 
 CK_CPU_NAMESPACE_BEGIN
-
-// Logit s_ij = (dot_ij * row_factor_i) * rk_j + cb_j (operands.h), cb = bias (or 0), -inf
-// for padding.
-template <class T>
-CK_INLINE typename Vec<T>::V logit(typename Vec<T>::V dot, typename Vec<T>::V row_factor,
-                                   const T* rk, const T* cb) {
-  using VT = Vec<T>;
-  return VT::fma(VT::mul(dot, row_factor), VT::load(rk), VT::load(cb));
-}
-
-// Sets the excluded pairs of tile x (rows r0 .. r0 + nr, keys c0 .. c0 + nc, row stride
-// ld) to `fill`: key i + self_offset of row i, and keys sharing row i's label.
-template <class T>
-inline void mask_tile(const Operands<T>& op, T* x, int64_t ld, int64_t r0, int64_t nr, int64_t c0,
-                      int64_t nc, T fill) {
-  if (op.has_self) {
-    const int64_t first = std::max(r0, c0 - op.self_offset);
-    const int64_t last = std::min(r0 + nr, c0 + nc - op.self_offset);
-    for (int64_t i = first; i < last; ++i) x[(i - r0) * ld + (i + op.self_offset - c0)] = fill;
-  }
-  if (op.ql != nullptr) {
-    const int64_t* kl = op.kl + c0;
-    for (int64_t i = 0; i < nr; ++i) {
-      const int64_t li = op.ql[r0 + i];
-      T* row = x + i * ld;
-      for (int64_t j = 0; j < nc; ++j) row[j] = (kl[j] == li) ? fill : row[j];
-    }
-  }
-}
 
 // Online log-sum-exp of one tile row s[0 .. ncp) (masked entries -inf) into the running
 // (max m, sum l): l <- l e^{m - m'} + sum_j e^{s_j - m'}. With weights w, s_j is replaced

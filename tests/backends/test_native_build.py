@@ -46,6 +46,14 @@ def test_op_has_a_cpu_kernel(name):
     assert torch._C._dispatch_has_kernel_for_dispatch_key(f"{NAMESPACE}::{name}", "CPU")
 
 
+@pytest.mark.parametrize("op", sorted(_C.op_table()))
+def test_every_core_op_of_the_table_has_cpu_kernels(op):
+    """kOps (common/contract.h) declares <op>_native / _backward; ops_cpu.cpp implements
+    each of them, the two-sided lse included."""
+    for name in (f"{op}_native", f"{op}_native_backward"):
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(f"{NAMESPACE}::{name}", "CPU"), name
+
+
 def test_extension_module_loads_the_ops():
     assert _extension.native_ops is not None, _extension.LOAD_ERROR
     assert [op.name() for op in _extension.native_ops] == [f"{NAMESPACE}::{n}" for n, _ in OPS]
