@@ -41,6 +41,10 @@ struct ForwardBuffers {
   void* part_m = nullptr;   // acc [splits, n] running max of each range
   void* part_l = nullptr;   // acc [splits, n] sum of exp(s - pivot) of each range
   void* part_o = nullptr;   // acc [splits, n, d] zero-filled, unnormalized o, with return_o
+  // two_sided_lse: the column statistics, one partial (max, sum) per (64-row block, key)
+  void* col_lse = nullptr;     // acc [m], -inf-filled (no rows: no block writes it)
+  void* col_part_m = nullptr;  // acc [row_blocks, m], row_blocks = ceil(n / 64)
+  void* col_part_l = nullptr;  // acc [row_blocks, m]
 };
 
 // Key ranges of the forward: when the row grid is small (a batch of 4096 rows is 64 blocks
@@ -71,8 +75,10 @@ inline int64_t forced_splits(int64_t rule, int64_t forced, int64_t other) {
 }
 
 struct BackwardBuffers {
-  const void* grad_lse = nullptr;  // acc [n], contiguous
-  const void* lse = nullptr;       // acc [n], contiguous
+  const void* grad_lse = nullptr;  // acc [n], contiguous (two_sided_lse: grad_row_lse)
+  const void* lse = nullptr;       // acc [n], contiguous (two_sided_lse: row_lse)
+  const void* grad_col = nullptr;  // two_sided_lse: acc [m] grad_col_lse, contiguous
+  const void* col_lse = nullptr;   // two_sided_lse: acc [m], contiguous
   void* rq = nullptr;              // acc [n] workspace
   void* rk = nullptr;              // acc [m] workspace
   void* u = nullptr;       // acc [u_splits, n, d] zero-filled, when dq or dscale is needed
@@ -86,15 +92,21 @@ struct BackwardBuffers {
 };
 
 // Each launches its kernels on problem.stream and returns null, or a message naming the
-// kernel whose launch failed.
+// kernel whose launch failed. forward / backward: lse; two_sided_*: two_sided_lse.
+#define CK_DECLARE_RUNNERS                                                                 \
+  const char* forward(const KernelProblem& problem, const ForwardBuffers& out);            \
+  const char* backward(const KernelProblem& problem, const BackwardBuffers& out);          \
+  const char* two_sided_forward(const KernelProblem& problem, const ForwardBuffers& out);  \
+  const char* two_sided_backward(const KernelProblem& problem, const BackwardBuffers& out);
+
 namespace cuda_kernels {
-const char* forward(const KernelProblem& problem, const ForwardBuffers& out);
-const char* backward(const KernelProblem& problem, const BackwardBuffers& out);
+CK_DECLARE_RUNNERS
 }  // namespace cuda_kernels
 
 namespace emulated_kernels {
-const char* forward(const KernelProblem& problem, const ForwardBuffers& out);
-const char* backward(const KernelProblem& problem, const BackwardBuffers& out);
+CK_DECLARE_RUNNERS
 }  // namespace emulated_kernels
+
+#undef CK_DECLARE_RUNNERS
 
 }  // namespace ck

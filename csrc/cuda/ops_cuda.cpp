@@ -1,5 +1,6 @@
-// The CUDA kernels of the core ops contrastive_kernels::lse_native / lse_native_backward
-// (declared once, for every device, in csrc/register.cpp): a device guard on q's device,
+// The CUDA kernels of the core ops contrastive_kernels::lse_native / lse_native_backward and
+// two_sided_lse_native / _backward (declared once, for every device, in csrc/register.cpp
+// from common/contract.h kOps): a device guard on q's device,
 // the current stream, the shared entry checks (ops_impl.h), the kernels of lse_cuda.cu
 // with a launch check after each.
 #include <c10/cuda/CUDAStream.h>
@@ -14,15 +15,27 @@ namespace {
 
 constexpr contract::Site kForwardSite{contract::kForwardOp, c10::DeviceType::CUDA};
 constexpr contract::Site kBackwardSite{contract::kBackwardOp, c10::DeviceType::CUDA};
+constexpr contract::Site kTwoSidedForwardSite{contract::kTwoSidedForwardOp, c10::DeviceType::CUDA};
+constexpr contract::Site kTwoSidedBackwardSite{contract::kTwoSidedBackwardOp,
+                                               c10::DeviceType::CUDA};
+
+// Before the device guard, which needs a CUDA device.
+void check_cuda(const contract::Site& site, const at::Tensor& q) {
+  TORCH_CHECK(q.is_cuda(), site.op, ": q must be a CUDA tensor, got ", q.device());
+}
+
+void* current_stream(const at::Tensor& q) {
+  return c10::cuda::getCurrentCUDAStream(q.device().index()).stream();
+}
 
 std::tuple<at::Tensor, at::Tensor> lse_native_cuda(
     const at::Tensor& q, const at::Tensor& k, const at::Tensor& scale,
     const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& q_labels,
     const std::optional<at::Tensor>& k_labels, std::optional<int64_t> self_offset,
     bool normalize, double eps, bool exclude_positives, bool return_o) {
-  TORCH_CHECK(q.is_cuda(), kForwardSite.op, ": q must be a CUDA tensor, got ", q.device());
+  check_cuda(kForwardSite, q);
   const c10::cuda::CUDAGuard guard(q.device());
-  void* stream = c10::cuda::getCurrentCUDAStream(q.device().index()).stream();
+  void* stream = current_stream(q);
   return forward(&cuda_kernels::forward, kForwardSite, stream, q, k, scale, bias, q_labels,
                  k_labels, self_offset, normalize, eps, exclude_positives, return_o);
 }
@@ -33,12 +46,41 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lse_native_cuda_backward(
     const std::optional<at::Tensor>& k_labels, std::optional<int64_t> self_offset,
     bool normalize, double eps, bool exclude_positives, const at::Tensor& lse, bool need_dq,
     bool need_dk, bool need_dscale) {
-  TORCH_CHECK(q.is_cuda(), kBackwardSite.op, ": q must be a CUDA tensor, got ", q.device());
+  check_cuda(kBackwardSite, q);
   const c10::cuda::CUDAGuard guard(q.device());
-  void* stream = c10::cuda::getCurrentCUDAStream(q.device().index()).stream();
+  void* stream = current_stream(q);
   return backward(&cuda_kernels::backward, kBackwardSite, stream, grad_lse, q, k, scale, bias,
                   q_labels, k_labels, self_offset, normalize, eps, exclude_positives, lse,
                   need_dq, need_dk, need_dscale);
+}
+
+std::tuple<at::Tensor, at::Tensor> two_sided_lse_native_cuda(
+    const at::Tensor& q, const at::Tensor& k, const at::Tensor& scale,
+    const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& q_labels,
+    const std::optional<at::Tensor>& k_labels, std::optional<int64_t> self_offset,
+    bool normalize, double eps, bool exclude_positives) {
+  check_cuda(kTwoSidedForwardSite, q);
+  const c10::cuda::CUDAGuard guard(q.device());
+  void* stream = current_stream(q);
+  return two_sided_forward(&cuda_kernels::two_sided_forward, kTwoSidedForwardSite, stream, q, k,
+                           scale, bias, q_labels, k_labels, self_offset, normalize, eps,
+                           exclude_positives);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> two_sided_lse_native_cuda_backward(
+    const at::Tensor& grad_row_lse, const at::Tensor& grad_col_lse, const at::Tensor& q,
+    const at::Tensor& k, const at::Tensor& scale, const std::optional<at::Tensor>& bias,
+    const std::optional<at::Tensor>& q_labels, const std::optional<at::Tensor>& k_labels,
+    std::optional<int64_t> self_offset, bool normalize, double eps, bool exclude_positives,
+    const at::Tensor& row_lse, const at::Tensor& col_lse, bool need_dq, bool need_dk,
+    bool need_dscale) {
+  check_cuda(kTwoSidedBackwardSite, q);
+  const c10::cuda::CUDAGuard guard(q.device());
+  void* stream = current_stream(q);
+  return two_sided_backward(&cuda_kernels::two_sided_backward, kTwoSidedBackwardSite, stream,
+                            grad_row_lse, grad_col_lse, q, k, scale, bias, q_labels, k_labels,
+                            self_offset, normalize, eps, exclude_positives, row_lse, col_lse,
+                            need_dq, need_dk, need_dscale);
 }
 
 }  // namespace
@@ -48,4 +90,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lse_native_cuda_backward(
 TORCH_LIBRARY_IMPL(contrastive_kernels, CUDA, m) {
   m.impl(ck::contract::kForwardOp, &ck::cuda_ops::lse_native_cuda);
   m.impl(ck::contract::kBackwardOp, &ck::cuda_ops::lse_native_cuda_backward);
+  m.impl(ck::contract::kTwoSidedForwardOp, &ck::cuda_ops::two_sided_lse_native_cuda);
+  m.impl(ck::contract::kTwoSidedBackwardOp, &ck::cuda_ops::two_sided_lse_native_cuda_backward);
 }

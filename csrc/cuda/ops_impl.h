@@ -8,6 +8,7 @@
 #include <ATen/Context.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/full.h>
 #include <ATen/ops/zeros.h>
 #include <c10/util/Exception.h>
 
@@ -115,6 +116,39 @@ inline Prepared prepare(const contract::Site& site, const at::Tensor& q, const a
   return out;
 }
 
+// The outputs and workspaces of a forward call's row statistics: lse [n] (and o), the inverse
+// norms, the key split and its partials. The tensors stay alive with the struct.
+struct ForwardCall {
+  at::Tensor lse, o, rq, rk, part_m, part_l, part_o;
+  ForwardBuffers b;
+
+  ForwardCall(const KernelProblem& p, const at::TensorOptions& acc, bool return_o) {
+    lse = at::empty({p.n}, acc);
+    o = return_o ? at::zeros({p.n, p.d}, acc) : at::empty({0}, acc);
+    rq = at::empty({p.n}, acc);
+    rk = at::empty({p.m}, acc);
+    b.rq = rq.data_ptr();
+    b.rk = rk.data_ptr();
+    b.lse = lse.data_ptr();
+    b.o = return_o ? o.data_ptr() : nullptr;
+    b.splits = forced_splits(forward_key_splits(p.n, p.m), forced_split_count(), p.m);
+    if (b.splits > 1) {
+      part_m = at::empty({b.splits, p.n}, acc);
+      part_l = at::empty({b.splits, p.n}, acc);
+      b.part_m = part_m.data_ptr();
+      b.part_l = part_l.data_ptr();
+      if (return_o) {
+        part_o = at::zeros({b.splits, p.n, p.d}, acc);
+        b.part_o = part_o.data_ptr();
+      }
+    }
+  }
+};
+
+inline at::TensorOptions acc_options(const at::Tensor& q) {
+  return q.options().dtype(contract::accumulate_type(q.scalar_type()));
+}
+
 inline std::tuple<at::Tensor, at::Tensor> forward(
     ForwardRunner run, const contract::Site& site, void* stream, const at::Tensor& q,
     const at::Tensor& k, const at::Tensor& scale, const std::optional<at::Tensor>& bias,
@@ -125,31 +159,82 @@ inline std::tuple<at::Tensor, at::Tensor> forward(
   Prepared prep = prepare(site, q, k, scale, bias, q_labels, k_labels, self_offset, normalize,
                           eps, exclude_positives, stream);
   const KernelProblem& p = prep.problem;
-  const auto acc = q.options().dtype(contract::accumulate_type(q.scalar_type()));
-  at::Tensor lse = at::empty({p.n}, acc);
-  at::Tensor o = return_o ? at::zeros({p.n, p.d}, acc) : at::empty({0}, acc);
-  at::Tensor rq = at::empty({p.n}, acc), rk = at::empty({p.m}, acc);
-  ForwardBuffers b;
-  b.rq = rq.data_ptr();
-  b.rk = rk.data_ptr();
-  b.lse = lse.data_ptr();
-  b.o = return_o ? o.data_ptr() : nullptr;
-  b.splits = forced_splits(forward_key_splits(p.n, p.m), forced_split_count(), p.m);
-  at::Tensor part_m, part_l, part_o;
-  if (b.splits > 1) {
-    part_m = at::empty({b.splits, p.n}, acc);
-    part_l = at::empty({b.splits, p.n}, acc);
-    b.part_m = part_m.data_ptr();
-    b.part_l = part_l.data_ptr();
-    if (return_o) {
-      part_o = at::zeros({b.splits, p.n, p.d}, acc);
-      b.part_o = part_o.data_ptr();
-    }
-  }
-  const char* err = run(p, b);
+  ForwardCall call(p, acc_options(q), return_o);
+  const char* err = run(p, call.b);
   TORCH_CHECK(err == nullptr, site.op, ": kernel launch failed: ", err);
-  return {lse, o};
+  return {call.lse, call.o};
 }
+
+// two_sided_lse: (row_lse [n], col_lse [m]) from one sweep; the column partials of every
+// 64-row block are merged per key in block order.
+inline std::tuple<at::Tensor, at::Tensor> two_sided_forward(
+    ForwardRunner run, const contract::Site& site, void* stream, const at::Tensor& q,
+    const at::Tensor& k, const at::Tensor& scale, const std::optional<at::Tensor>& bias,
+    const std::optional<at::Tensor>& q_labels, const std::optional<at::Tensor>& k_labels,
+    std::optional<int64_t> self_offset, bool normalize, double eps, bool exclude_positives) {
+  contract::check_inputs(site, q, k, scale, bias, q_labels, k_labels, eps, exclude_positives);
+  Prepared prep = prepare(site, q, k, scale, bias, q_labels, k_labels, self_offset, normalize,
+                          eps, exclude_positives, stream);
+  const KernelProblem& p = prep.problem;
+  const at::TensorOptions acc = acc_options(q);
+  ForwardCall call(p, acc, /*return_o=*/false);
+  const int64_t row_blocks = (p.n + 63) / 64;
+  at::Tensor col_lse = at::full({p.m}, -std::numeric_limits<double>::infinity(), acc);
+  at::Tensor col_part_m = at::empty({row_blocks, p.m}, acc);
+  at::Tensor col_part_l = at::empty({row_blocks, p.m}, acc);
+  call.b.col_lse = col_lse.data_ptr();
+  call.b.col_part_m = col_part_m.data_ptr();
+  call.b.col_part_l = col_part_l.data_ptr();
+  const char* err = run(p, call.b);
+  TORCH_CHECK(err == nullptr, site.op, ": kernel launch failed: ", err);
+  return {call.lse, col_lse};
+}
+
+// The outputs and workspaces of a backward call: the inverse norms, the u / v slices of the
+// split grids, dq / dk, the dscale partials. The statistics and their gradients are the
+// caller's (BackwardBuffers::grad_lse / lse / grad_col / col_lse).
+struct BackwardCall {
+  at::Tensor rq, rk, u, v, dq, dk, rowdot, dscale;
+  BackwardBuffers b;
+
+  BackwardCall(const KernelProblem& p, const at::Tensor& q, const at::Tensor& k, bool need_dq,
+               bool need_dk, bool need_dscale) {
+    const at::TensorOptions acc = acc_options(q);
+    rq = at::empty({p.n}, acc);
+    rk = at::empty({p.m}, acc);
+    const bool need_u = need_dq || need_dscale;
+    const int64_t forced = forced_split_count();
+    const int64_t u_splits = forced_splits(backward_splits(p.n, p.m), forced, p.m);
+    const int64_t v_splits = forced_splits(backward_splits(p.m, p.n), forced, p.n);
+    // one [rows, d] slice per range of the split grid, summed in order by the epilogue
+    if (need_u) u = at::zeros({u_splits, p.n, p.d}, acc);
+    if (need_dk) v = at::zeros({v_splits, p.m, p.d}, acc);
+    dq = need_dq ? at::empty({p.n, p.d}, q.options()) : at::empty({0}, q.options());
+    dk = need_dk ? at::empty({p.m, p.d}, k.options()) : at::empty({0}, k.options());
+    // the dscale partial of every (key range, row) of the dq grid, summed in a fixed order
+    if (need_dscale) rowdot = at::empty({u_splits, p.n}, acc);
+    dscale = at::zeros({}, acc);
+    b.rq = rq.data_ptr();
+    b.rk = rk.data_ptr();
+    b.u = need_u ? u.data_ptr() : nullptr;
+    b.v = need_dk ? v.data_ptr() : nullptr;
+    b.u_splits = u_splits;
+    b.v_splits = v_splits;
+    b.dq = need_dq ? dq.data_ptr() : nullptr;
+    b.dk = need_dk ? dk.data_ptr() : nullptr;
+    b.rowdot = need_dscale ? rowdot.data_ptr() : nullptr;
+    b.dscale = need_dscale ? dscale.data_ptr() : nullptr;
+  }
+
+  std::tuple<at::Tensor, at::Tensor, at::Tensor> run(BackwardRunner runner,
+                                                     const contract::Site& site,
+                                                     const KernelProblem& p,
+                                                     const at::Tensor& scale) {
+    const char* err = runner(p, b);
+    TORCH_CHECK(err == nullptr, site.op, ": kernel launch failed: ", err);
+    return {dq, dk, dscale.to(scale.scalar_type())};
+  }
+};
 
 inline std::tuple<at::Tensor, at::Tensor, at::Tensor> backward(
     BackwardRunner run, const contract::Site& site, void* stream, const at::Tensor& grad_lse,
@@ -164,38 +249,54 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor> backward(
                           eps, exclude_positives, stream);
   const KernelProblem& p = prep.problem;
   const at::ScalarType acc_type = contract::accumulate_type(q.scalar_type());
-  const auto acc = q.options().dtype(acc_type);
   const at::Tensor g = grad_lse.to(acc_type).contiguous();
   const at::Tensor lse = lse_in.to(acc_type).contiguous();
-  at::Tensor rq = at::empty({p.n}, acc), rk = at::empty({p.m}, acc);
-  const bool need_u = need_dq || need_dscale;
-  const int64_t forced = forced_split_count();
-  const int64_t u_splits = forced_splits(backward_splits(p.n, p.m), forced, p.m);
-  const int64_t v_splits = forced_splits(backward_splits(p.m, p.n), forced, p.n);
-  // one [rows, d] slice per range of the split grid, summed in order by the epilogue
-  at::Tensor u = need_u ? at::zeros({u_splits, p.n, p.d}, acc) : at::Tensor();
-  at::Tensor v = need_dk ? at::zeros({v_splits, p.m, p.d}, acc) : at::Tensor();
-  at::Tensor dq = need_dq ? at::empty({p.n, p.d}, q.options()) : at::empty({0}, q.options());
-  at::Tensor dk = need_dk ? at::empty({p.m, p.d}, k.options()) : at::empty({0}, k.options());
-  // the dscale partial of every (key range, row) of the dq grid, summed in a fixed order
-  at::Tensor rowdot = need_dscale ? at::empty({u_splits, p.n}, acc) : at::Tensor();
-  at::Tensor dscale = at::zeros({}, acc);
-  BackwardBuffers b;
-  b.grad_lse = g.data_ptr();
-  b.lse = lse.data_ptr();
-  b.rq = rq.data_ptr();
-  b.rk = rk.data_ptr();
-  b.u = need_u ? u.data_ptr() : nullptr;
-  b.v = need_dk ? v.data_ptr() : nullptr;
-  b.u_splits = u_splits;
-  b.v_splits = v_splits;
-  b.dq = need_dq ? dq.data_ptr() : nullptr;
-  b.dk = need_dk ? dk.data_ptr() : nullptr;
-  b.rowdot = need_dscale ? rowdot.data_ptr() : nullptr;
-  b.dscale = need_dscale ? dscale.data_ptr() : nullptr;
-  const char* err = run(p, b);
-  TORCH_CHECK(err == nullptr, site.op, ": kernel launch failed: ", err);
-  return {dq, dk, dscale.to(scale.scalar_type())};
+  BackwardCall call(p, q, k, need_dq, need_dk, need_dscale);
+  call.b.grad_lse = g.data_ptr();
+  call.b.lse = lse.data_ptr();
+  return call.run(run, site, p, scale);
+}
+
+// A statistic of the two-sided backward or its gradient: [rows], floating point, on q's
+// device (the contract's check_row_vectors covers lse's [N] pair under its own names).
+inline void check_statistic(const contract::Site& site, const char* name, const at::Tensor& t,
+                            const at::Tensor& q, int64_t rows, const char* dim) {
+  TORCH_CHECK(t.device() == q.device(), site.op, ": ", name, " must be on q's device ",
+              q.device(), ", got ", t.device());
+  TORCH_CHECK(t.dim() == 1 && t.size(0) == rows, site.op, ": ", name, " must have shape [", dim,
+              "] = [", rows, "], got ", t.sizes());
+  TORCH_CHECK(t.is_floating_point(), site.op, ": ", name, " must be floating point, got ",
+              t.scalar_type());
+}
+
+// two_sided_lse's backward: both grids with w_ij = g_i p_ij + h_j p'_ij.
+inline std::tuple<at::Tensor, at::Tensor, at::Tensor> two_sided_backward(
+    BackwardRunner run, const contract::Site& site, void* stream, const at::Tensor& grad_row_lse,
+    const at::Tensor& grad_col_lse, const at::Tensor& q, const at::Tensor& k,
+    const at::Tensor& scale, const std::optional<at::Tensor>& bias,
+    const std::optional<at::Tensor>& q_labels, const std::optional<at::Tensor>& k_labels,
+    std::optional<int64_t> self_offset, bool normalize, double eps, bool exclude_positives,
+    const at::Tensor& row_lse_in, const at::Tensor& col_lse_in, bool need_dq, bool need_dk,
+    bool need_dscale) {
+  contract::check_inputs(site, q, k, scale, bias, q_labels, k_labels, eps, exclude_positives);
+  check_statistic(site, "grad_row_lse", grad_row_lse, q, q.size(0), "N");
+  check_statistic(site, "row_lse", row_lse_in, q, q.size(0), "N");
+  check_statistic(site, "grad_col_lse", grad_col_lse, q, k.size(0), "M");
+  check_statistic(site, "col_lse", col_lse_in, q, k.size(0), "M");
+  Prepared prep = prepare(site, q, k, scale, bias, q_labels, k_labels, self_offset, normalize,
+                          eps, exclude_positives, stream);
+  const KernelProblem& p = prep.problem;
+  const at::ScalarType acc_type = contract::accumulate_type(q.scalar_type());
+  const at::Tensor g = grad_row_lse.to(acc_type).contiguous();
+  const at::Tensor row_lse = row_lse_in.to(acc_type).contiguous();
+  const at::Tensor h = grad_col_lse.to(acc_type).contiguous();
+  const at::Tensor col_lse = col_lse_in.to(acc_type).contiguous();
+  BackwardCall call(p, q, k, need_dq, need_dk, need_dscale);
+  call.b.grad_lse = g.data_ptr();
+  call.b.lse = row_lse.data_ptr();
+  call.b.grad_col = h.data_ptr();
+  call.b.col_lse = col_lse.data_ptr();
+  return call.run(run, site, p, scale);
 }
 
 }  // namespace cuda_ops

@@ -1,8 +1,13 @@
-// contrastive_kernels::lse_cuda_emulated / lse_cuda_emulated_backward: the CUDA kernels
-// (csrc/cuda/lse_kernels.cuh) instantiated for the host through the emulation layer and
-// run on CPU tensors, with the schemas of the core ops and the same wrappers as the CUDA
-// kernels (csrc/cuda/ops_impl.h). Backend "cuda" calls them when
-// CONTRASTIVE_KERNELS_CUDA_EMULATE=1 (contrastive_kernels/backends/cuda.py).
+// contrastive_kernels::lse_cuda_emulated / lse_cuda_emulated_backward and
+// two_sided_lse_cuda_emulated / _backward: the CUDA kernels (csrc/cuda/lse_kernels.cuh)
+// instantiated for the host through the emulation layer and run on CPU tensors, with the
+// schemas of the core ops (common/contract.h kOps) and the same wrappers as the CUDA kernels
+// (csrc/cuda/ops_impl.h). Backend "cuda" calls them when CONTRASTIVE_KERNELS_CUDA_EMULATE=1
+// (contrastive_kernels/backends/cuda.py).
+//
+// The emulation layer's own test kernels (selftest.h) are ops of a private namespace,
+// torch.ops._contrastive_kernels_emulation.*, so that the public namespace holds only the
+// core ops (each with its fake kernel and autograd).
 #include <torch/library.h>
 
 #include <ATen/ops/empty.h>
@@ -16,8 +21,12 @@ namespace {
 
 constexpr char kEmulatedForward[] = "lse_cuda_emulated";
 constexpr char kEmulatedBackward[] = "lse_cuda_emulated_backward";
+constexpr char kTwoSidedForward[] = "two_sided_lse_cuda_emulated";
+constexpr char kTwoSidedBackward[] = "two_sided_lse_cuda_emulated_backward";
 constexpr contract::Site kForwardSite{kEmulatedForward, c10::DeviceType::CPU};
 constexpr contract::Site kBackwardSite{kEmulatedBackward, c10::DeviceType::CPU};
+constexpr contract::Site kTwoSidedForwardSite{kTwoSidedForward, c10::DeviceType::CPU};
+constexpr contract::Site kTwoSidedBackwardSite{kTwoSidedBackward, c10::DeviceType::CPU};
 
 std::tuple<at::Tensor, at::Tensor> lse_emulated(
     const at::Tensor& q, const at::Tensor& k, const at::Tensor& scale,
@@ -37,6 +46,29 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lse_emulated_backward(
   return backward(&emulated_kernels::backward, kBackwardSite, nullptr, grad_lse, q, k, scale,
                   bias, q_labels, k_labels, self_offset, normalize, eps, exclude_positives, lse,
                   need_dq, need_dk, need_dscale);
+}
+
+std::tuple<at::Tensor, at::Tensor> two_sided_lse_emulated(
+    const at::Tensor& q, const at::Tensor& k, const at::Tensor& scale,
+    const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& q_labels,
+    const std::optional<at::Tensor>& k_labels, std::optional<int64_t> self_offset,
+    bool normalize, double eps, bool exclude_positives) {
+  return two_sided_forward(&emulated_kernels::two_sided_forward, kTwoSidedForwardSite, nullptr,
+                           q, k, scale, bias, q_labels, k_labels, self_offset, normalize, eps,
+                           exclude_positives);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> two_sided_lse_emulated_backward(
+    const at::Tensor& grad_row_lse, const at::Tensor& grad_col_lse, const at::Tensor& q,
+    const at::Tensor& k, const at::Tensor& scale, const std::optional<at::Tensor>& bias,
+    const std::optional<at::Tensor>& q_labels, const std::optional<at::Tensor>& k_labels,
+    std::optional<int64_t> self_offset, bool normalize, double eps, bool exclude_positives,
+    const at::Tensor& row_lse, const at::Tensor& col_lse, bool need_dq, bool need_dk,
+    bool need_dscale) {
+  return two_sided_backward(&emulated_kernels::two_sided_backward, kTwoSidedBackwardSite,
+                            nullptr, grad_row_lse, grad_col_lse, q, k, scale, bias, q_labels,
+                            k_labels, self_offset, normalize, eps, exclude_positives, row_lse,
+                            col_lse, need_dq, need_dk, need_dscale);
 }
 
 // The emulation layer's own tests (selftest.h), as ops without a dispatch key.
@@ -107,19 +139,23 @@ TORCH_LIBRARY_FRAGMENT(contrastive_kernels, m) {
     m.def(c::declaration(c::op_name(op, "cuda_emulated", false).c_str(), op.forward_schema).c_str());
     m.def(c::declaration(c::op_name(op, "cuda_emulated", true).c_str(), op.backward_schema).c_str());
   }
-  m.def("_cuda_emulation_test_barrier() -> Tensor", &ck::cuda_ops::selftest_barrier);
-  m.def("_cuda_emulation_test_shuffle() -> Tensor", &ck::cuda_ops::selftest_shuffle);
-  m.def("_cuda_emulation_test_ldmatrix(Tensor m, int num, bool trans) -> Tensor",
-        &ck::cuda_ops::selftest_ldmatrix);
-  m.def("_cuda_emulation_test_mma(Tensor a, Tensor b, Tensor c, bool bf16, bool b_trans) -> Tensor",
+}
+
+// Private: test kernels of the emulation layer, kept out of the public op namespace.
+TORCH_LIBRARY(_contrastive_kernels_emulation, m) {
+  m.def("barrier() -> Tensor", &ck::cuda_ops::selftest_barrier);
+  m.def("shuffle() -> Tensor", &ck::cuda_ops::selftest_shuffle);
+  m.def("ldmatrix(Tensor m, int num, bool trans) -> Tensor", &ck::cuda_ops::selftest_ldmatrix);
+  m.def("mma(Tensor a, Tensor b, Tensor c, bool bf16, bool b_trans) -> Tensor",
         &ck::cuda_ops::selftest_mma);
-  m.def("_cuda_emulation_test_mma_tf32(Tensor a, Tensor b, Tensor c) -> Tensor",
-        &ck::cuda_ops::selftest_mma_tf32);
-  m.def("_cuda_emulation_test_tf32_round(Tensor x) -> Tensor", &ck::cuda_ops::selftest_tf32_round);
-  m.def("_cuda_emulation_test_deadlock() -> ()", &ck::cuda_ops::selftest_deadlock);
+  m.def("mma_tf32(Tensor a, Tensor b, Tensor c) -> Tensor", &ck::cuda_ops::selftest_mma_tf32);
+  m.def("tf32_round(Tensor x) -> Tensor", &ck::cuda_ops::selftest_tf32_round);
+  m.def("deadlock() -> ()", &ck::cuda_ops::selftest_deadlock);
 }
 
 TORCH_LIBRARY_IMPL(contrastive_kernels, CPU, m) {
   m.impl(ck::cuda_ops::kEmulatedForward, &ck::cuda_ops::lse_emulated);
   m.impl(ck::cuda_ops::kEmulatedBackward, &ck::cuda_ops::lse_emulated_backward);
+  m.impl(ck::cuda_ops::kTwoSidedForward, &ck::cuda_ops::two_sided_lse_emulated);
+  m.impl(ck::cuda_ops::kTwoSidedBackward, &ck::cuda_ops::two_sided_lse_emulated_backward);
 }
