@@ -27,11 +27,26 @@ ERROR_BACKEND = "torch"
 
 
 def _params():
+    """Each bad input once; each known defect (xfail strict) on its own."""
     for case in CASES:
         for backend in ([ERROR_BACKEND] if case.is_error else BACKENDS):
-            marks = ([pytest.mark.xfail(reason=case.xfail_reason, strict=True)]
-                     if case.xfails_on(backend) else [])
-            yield pytest.param(case, backend, id=f"{case.id}-{backend}", marks=marks)
+            if case.is_error or case.xfails_on(backend):
+                marks = ([pytest.mark.xfail(reason=case.xfail_reason, strict=True)]
+                         if case.xfails_on(backend) else [])
+                yield pytest.param(case, backend, id=f"{case.id}-{backend}", marks=marks)
+
+
+def _value_groups():
+    """The edge values that hold, one item per (family, backend): each is a few tiny calls."""
+    groups = {}
+    for case in CASES:
+        if case.is_error:
+            continue
+        for backend in BACKENDS:
+            if not case.xfails_on(backend):
+                groups.setdefault((case.family, backend), []).append(case)
+    return [pytest.param(cases, backend, id=f"{family}-{backend}")
+            for (family, backend), cases in groups.items()]
 
 
 _PATTERN = {
@@ -72,6 +87,20 @@ def test_bad_input(case, backend):
             case.run(backend)
     else:
         check_value(case.run(backend), _reference(case.id), case.pattern)
+
+
+@pytest.mark.filterwarnings("ignore:divide by zero encountered:RuntimeWarning",
+                            "ignore:invalid value encountered:RuntimeWarning")
+@pytest.mark.parametrize("cases,backend", _value_groups())
+def test_edge_values(cases, backend):
+    """Every edge value of one family on one backend; the message names each that fails."""
+    failed = []
+    for case in cases:
+        try:
+            check_value(case.run(backend), _reference(case.id), case.pattern)
+        except Exception as e:  # noqa: BLE001 (collect every case's failure, then report)
+            failed.append(f"{case.id}: {type(e).__name__}: {e}")
+    assert not failed, f"{len(failed)} of {len(cases)} cases:\n" + "\n".join(failed)
 
 
 def test_table_covers_every_entry_point():
