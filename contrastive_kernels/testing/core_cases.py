@@ -1,6 +1,7 @@
 """Shared parameter tables for the core-op tests of every backend."""
 
 import dataclasses
+import random
 from typing import Optional
 
 import torch
@@ -53,3 +54,19 @@ def make_inputs(n, m, d, dtype, device="cpu", seed=0):
     # unnormalized rows of unit-ish norm keep logits O(scale) without normalize
     q, k = q / d ** 0.5, k / d ** 0.5
     return q.to(dtype).to(device), k.to(dtype).to(device), gen
+
+
+def covering(options=tuple(OPTIONS), shapes=tuple(SHAPES), dtypes=tuple(DTYPES), seed=0):
+    """[(shape, dtype, option)]: a covering design of the full shapes x dtypes x options
+    factorial (as xformers samples its tests). The first dtype (fp32) takes every option
+    on every shape; every other dtype the option with every feature ("all") on every
+    shape and each other option on one shape drawn with a fixed seed (the same cases on
+    every run). Every pair of (shape, option), (dtype, shape) and (dtype, option) meets."""
+    rng = random.Random(seed)
+    full = [o for o in options if o.id == "all"]
+    cases = [(s, dtypes[0], o) for o in options for s in shapes]
+    for dtype in dtypes[1:]:
+        for o in options:
+            for s in (shapes if o in full else [rng.choice(shapes)]):
+                cases.append((s, dtype, o))
+    return cases

@@ -29,8 +29,8 @@ VARIANTS = ("", "tf32", "split3", "strided")
 SPLIT_VARIABLES = (env.name("CUDA_SPLITS"), env.name("TRITON_KEY_SPLITS"))
 
 
-def acc_dtype(dtype):
-    return accumulate_dtype(dtype)
+# the contract's accumulate_dtype under the name tests/backends imports (not a copy)
+acc_dtype = accumulate_dtype
 
 
 def lse_and_grads(fn, q, k, scale, kw, weights):
@@ -76,7 +76,7 @@ def oracle_case(n, m, d, dtype, opt, seed=0):
     kw's float tensors in the accumulation dtype), the grad-output weights, and the float64
     oracle's (lse, o, dq, dk, dscale)."""
     q, k, gen = make_inputs(n, m, d, dtype, seed=seed)
-    kw = opt.kwargs(n, m, "cpu", acc_dtype(dtype), gen)
+    kw = opt.kwargs(n, m, "cpu", accumulate_dtype(dtype), gen)
     weights = torch.randn(n, generator=gen, dtype=torch.float64)
     scale = torch.tensor(opt.scale)
     oracle_kw = {key: (v.double() if isinstance(v, torch.Tensor) and v.is_floating_point() else v)
@@ -122,7 +122,7 @@ def run_case(backend, n, m, d, dtype, opt, device="cpu", seed=0, variant=""):
     """(ours, oracle, baseline): the backend's outputs on ``device`` (moved to the CPU), the
     float64 oracle's and the naive formulation's in ``dtype``."""
     q, k, scale, kw, weights, oracle = oracle_case(n, m, d, dtype, opt, seed)
-    acc = acc_dtype(dtype)
+    acc = accumulate_dtype(dtype)
     baseline = lse_and_grads(naive(dtype), q, k, scale.to(dtype), kw, weights)
     device_kw = {key: (v.to(device) if isinstance(v, torch.Tensor) else v) for key, v in kw.items()}
     qd, kd = q.to(device), k.to(device)
@@ -149,7 +149,7 @@ def case_verdicts(backend, n, m, d, dtype, opt, device="cpu", seed=0, variant=""
             continue
         out[name] = compare(ours[i], oracle[i], baseline[i], dtype,
                             tf32_scale=_tf32_scale(dtype, opt, variant)).as_dict()
-    dtypes_ok = (ours[0].dtype == acc_dtype(dtype) and ours[2].dtype == dtype
+    dtypes_ok = (ours[0].dtype == accumulate_dtype(dtype) and ours[2].dtype == dtype
                  and ours[3].dtype == dtype)
     out["ok"] = dtypes_ok and all(v["ok"] for v in out.values())
     return out
@@ -159,7 +159,7 @@ def check_against_oracle(backend, n, m, d, dtype, opt, device="cpu", seed=0, var
     """Run the case on `backend` (tensors on `device`) and assert every output is close."""
     ours, oracle, baseline = run_case(backend, n, m, d, dtype, opt, device, seed, variant)
     tf32_scale = _tf32_scale(dtype, opt, variant)
-    assert ours[0].dtype == acc_dtype(dtype) and ours[0].shape == (n,)
+    assert ours[0].dtype == accumulate_dtype(dtype) and ours[0].shape == (n,)
     for name, i in (("lse", 0), ("dq", 2), ("dk", 3), ("dscale", 4)):
         assert_close(name, ours[i], oracle[i], baseline[i], dtype, tf32_scale=tf32_scale)
     assert ours[2].dtype == dtype and ours[3].dtype == dtype

@@ -13,7 +13,7 @@ import torch
 from ..losses import SPECS
 from ..losses.spec import LossCase  # noqa: F401  (the type of CASES' entries)
 from . import fused_backends
-from .tolerance import compare
+from .tolerance import assert_close
 
 # Backends the loss tests run on: every fused backend of the registry usable on CPU
 # tensors here. CI builds the C++ extension and runs Triton under TRITON_INTERPRET=1 (set in
@@ -36,20 +36,11 @@ def run(case, fn, inputs, weight=0.7):
 
 
 def assert_loss_close(name, ours, oracle, naive, dtype):
-    """|ours - oracle| <= max(2 x naive error, accumulation floor, output rounding).
-
-    :func:`.tolerance.compare` (the naive formulation's own error in this dtype sets the bar),
-    plus a floor of two ulps of the output dtype at the values' magnitude: a gradient in
-    fp16 / bf16 is the sum of a few pieces each stored in that dtype (the core op returns
-    dq and dk in the inputs' dtype, autograd accumulates in it: q and k of one call, the
-    positive term), each rounded by up to half an ulp. A naive result that is not finite
-    (e.g. fp16 overflow of exp) sets no bar: only the floors apply.
-    """
-    assert ours.shape == oracle.shape, f"{name}: shape {tuple(ours.shape)} != {tuple(oracle.shape)}"
-    v = compare(ours, oracle, naive, dtype, output_ulps=2.0)
-    assert not v.nan, f"{name}: NaN in result"
-    assert v.ok, (f"{name} ({dtype}): max error {v.err:.3e} > tolerance {v.tol:.3e} "
-                  f"(naive {dtype} error {v.naive_err:.3e}, floor {v.floor:.3e})")
+    """:func:`.tolerance.assert_close` with two ulps of the output dtype for its rounding:
+    a gradient in fp16 / bf16 is the sum of a few pieces each stored in that dtype (the
+    core op returns dq and dk in the inputs' dtype, autograd accumulates in it: q and k of
+    one call, the positive term), each rounded by up to half an ulp."""
+    assert_close(name, ours, oracle, naive, dtype, output_ulps=2.0)
 
 
 # every configuration of every registered loss (each loss declares its own, LossSpec.cases)

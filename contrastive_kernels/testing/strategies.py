@@ -21,7 +21,8 @@ from typing import Optional
 import torch
 
 from .core_cases import DTYPES
-from .core_check import acc_dtype, fused, lse_and_grads, naive
+from ..core.contract import accumulate_dtype
+from .core_check import fused, lse_and_grads, naive
 from ..core.layout import same_layout
 from .tolerance import assert_close, compare
 
@@ -195,7 +196,7 @@ def build_inputs(case: FuzzCase):
     """(q, k, scale, kw, weights): q / k in case.dtype and layout, scale a float or a
     tensor, kw the keyword options of ``ck.ops.lse``, weights the float64 cotangent."""
     gen = torch.Generator().manual_seed(case.seed)
-    acc = acc_dtype(case.dtype)
+    acc = accumulate_dtype(case.dtype)
     q = _layout(_rows(case.n, case.d, case.row_norms, gen).to(case.dtype), case.q_layout, gen)
     k = _layout(_rows(case.m, case.d, case.row_norms, gen).to(case.dtype), case.k_layout, gen)
     kw = dict(normalize=case.normalize, self_offset=case.self_offset, return_o=case.return_o)
@@ -289,7 +290,7 @@ def check_case(backend: str, case: FuzzCase, device: str = "cpu") -> dict:
 
 
 def _compare(case, q, k, scale, ours, oracle, baseline) -> dict:
-    dtype, acc = case.dtype, acc_dtype(case.dtype)
+    dtype, acc = case.dtype, accumulate_dtype(case.dtype)
     lse, o, dq, dk, dscale = ours
     assert lse.dtype == acc and lse.shape == (case.n,), (lse.dtype, lse.shape)
     assert dq.dtype == dtype and dq.shape == q.shape, (dq.dtype, dq.shape)

@@ -86,9 +86,11 @@ def compare(ours: torch.Tensor, oracle: torch.Tensor, naive: torch.Tensor | None
 
 
 def assert_close(name: str, ours: torch.Tensor, oracle: torch.Tensor, naive: torch.Tensor,
-                 dtype: torch.dtype, *, tf32_scale: float | None = None) -> None:
+                 dtype: torch.dtype, *, tf32_scale: float | None = None,
+                 output_ulps: float = 1.0) -> None:
+    """Raise unless :func:`compare` passes ``ours`` (same arguments)."""
     assert ours.shape == oracle.shape, f"{name}: shape {tuple(ours.shape)} != {tuple(oracle.shape)}"
-    v = compare(ours, oracle, naive, dtype, tf32_scale=tf32_scale)
+    v = compare(ours, oracle, naive, dtype, tf32_scale=tf32_scale, output_ulps=output_ulps)
     assert not v.nan, f"{name}: NaN in result"
     assert v.ok, (f"{name} ({dtype}): max error {v.err:.3e} > tolerance {v.tol:.3e} "
                   f"(naive {dtype} error {v.naive_err:.3e}, floor {v.floor:.3e})")

@@ -1,6 +1,7 @@
-"""The bad-input and edge-case table (contrastive_kernels.testing.bad_inputs) on every fused
-backend: each bad input raises its exception with a message naming the argument, each edge
-value equals the oracle's (NaN for NaN, inf for inf) and holds its special values. Cases
+"""The bad-input and edge-case table (contrastive_kernels.testing.bad_inputs): each bad
+input raises its exception with a message naming the argument (once: it raises before any
+backend is chosen), each edge value equals the oracle's (NaN for NaN, inf for inf) and
+holds its special values on every backend. Cases
 with an ``xfail_reason`` are known defects (xfail strict: fixing one makes this fail until
 the reason is removed from the table)."""
 
@@ -19,12 +20,33 @@ BY_ID = {case.id: case for case in CASES}
 README = pathlib.Path(__file__).resolve().parents[2] / "README.md"
 
 
+# A bad input raises in Python (contract.validate, the losses' checks) before any backend
+# is chosen, so each runs once, on the backend every build has; an edge value is the
+# backend's result, so each runs on every backend.
+ERROR_BACKEND = "torch"
+
+
 def _params():
+    """Each bad input once; each known defect (xfail strict) on its own."""
     for case in CASES:
+        for backend in ([ERROR_BACKEND] if case.is_error else BACKENDS):
+            if case.is_error or case.xfails_on(backend):
+                marks = ([pytest.mark.xfail(reason=case.xfail_reason, strict=True)]
+                         if case.xfails_on(backend) else [])
+                yield pytest.param(case, backend, id=f"{case.id}-{backend}", marks=marks)
+
+
+def _value_groups():
+    """The edge values that hold, one item per (family, backend): each is a few tiny calls."""
+    groups = {}
+    for case in CASES:
+        if case.is_error:
+            continue
         for backend in BACKENDS:
-            marks = ([pytest.mark.xfail(reason=case.xfail_reason, strict=True)]
-                     if case.xfails_on(backend) else [])
-            yield pytest.param(case, backend, id=f"{case.id}-{backend}", marks=marks)
+            if not case.xfails_on(backend):
+                groups.setdefault((case.family, backend), []).append(case)
+    return [pytest.param(cases, backend, id=f"{family}-{backend}")
+            for (family, backend), cases in groups.items()]
 
 
 _PATTERN = {
@@ -65,6 +87,20 @@ def test_bad_input(case, backend):
             case.run(backend)
     else:
         check_value(case.run(backend), _reference(case.id), case.pattern)
+
+
+@pytest.mark.filterwarnings("ignore:divide by zero encountered:RuntimeWarning",
+                            "ignore:invalid value encountered:RuntimeWarning")
+@pytest.mark.parametrize("cases,backend", _value_groups())
+def test_edge_values(cases, backend):
+    """Every edge value of one family on one backend; the message names each that fails."""
+    failed = []
+    for case in cases:
+        try:
+            check_value(case.run(backend), _reference(case.id), case.pattern)
+        except Exception as e:  # noqa: BLE001 (collect every case's failure, then report)
+            failed.append(f"{case.id}: {type(e).__name__}: {e}")
+    assert not failed, f"{len(failed)} of {len(cases)} cases:\n" + "\n".join(failed)
 
 
 def test_table_covers_every_entry_point():

@@ -1,5 +1,6 @@
-"""SupConLoss: every backend against the faithful float64 reference, gradients, memory,
-torch.compile, and parity with pytorch-metric-learning."""
+"""SupConLoss against the faithful float64 reference (the full case matrix on one backend, a
+smoke set on every other, cuda emulated included), gradients, memory, torch.compile, and
+parity with pytorch-metric-learning."""
 
 import pytest
 import torch
@@ -8,22 +9,38 @@ import torch.nn.functional as F
 import contrastive_kernels as ck
 from contrastive_kernels import reference
 from contrastive_kernels.testing.measure import record_cpu_allocations
-from contrastive_kernels.testing.supcon_cases import CASES, SupConCase
+from contrastive_kernels.testing import emulated_backends, fused_backends
+from contrastive_kernels.testing.supcon_cases import CASES, LAYOUTS, MODES, POSITIVES, SupConCase
 from contrastive_kernels.testing.tolerance import assert_close
 
-# backend -> dtypes it is checked in (reference is the naive loss, not the float64 oracle:
-# its core op runs in fp32 / fp64 only).
 ALL_DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
-BACKEND_DTYPES = {
-    "reference": [torch.float32, torch.float64],
-    "torch": ALL_DTYPES,
-    "cpu": ALL_DTYPES,
-}
-# The Triton interpreter is slow: every dtype on the small layouts (bsz 1 and 3), and
-# float32 on the bsz-97 ones.
-TRITON_PARAMS = ([(c, dt) for c in CASES if c.bsz <= 3 for dt in ALL_DTYPES] +
-                 [(c, torch.float32) for c in CASES if c.bsz > 3])
+# The full matrix (every case, every dtype) on the torch backend: the loss algebra around
+# the core op is the same code on every backend, and tests/core/test_conformance.py checks
+# each backend's core op. Every other backend gets a smoke set: each layout once, the
+# positives / modes / normalization cycling over them (reference: the naive loss, whose core
+# op runs in fp32 / fp64 only).
+FULL_BACKEND = "torch"
+SMOKE = [SupConCase(*layout, POSITIVES[i % 3], MODES[i % 2], normalize=bool(i % 2))
+         for i, layout in enumerate(LAYOUTS)]
+SMOKE_DTYPES = {"reference": [torch.float32, torch.float64]}
+OTHER_BACKENDS = [b for b in ["reference"] + fused_backends() + emulated_backends()
+                  if b != FULL_BACKEND]
+PARAMS = [(b, dt, c) for b in OTHER_BACKENDS
+          for dt in SMOKE_DTYPES.get(b, [torch.float32, torch.bfloat16]) for c in SMOKE]
 GRAD_SCALE = 1.7  # grad_output != 1
+# (backend, dtype, case id) -> why it is a known deviation (xfail strict)
+KNOWN = {
+    ("cuda", torch.bfloat16, "1x2x3-labels-all"): (
+        "tolerance-rule artifact: one key per anchor, its positive, so the two gradient terms "
+        "cancel to an exact 0; cuda's bf16 dq / dk leave one bf16 ulp of the terms' magnitude "
+        "(7.8e-3) where the rule's floor scales with the result's (0)"),
+}
+
+
+def _param(backend, dtype, case):
+    reason = KNOWN.get((backend, dtype, case.id))
+    return pytest.param(backend, dtype, case, id=f"{backend}-{str(dtype)[6:]}-{case.id}",
+                        marks=[pytest.mark.xfail(strict=True, reason=reason)] if reason else [])
 
 
 def _loss_and_grad(fn, feats, kw):
@@ -51,12 +68,22 @@ def _ours(case: SupConCase, backend, feats, kw):
     return _loss_and_grad(loss_fn, feats, kw)
 
 
-PARAMS = [(b, dt) for b, dts in BACKEND_DTYPES.items() for dt in dts]
-
-
-@pytest.mark.parametrize("backend,dtype", PARAMS, ids=[f"{b}-{str(d)[6:]}" for b, d in PARAMS])
-@pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
+@pytest.mark.parametrize("backend,dtype,case", [_param(*p) for p in PARAMS])
 def test_supcon_matches_reference(backend, dtype, case):
+    _check_case(backend, dtype, case)
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
+def test_supcon_full_matrix(case):
+    """Every case in every dtype on the full-matrix backend (one item per case)."""
+    for dtype in ALL_DTYPES:
+        try:
+            _check_case(FULL_BACKEND, dtype, case)
+        except AssertionError as e:
+            raise AssertionError(f"{dtype}: {e}") from None
+
+
+def _check_case(backend, dtype, case):
     feats, kw = case.inputs(dtype)
     oracle = _oracle(case, feats, kw, torch.float64)
     naive = _oracle(case, feats, kw, dtype)
@@ -65,12 +92,6 @@ def test_supcon_matches_reference(backend, dtype, case):
     assert_close("loss", ours[0], oracle[0], naive[0], dtype)
     assert ours[1].dtype == dtype
     assert_close("grad", ours[1], oracle[1], naive[1], dtype)
-
-
-@pytest.mark.parametrize("case,dtype", TRITON_PARAMS,
-                         ids=[f"{c.id}-{str(dt)[6:]}" for c, dt in TRITON_PARAMS])
-def test_supcon_triton_interpreted(case, dtype):
-    test_supcon_matches_reference("triton", dtype, case)
 
 
 @pytest.mark.parametrize("positives", ["labels", "mask", "none"])

@@ -2,8 +2,9 @@
 wrong (an error naming the argument and what was expected) or degenerate (a value, checked
 against the oracle: NaN in -> NaN out, +inf bias -> +inf lse, no keys -> -inf lse, ...).
 
-Each :class:`BadInput` is a function of the backend name, so the suite
-(``tests/core/test_bad_inputs.py``) runs every case on every fused backend. A case that does
+Each :class:`BadInput` is a function of the backend name: the suite
+(``tests/core/test_bad_inputs.py``) runs every edge value on every backend, and every bad
+input once (it raises before a backend is chosen). A case that does
 not behave as it should carries ``xfail_reason`` (a known defect, xfail strict in the suite).
 
 ``python -m contrastive_kernels.testing.bad_inputs --markdown`` prints the README section
@@ -38,9 +39,10 @@ def markdown() -> str:
     n_err = sum(c.is_error for c in CASES)
     intro = (
         f"`contrastive_kernels.testing.bad_inputs` holds {len(CASES)} cases ({n_err} bad "
-        f"inputs, {len(CASES) - n_err} edge values) over `ops.lse` and every loss, each run "
-        "on every fused backend by `tests/core/test_bad_inputs.py`. A bad input raises an "
-        "exception whose message names the argument and what was expected; an edge value is "
+        f"inputs, {len(CASES) - n_err} edge values) over `ops.lse` and every loss, run by "
+        "`tests/core/test_bad_inputs.py`. A bad input raises an exception whose message names "
+        "the argument and what was expected (before any backend is chosen: it runs once); an "
+        "edge value, on every backend, is "
         "compared with the oracle (`reference` backend or "
         "`contrastive_kernels.testing.reference_losses`). This section is generated: "
         "`python -m contrastive_kernels.testing.bad_inputs --markdown`.")
