@@ -21,7 +21,8 @@ from typing import Callable, Optional
 import torch
 
 from ..backends import reference
-from ..core.contract import (BACKWARD_SCHEMA, FORWARD_SCHEMA, NAMESPACE, accumulate_dtype)
+from ..core.contract import NAMESPACE, accumulate_dtype
+from ..core.ops import SPECS
 from .core_cases import OPTIONS, make_inputs
 
 EPS = 1e-12
@@ -48,6 +49,20 @@ class Output:
 
     def present(self, kw: dict) -> bool:
         return self.requested_by is None or bool(kw.get(self.requested_by))
+
+
+_SHAPES = {"rows": "n", "keys": "m", "rows_d": "nd"}
+
+
+def _from_spec(name: str) -> dict:
+    """outputs, own options and schemas of op ``name`` as its spec (core/ops) states them."""
+    spec = SPECS[name]
+    return dict(
+        name=name,
+        outputs=tuple(Output(o.name, _SHAPES[o.shape], o.differentiable, o.when)
+                      for o in spec.outputs),
+        takes=tuple(n for n in spec.option_names if n not in spec.backward_options),
+        schemas=lambda: (spec.forward_schema(), spec.backward_schema()))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -218,15 +233,7 @@ def _lse_oracle(q, k, scale, kw, compute_dtype):
     return lse, (o if kw.get("return_o") else None)
 
 
-LSE = CoreOp(
-    name="lse",
-    outputs=(Output("lse", "n"), Output("o", "nd", differentiable=False,
-                                        requested_by="return_o")),
-    call=_lse_call,
-    oracle=_lse_oracle,
-    takes=("return_o",),
-    schemas=lambda: (FORWARD_SCHEMA, BACKWARD_SCHEMA),
-)
+LSE = CoreOp(call=_lse_call, oracle=_lse_oracle, **_from_spec("lse"))
 
 
 def _two_sided_call(backend, q, k, scale, kw):
@@ -242,27 +249,9 @@ def _two_sided_oracle(q, k, scale, kw, compute_dtype):
         kw.get("exclude_positives", False), compute_dtype=compute_dtype)
 
 
-def _compiled_schemas(name):
-    def schemas():
-        from .. import _extension
-        return tuple(_extension._C.op_table()[name])
-    return schemas
-
-
-def _two_sided_available() -> Optional[str]:
-    from .. import ops
-    return None if hasattr(ops, "two_sided_lse") else "ops.two_sided_lse is not defined yet"
-
-
-TWO_SIDED_LSE = CoreOp(
-    name="two_sided_lse",
-    outputs=(Output("row_lse", "n"), Output("col_lse", "m")),
-    call=_two_sided_call,
-    oracle=_two_sided_oracle,
-    options=tuple(o for o in OPTIONS if not o.return_o or o.id == "all"),
-    schemas=_compiled_schemas("two_sided_lse"),
-    available=_two_sided_available,
-)
+TWO_SIDED_LSE = CoreOp(call=_two_sided_call, oracle=_two_sided_oracle,
+                       options=tuple(o for o in OPTIONS if not o.return_o or o.id == "all"),
+                       **_from_spec("two_sided_lse"))
 
 ALL_OPS = (LSE, TWO_SIDED_LSE)
 # the ops this build can call: what the suite is parametrized over
