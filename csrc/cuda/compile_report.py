@@ -38,7 +38,8 @@ DTYPES = {"TagF16": "fp16", "TagBF16": "bf16", "TagF32": "fp32", "TagF64": "fp64
 # of kBK + 16 bytes, the 64 x 65 weight tile and a row vector in the accumulation type.
 _CHUNK = {"fp16": (32, 2, 4), "bf16": (32, 2, 4), "fp32": (32, 4, 4), "fp64": (16, 8, 8)}
 TILE_KERNELS = ("lse_forward_kernel", "lse_forward_kernel+o", "lse_backward_rows_kernel",
-                "lse_backward_keys_kernel")
+                "lse_backward_keys_kernel", "two_sided_forward_kernel",
+                "two_sided_backward_rows_kernel", "two_sided_backward_keys_kernel")
 SASS_CLASSES = {
     "HMMA": r"HMMA", "LDSM": r"LDSM", "LDGSTS": r"LDGSTS", "MUFU": r"MUFU",
     "FFMA": r"FFMA", "DFMA": r"DFMA", "SHFL": r"SHFL", "BAR": r"BAR",
@@ -197,7 +198,7 @@ def render(report: dict) -> str:
         "",
         "Columns: registers per thread, spill stores / loads and stack frame (bytes), static and "
         "dynamic shared memory per block (bytes; the tile kernels carve their dynamic buffer "
-        "in `lse_kernels.cuh`), then the static SASS instruction counts of the kernel: all "
+        "in `tile_traits.cuh`), then the static SASS instruction counts of the kernel: all "
         "instructions, tensor-core MMAs (HMMA; of which tf32: HMMA.TF32), ldmatrix (LDSM; of "
         "which transposed, the B operand of the second products: LDSM.T), cp.async (LDGSTS), "
         "special-function ops (MUFU: exp / log / rcp), FP32 / FP64 FMAs, shuffles, barriers and "
@@ -207,7 +208,10 @@ def render(report: dict) -> str:
         "a 32-wide chunk of d is, per warp, 2 x 8 HMMA (bf16 / fp16) fed by 2 x 5 LDSM, or "
         "4 x 8 tf32 HMMA (fp32 when torch allows tf32); a second product (o, u, v) adds 16 "
         "HMMA fed by 8 LDSM.T per chunk (32 HMMA for bf16 o: weights and their rounding "
-        "residue); the exp of the online log-sum-exp is 32 MUFU per thread per tile.",
+        "residue); the exp of the online log-sum-exp is 32 MUFU per thread per tile. "
+        "`two_sided_*` are the kernels of two_sided_lse (policy LseRowsCols, "
+        "`reductions.cuh`): its forward adds the column partials of each tile (32 more exps "
+        "per thread, 3 barriers, no shuffles), its backward grids the two-sided weights.",
         "",
     ]
     head = ("| kernel | dtype | regs | spill st/ld | stack | smem static | smem dynamic | "

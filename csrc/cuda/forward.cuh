@@ -38,12 +38,9 @@ CK_DEVICE void forward_tiles(const KernelProblem& p, const ForwardBuffers& b) {
     Acc s[8][4];
     logits_tile<Tag>(p, sm, rq, rk, scale, row0, col0, s);
     Acc alpha[2];
-    red.update(p, b, sm, col0, s, alpha);
-    if constexpr (kO && !Tag::kMma) {
-      if (t == 0)
-CK_UNROLL
-        for (int h = 0; h < 2; ++h) sm.rowv[warp * 16 + g + 8 * h] = alpha[h];
-    }
+    red.update(p, b, sm, col0, s, alpha, [&](int h, Acc a) {
+      if (kO && !Tag::kMma && t == 0) sm.rowv[warp * 16 + g + 8 * h] = a;
+    });
     if constexpr (kO) {
       // o_i = alpha_i o_i + sum_j p_ij rk_j k_j
       const auto stage = [&](int i, int64_t k0) {

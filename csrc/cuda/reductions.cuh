@@ -8,8 +8,8 @@
 //   LseRowsCols  row_lse_i as above and col_lse_j = log sum_i exp(s_ij) (two_sided_lse)
 //                backward weight  x_ij = g_i exp(s_ij - row_lse_i) + h_j exp(s_ij - col_lse_j)
 //
-// Forward state (Reduction::Forward<Tag>): constructed once per block (init), update(...)
-// once per score tile (before the tile is turned into probabilities in place), the row
+// Forward state (Reduction::Forward<Tag>): constructed once per block (init), update(...,
+// keep) once per score tile (before the tile is turned into probabilities in place), the row
 // statistics in `rows` (the forward loop finishes them: lse or split partials).
 // Column statistics of LseRowsCols: the block's 64 rows are one partial (max, sum) per
 // column, written to [row_blocks, M]; merge_splits_kernel adds the row blocks per column in
@@ -36,8 +36,10 @@ struct OnlineRows {
   Acc m[2] = {neg_inf<Acc>(), neg_inf<Acc>()}, l[2] = {0, 0};
 
   // s := exp(s - pivot) (the tile's probabilities up to the row's running sum); alpha: the
-  // factor that rescales what was summed before this tile (l, and o).
-  CK_DEVICE void update(Acc (&s)[8][4], Acc (&alpha)[2]) {
+  // factor that rescales what was summed before this tile (l, and o); keep(h, alpha[h]) as
+  // soon as row h is done (the FMA path of o stores it: fp64 +o has no register to spare).
+  template <class Keep>
+  CK_DEVICE void update(Acc (&s)[8][4], Acc (&alpha)[2], Keep keep) {
 CK_UNROLL
     for (int h = 0; h < 2; ++h) {
       Acc mx = neg_inf<Acc>();
@@ -62,6 +64,7 @@ CK_UNROLL
       sum = quad_sum(sum);
       l[h] = l[h] * alpha[h] + sum;
       m[h] = m_new;
+      keep(h, alpha[h]);
     }
   }
 
@@ -132,9 +135,10 @@ struct LseRows {
   struct Forward {
     using Acc = typename Tag::Acc;
     OnlineRows<Tag> rows;
+    template <class Keep>
     CK_DEVICE void update(const KernelProblem&, const ForwardBuffers&, const Smem<Tag>&, int64_t,
-                          Acc (&s)[8][4], Acc (&alpha)[2]) {
-      rows.update(s, alpha);
+                          Acc (&s)[8][4], Acc (&alpha)[2], Keep keep) {
+      rows.update(s, alpha, keep);
     }
   };
 
@@ -192,10 +196,11 @@ struct LseRowsCols {
     using Acc = typename Tag::Acc;
     OnlineRows<Tag> rows;
     // the columns first: they need the logits, which the rows turn into probabilities
+    template <class Keep>
     CK_DEVICE void update(const KernelProblem& p, const ForwardBuffers& b, const Smem<Tag>& sm,
-                          int64_t col0, Acc (&s)[8][4], Acc (&alpha)[2]) {
+                          int64_t col0, Acc (&s)[8][4], Acc (&alpha)[2], Keep keep) {
       column_partials<Tag>(p, b, sm, col0, s);
-      rows.update(s, alpha);
+      rows.update(s, alpha, keep);
     }
   };
 

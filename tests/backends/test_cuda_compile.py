@@ -58,7 +58,8 @@ def test_no_spills(compiled):
 
 # the tile kernels with a second product (o = P K, u = X K, v = X^T Q)
 SECOND_PRODUCT_KERNELS = ("lse_forward_kernel+o", "lse_backward_rows_kernel",
-                          "lse_backward_keys_kernel")
+                          "lse_backward_keys_kernel", "two_sided_backward_rows_kernel",
+                          "two_sided_backward_keys_kernel")
 
 
 def test_sass_tensor_cores_and_no_local_memory(compiled):
