@@ -20,7 +20,7 @@ from contrastive_kernels.testing.core_check import acc_dtype, check_against_orac
 
 pytest.importorskip("triton")
 from contrastive_kernels.backends import triton as ck_triton  # noqa: E402
-from contrastive_kernels.backends.triton import _ops, configs, key_split  # noqa: E402
+from contrastive_kernels.backends.triton import _ops, configs, key_split, launch  # noqa: E402
 
 pytestmark = pytest.mark.skipif(ck_triton.unavailable_reason() is not None,
                                 reason=f"triton backend unavailable: {ck_triton.unavailable_reason()}")
@@ -419,11 +419,11 @@ def test_label_dtype_choice_reads_no_values():
     dtypes are cast, wider ones replaced by an equality-preserving code (the rank in the
     sorted concatenation, computed on the device)."""
     i8, u8 = torch.tensor([-1, 5], dtype=torch.int8), torch.tensor([255, 5], dtype=torch.uint8)
-    _, a, b = _ops._per_key_inputs(None, i8, u8)
+    _, a, b = launch.per_key_inputs(None, i8, u8)
     assert a.dtype == b.dtype == torch.int32 and a.tolist() == [-1, 5] and b.tolist() == [255, 5]
     wide = torch.tensor([2 ** 40 + 1, 7, -2 ** 50, 7])
     keys = torch.tensor([1, 7, 3], dtype=torch.int32)
-    _, a, b = _ops._per_key_inputs(None, wide, keys)
+    _, a, b = launch.per_key_inputs(None, wide, keys)
     assert a.dtype == b.dtype == torch.int32
     same = wide[:, None] == keys.long()[None, :]
     assert torch.equal(a[:, None] == b[None, :], same)
@@ -493,20 +493,20 @@ def test_normalize_huge_entries(d):
 
 def test_flags_interpreter_and_precision(monkeypatch):
     if INTERPRETED:
-        assert _ops._flags(torch.bfloat16)["UPCAST"]
-        assert not _ops._flags(torch.float16)["UPCAST"]
-        assert not _ops._flags(torch.float32)["TF32"]  # the interpreter's dot is IEEE anyway
-    monkeypatch.setattr(_ops, "kernels_interpreted", lambda: False)
+        assert launch.flags(torch.bfloat16)["UPCAST"]
+        assert not launch.flags(torch.float16)["UPCAST"]
+        assert not launch.flags(torch.float32)["TF32"]  # the interpreter's dot is IEEE anyway
+    monkeypatch.setattr(launch, "kernels_interpreted", lambda: False)
     monkeypatch.setenv("TRITON_INTERPRET", "0")
-    assert not _ops._flags(torch.bfloat16)["UPCAST"]  # compiled: bf16 goes to tl.dot as is
-    assert _ops._flags(torch.float16)["RESCALE"]
+    assert not launch.flags(torch.bfloat16)["UPCAST"]  # compiled: bf16 goes to tl.dot as is
+    assert launch.flags(torch.float16)["RESCALE"]
     prev = torch.get_float32_matmul_precision()
     try:
         torch.set_float32_matmul_precision("high")
-        assert _ops._flags(torch.float32)["TF32"]
+        assert launch.flags(torch.float32)["TF32"]
         torch.set_float32_matmul_precision("highest")
-        assert not _ops._flags(torch.float32)["TF32"]
-        assert not _ops._flags(torch.float64)["TF32"]
+        assert not launch.flags(torch.float32)["TF32"]
+        assert not launch.flags(torch.float64)["TF32"]
     finally:
         torch.set_float32_matmul_precision(prev)
 

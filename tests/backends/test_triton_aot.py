@@ -104,8 +104,9 @@ def test_sm90_half_precision_uses_wgmma(rows):
               and r.get("probe") != "aux"]
     assert half90
     narrow = [r for r in half90 if r["config"].startswith("O16 ")]
-    assert {(r["kernel"], r["d_range"]) for r in narrow} <= {("bwd_dq", "d <= 512"),
-                                                             ("bwd_dk", "d <= 512")}, narrow
+    assert {(r["kernel"], r["d_range"]) for r in narrow} <= {
+        (prefix + grid, "d <= 512") for prefix in ("", "two_sided_")
+        for grid in ("bwd_dq", "bwd_dk")}, narrow
     missing = [_key(r) for r in half90 if not r["wgmma"] and r not in narrow]
     assert not missing, "no wgmma in:\n" + "\n".join(missing)
     assert not any(r["wgmma"] for r in rows if r["arch"] == 80)
@@ -122,18 +123,20 @@ def test_every_default_path_is_compiled(rows):
     as are tf32, fp16 / bf16 and fp64, for every kernel and both arch families."""
     got = {(r["kernel"], r["dtype"], r["arch"]) for r in rows}
     for dtype in ("fp16", "bf16", "tf32", "fp32", "fp64"):
-        for kernel in ("fwd", "fwd_o", "bwd_dq", "bwd_dk"):
+        for kernel in ("fwd", "fwd_o", "bwd_dq", "bwd_dk", "two_sided_fwd", "two_sided_bwd_dq",
+                       "two_sided_bwd_dk"):
             for arch in (80, 90):
                 assert (kernel, dtype, arch) in got, (kernel, dtype, arch)
 
 
 def test_no_duplicated_tiles(rows):
-    """One exp per logit (plus a few per row): a config whose warps compute the same
-    logits twice issues twice the tile's logits per thread in exps."""
-    from contrastive_kernels.backends.triton.aot import ex2_limit
+    """One exp per logit (two for the two-sided kernels, plus a few per row): a config
+    whose warps compute the same logits twice issues twice that many exps."""
+    from contrastive_kernels.backends.triton.aot import ex2_limit, exps_per_logit
 
     bad = [f"{_key(r)}: {r['loop_ex2']} MUFU.EX2 per thread per tile, {r['tile_elems']} logits"
-           for r in rows if r["loop_ex2"] > ex2_limit(r["tile_elems"])]
+           for r in rows
+           if r["loop_ex2"] > ex2_limit(r["tile_elems"] * exps_per_logit(r["kernel"]))]
     assert not bad, "\n".join(bad)
 
 
@@ -141,6 +144,8 @@ def test_main_loop_is_found(rows):
     """The SASS counts exist for every config; tensor-core paths issue MMAs in the loop
     of single-tile configs, and the fp32 / fp16 / bf16 exps are single MUFU.EX2. The key
     split's merge / finish kernels (probe "aux") have no streamed-tile loop."""
+    from contrastive_kernels.backends.triton.aot import exps_per_logit
+
     aux = [r for r in rows if r.get("probe") == "aux"]
     assert {r["kernel"] for r in aux} == {"merge", "finish"}
     for r in rows:
@@ -150,7 +155,7 @@ def test_main_loop_is_found(rows):
         if r["dtype"] in ("fp16", "bf16", "tf32", "fp64") and "single" in r["config"]:
             assert r["loop_mma"] > 0, _key(r)
         if r["dtype"] != "fp64":
-            assert r["loop_ex2"] >= r["tile_elems"], _key(r)
+            assert r["loop_ex2"] >= r["tile_elems"] * exps_per_logit(r["kernel"]), _key(r)
 
 
 @pytest.mark.parametrize("probe", ["", "simclr"], ids=["heaviest", "no_bias_no_labels"])

@@ -14,14 +14,14 @@ from contrastive_kernels.testing.core_cases import OPTIONS
 from contrastive_kernels.testing.core_check import check_against_oracle
 
 pytest.importorskip("triton")
-from contrastive_kernels.backends.triton import _ops, configs  # noqa: E402
+from contrastive_kernels.backends.triton import configs, launch  # noqa: E402
 
 OPT = {o.id: o for o in OPTIONS}
 
 
 @pytest.fixture(params=configs.ARCHS, ids=lambda a: f"sm{a}")
 def gpu_tables(request, monkeypatch):
-    monkeypatch.setattr(_ops, "arch_for", lambda device: request.param)
+    monkeypatch.setattr(launch, "arch_for", lambda device: request.param)
     return request.param
 
 

@@ -2,7 +2,7 @@
 
 One kernel, two orientations (``DK`` constexpr). A program owns BLOCK_O rows of X and
 streams BLOCK_I rows of Y, recomputing the logits from X, Y and the saved lse exactly as
-the forward formed them (``_common.logit``), P = e^{s - lse} (= 2^{(s - lse) log2 e}):
+the forward formed them (``score_tile``), P = e^{s - lse} (= 2^{(s - lse) log2 e}):
 
     DK = False:  X = q (own), Y = k;  P_ij = e^{s_ij - lse_i}
                  u_i  = sum_j P_ij k_j / ||k_j||        then  u_i *= g_i
@@ -15,6 +15,12 @@ dx^ = scale * (u or v) and, through the normalization Jacobian (x^ = x / max(||x
     dx = (dx^ - x [||x|| >= eps] <x, dx^> / max(||x||, eps)^2) / max(||x||, eps).
 
 Rows with lse = -inf (A(i) empty) get no gradient; a NaN lse gives NaN gradients.
+
+REDUCTION = 1 (the two-sided lse): the tile is recomputed once and both softmaxes applied,
+the row one from LSE / G (per query) and the column one from COL_LSE / COL_G (per key,
+h_j), so each weight is w_ij = g_i P_ij + h_j P'_ij with P'_ij = e^{s_ij - col_lse_j} (a
+column with col_lse = -inf adds nothing), applied inside the loop (no row factor g at the
+end); u, v, dscale and the epilogue are the same.
 
 dscale = sum_ij g_i P_ij c^_ij with c^_ij = <q^_i, k^_j>, read off the logits tile
 (equal to sum_i <q^_i, u_i>, without dividing by the scale): accumulated elementwise in a
@@ -39,9 +45,9 @@ in order s = 0..S-1 and runs the same epilogue (:func:`store_dx_single` /
 import triton
 import triton.language as tl
 
-from ._common import (device_fn, dot_nt, exp_of, load_tile, logit, mma, norm_finish,
-                      norm_update, offsets_need_int64, rescale_rows, row_norm,
-                      tile_meets_diagonal)
+from ._common import (device_fn, exp_of, load_tile, mma, norm_finish, norm_update,
+                      offsets_need_int64, rescale_rows, row_norm)
+from .score_tile import dot_tile, saved_stats, score_tile
 
 
 def _int64(a):
@@ -118,11 +124,12 @@ def store_dx_chunked(ACC_BUF, row_c, x_base, DX, own, own_ok, offs_d, D, EPS, st
 
 
 def lse_bwd_kernel_py(
-    X, Y, SCALE, BIAS, XLAB, YLAB, INVX, INVY, LSE, G, DX, ACC_BUF, DS_PART,
+    X, Y, SCALE, BIAS, XLAB, YLAB, INVX, INVY, LSE, G, COL_LSE, COL_G, DX, ACC_BUF, DS_PART,
     NX, NY, D, SELF_OFFSET, EPS, SPLIT_KEYS,
     stride_xn, stride_xd, stride_yn, stride_yd,
     DK: tl.constexpr, HAS_SELF: tl.constexpr, TF32: tl.constexpr, UPCAST: tl.constexpr,
     RESCALE: tl.constexpr, BLOCK_O: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_D: tl.constexpr,
+    REDUCTION: tl.constexpr,
     HAS_BIAS: tl.constexpr, HAS_LABELS: tl.constexpr, HAS_NORM: tl.constexpr,
     NEED_DX: tl.constexpr, NEED_DS: tl.constexpr, EVEN_O: tl.constexpr, EVEN_I: tl.constexpr,
     EVEN_D: tl.constexpr, SINGLE_D: tl.constexpr, INT64: tl.constexpr, SPLIT: tl.constexpr,
@@ -151,6 +158,9 @@ def lse_bwd_kernel_py(
             SELF_OFFSET = SELF_OFFSET - inner_lo
             if HAS_BIAS:
                 BIAS += inner_lo
+            if REDUCTION == 1:
+                COL_LSE += inner_lo
+                COL_G += inner_lo
         if NEED_DX:
             ACC_BUF += split.to(tl.int64) * NX * D
         if NEED_DS:
@@ -170,21 +180,29 @@ def lse_bwd_kernel_py(
         inv_x = tl.load(INVX + own, mask=own_ok, other=0.0)
     if HAS_LABELS:
         x_lab = tl.load(XLAB + own, mask=own_ok, other=0)
+    else:
+        x_lab = 0
+    # only lse = -inf lines (empty, or past the bound) are dead: a NaN lse must reach P
     if DK:
         if HAS_BIAS:
             b_own = tl.load(BIAS + own, mask=own_ok, other=0.0)
+        else:
+            b_own = 0.0
+        if REDUCTION == 1:  # the owned keys' column statistics
+            lse_c, g_c = saved_stats(
+                tl.load(COL_LSE + own, mask=own_ok, other=float("-inf")).to(ACC),
+                tl.load(COL_G + own, mask=own_ok, other=0.0).to(ACC))
     else:
-        # only lse = -inf rows (empty A(i), or past NX) are dead: a NaN lse must reach P
-        lse_o = tl.load(LSE + own, mask=own_ok, other=float("-inf")).to(ACC)
-        dead_o = lse_o == float("-inf")
-        lse_o = tl.where(dead_o, float("inf"), lse_o)  # P = e^{s - inf} = 0
-        g_o = tl.where(dead_o, 0.0, tl.load(G + own, mask=own_ok, other=0.0).to(ACC))
+        lse_o, g_o = saved_stats(tl.load(LSE + own, mask=own_ok, other=float("-inf")).to(ACC),
+                                 tl.load(G + own, mask=own_ok, other=0.0).to(ACC))
         rf_o = inv_x * lam
     x_base = X + own[:, None] * stride_xn
     if SINGLE_D:
         xt = load_tile(x_base, offs_d, stride_xd, own_ok, D, EVEN_O, EVEN_D, UPCAST)
         if NEED_DX:
             acc = tl.zeros([BLOCK_O, BLOCK_D], ACC)
+    else:
+        xt = None  # chunked: dot_tile re-reads x chunk by chunk
     if NEED_DS:
         ds_acc = tl.zeros([BLOCK_O, BLOCK_I], ACC)
     w_scale = tl.zeros([BLOCK_O], ACC)  # fp16: the accumulator is kept in units of w_scale
@@ -194,71 +212,54 @@ def lse_bwd_kernel_py(
             inner = inner.to(tl.int64)
         inner_ok = inner < NY
         y_base = Y + inner[:, None] * stride_yn
-        if SINGLE_D:
-            yt = load_tile(y_base, offs_d, stride_yd, inner_ok, D, EVEN_I, EVEN_D, UPCAST)
-            c = dot_nt(xt, yt, tl.zeros([BLOCK_O, BLOCK_I], ACC), TF32)
-        else:
-            c = tl.zeros([BLOCK_O, BLOCK_I], ACC)
-            for d0 in range(0, D, BLOCK_D):
-                xc = load_tile(x_base, d0 + offs_d, stride_xd, own_ok, D, EVEN_O, EVEN_D, UPCAST)
-                yc = load_tile(y_base, d0 + offs_d, stride_yd, inner_ok, D, EVEN_I, EVEN_D, UPCAST)
-                c = dot_nt(xc, yc, c, TF32)
+        c, yt = dot_tile(xt, x_base, y_base, offs_d, stride_xd, stride_yd, own_ok, inner_ok, D,
+                         tl.zeros([BLOCK_O, BLOCK_I], ACC), BLOCK_D, SINGLE_D, EVEN_O, EVEN_I,
+                         EVEN_D, UPCAST, TF32)
         # per-streamed-row vectors: padded by the launcher, so whole-tile (vectorized) loads
         if HAS_NORM:
             inv_y = tl.load(INVY + inner)
+        else:
+            inv_y = 1.0
         if HAS_LABELS:
             y_lab = tl.load(YLAB + inner)
+        else:
+            y_lab = 0
         if DK:
             # rows of the tile are keys (own), columns are queries (inner)
-            lse_i = tl.load(LSE + inner).to(ACC)
-            dead_i = lse_i == float("-inf")
-            lse_i = tl.where(dead_i, float("inf"), lse_i)
-            g_i = tl.where(dead_i, 0.0, tl.load(G + inner).to(ACC))
+            lse_i, g_i = saved_stats(tl.load(LSE + inner).to(ACC), tl.load(G + inner).to(ACC))
             col_f = tl.zeros([BLOCK_I], ACC) + lam
             if HAS_NORM:
                 col_f = col_f * inv_y
                 g_i = g_i * inv_y
-            # the forward's logit, element for element: (c / ||k_j||) * factor_i + b_j
-            if HAS_NORM:
-                c_k = c * inv_x[:, None]
-            else:
-                c_k = c
-            if HAS_BIAS:
-                bias = b_own[:, None]
-            else:
-                bias = 0.0
-            t = logit(c_k, col_f[None, :], bias, HAS_BIAS) - lse_i[None, :]
-            if HAS_LABELS:
-                t = tl.where(x_lab[:, None] == y_lab[None, :], float("-inf"), t)
-            if HAS_SELF:
-                if tile_meets_diagonal(i0, BLOCK_I, own0, BLOCK_O, SELF_OFFSET):
-                    t = tl.where(own[:, None] == inner[None, :] + SELF_OFFSET, float("-inf"), t)
-            if not EVEN_I:
-                if i0 + BLOCK_I > NY:
-                    t = tl.where(inner_ok[None, :], t, float("-inf"))
+            s, c_hat = score_tile(c, inv_x, col_f, b_own, x_lab, y_lab, own, own0, own_ok,
+                                  inner, i0, inner_ok, NX, NY, SELF_OFFSET, True, BLOCK_O,
+                                  BLOCK_I, HAS_NORM, HAS_BIAS, HAS_LABELS, HAS_SELF, EVEN_O,
+                                  EVEN_I, False)
             # w = g_i P_ij / ||q_i||; the dscale term adds <q^_i, k^_j> = c w / ||k_j||
-            w = exp_of(t) * g_i[None, :]
+            w = exp_of(s - lse_i[None, :]) * g_i[None, :]
+            if REDUCTION == 1:  # + h_j P'_ij / ||q_i||
+                if HAS_NORM:
+                    w += exp_of(s - lse_c[:, None]) * (g_c[:, None] * inv_y[None, :])
+                else:
+                    w += exp_of(s - lse_c[:, None]) * g_c[:, None]
             if NEED_DS:
                 ds_acc += w * c
         else:
-            if HAS_NORM:
-                c = c * inv_y[None, :]
             if HAS_BIAS:
-                bias = tl.load(BIAS + inner)[None, :]
+                bias = tl.load(BIAS + inner)
             else:
                 bias = 0.0
-            t = logit(c, rf_o[:, None], bias, HAS_BIAS) - lse_o[:, None]
-            if HAS_LABELS:
-                t = tl.where(y_lab[None, :] == x_lab[:, None], float("-inf"), t)
-            if HAS_SELF:
-                if tile_meets_diagonal(own0, BLOCK_O, i0, BLOCK_I, SELF_OFFSET):
-                    t = tl.where(inner[None, :] == own[:, None] + SELF_OFFSET, float("-inf"), t)
-            if not EVEN_I:
-                if i0 + BLOCK_I > NY:
-                    t = tl.where(inner_ok[None, :], t, float("-inf"))
-            p = exp_of(t)
+            s, c_hat = score_tile(c, inv_y, rf_o, bias, x_lab, y_lab, own, own0, own_ok, inner,
+                                  i0, inner_ok, NX, NY, SELF_OFFSET, False, BLOCK_O, BLOCK_I,
+                                  HAS_NORM, HAS_BIAS, HAS_LABELS, HAS_SELF, EVEN_O, EVEN_I,
+                                  False)
+            p = exp_of(s - lse_o[:, None])
+            if REDUCTION == 1:  # g_i P_ij + h_j P'_ij (ROWS: g_i applied once at the end)
+                lse_c, g_c = saved_stats(tl.load(COL_LSE + inner).to(ACC),
+                                         tl.load(COL_G + inner).to(ACC))
+                p = p * g_o[:, None] + exp_of(s - lse_c[None, :]) * g_c[None, :]
             if NEED_DS:
-                ds_acc += p * c  # g_i / ||q_i|| applied once at the end
+                ds_acc += p * c_hat
             if HAS_NORM:
                 w = p * inv_y[None, :]
             else:
@@ -285,13 +286,14 @@ def lse_bwd_kernel_py(
     if NEED_DS:
         ds = tl.sum(ds_acc, axis=1) * inv_x
         if not DK:
-            ds = ds * g_o
+            if REDUCTION == 0:
+                ds = ds * g_o
         tl.store(DS_PART + pid, tl.sum(tl.where(own_ok, ds, 0.0), axis=0))
     if NEED_DX:
         if SPLIT:
             # the partial in plain fp32 units: times g (dq side) and fp16's w_scale; the
             # scale and the Jacobian are applied by key_split.finish_kernel
-            if DK:
+            if DK or REDUCTION == 1:
                 row_c = tl.zeros([BLOCK_O], ACC) + 1.0
             else:
                 row_c = g_o
@@ -300,7 +302,7 @@ def lse_bwd_kernel_py(
             if SINGLE_D:
                 tl.store(ACC_BUF + own[:, None] * D + offs_d[None, :], acc * row_c[:, None],
                          mask=own_ok[:, None] & (offs_d < D)[None, :])
-            elif RESCALE or not DK:
+            elif RESCALE or not (DK or REDUCTION == 1):
                 for d0 in range(0, D, BLOCK_D):
                     dd = d0 + offs_d
                     a_ptrs = ACC_BUF + own[:, None] * D + dd[None, :]
@@ -309,7 +311,7 @@ def lse_bwd_kernel_py(
                     tl.store(a_ptrs, ac * row_c[:, None], mask=a_mask)
         else:
             # dx^ = lam * u (row factor g on the dq side)
-            if DK:
+            if DK or REDUCTION == 1:
                 row_c = tl.zeros([BLOCK_O], ACC) + lam
             else:
                 row_c = lam * g_o

@@ -1,17 +1,26 @@
-"""Forward kernel: masked log-sum-exp (and o) on a row-block grid.
+"""Forward kernel: masked log-sum-exp (and o) on a row-block grid; with REDUCTION = 1 the
+two-sided lse (the same sweep also reduces each key's column).
 
 Program ``pid`` owns rows [pid * BLOCK_O, (pid + 1) * BLOCK_O) of q and streams the keys
-in BLOCK_I tiles with an online max / sum-exp (flash-attention style), in base 2:
+in BLOCK_I tiles with an online max / sum-exp (flash-attention style):
 
-    c   = <q_i, k_j>                       fp32 (fp64) accumulator, d in BLOCK_D chunks
-    s   = c * r_i / ||k_j|| + b_j,  r_i = scale / ||q_i||   (_common.logit: every pass alike)
-          excluded pairs -> -inf
+    s   = c * r_i / ||k_j|| + b_j,  c = <q_i, k_j>,  r_i = scale / ||q_i||
+          excluded pairs -> -inf            (score_tile: every kernel forms it alike)
     m'  = max(m, rowmax s);  p = finite(m') (else 0)
     l   = l e^{p_old - p} + sum_j e^{s_ij - p};  o likewise   (e^x = 2^{x log2 e})
     lse = p + log l   (l = 0 -> -inf: A(i) empty; l = +inf -> +inf; NaN -> NaN)
 
 The self-exclusion mask is applied only on key tiles that meet the diagonal and the
 key-bound mask only on the last tile.
+
+REDUCTION = 1 (score_tile.ROWS_AND_COLUMNS): rows as above (row_lse = lse, no o), and per
+key tile the row block's partial of each column, rows past N masked,
+
+    m_bj = max_i s_ij,  l_bj = sum_i e^{s_ij - finite(m_bj)}
+
+written to COL_M / COL_L [row blocks, M] by exactly one program each;
+``key_split.merge_kernel`` merges the row blocks of each column in order b = 0, 1, ...
+(the key split's merge along the other axis), so col_lse is bitwise deterministic.
 
 SINGLE_D: the q tile is loaded once and o accumulates in registers. Otherwise q and k are
 re-read chunk by chunk per key tile and o accumulates in its (zero-initialized) fp32
@@ -33,8 +42,9 @@ fp32 units) to O[s]; ``merge_kernel`` combines the S partials per row in order s
 import triton
 import triton.language as tl
 
-from ._common import (LN2, dot_nt, exp_of, finite_or_zero, load_tile, logit, mma,
-                      offsets_need_int64, rescale_rows, tile_meets_diagonal)
+from ._common import (LN2, exp_of, finite_or_zero, load_tile, mma, offsets_need_int64,
+                      rescale_rows)
+from .score_tile import dot_tile, score_tile
 
 
 def _int64(a):
@@ -58,16 +68,20 @@ HEURISTICS = {
 
 
 def lse_fwd_kernel_py(
-    Q, K, SCALE, BIAS, QLAB, KLAB, INVQ, INVK, LSE, O, PART_M,
+    Q, K, SCALE, BIAS, QLAB, KLAB, INVQ, INVK, LSE, O, PART_M, COL_M, COL_L,
     N, M, D, SELF_OFFSET, SPLIT_KEYS,
     stride_qn, stride_qd, stride_kn, stride_kd,
     HAS_SELF: tl.constexpr, TF32: tl.constexpr, UPCAST: tl.constexpr, RESCALE: tl.constexpr,
     BLOCK_O: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_D: tl.constexpr,
+    REDUCTION: tl.constexpr,
     HAS_BIAS: tl.constexpr, HAS_LABELS: tl.constexpr, HAS_NORM: tl.constexpr,
     RETURN_O: tl.constexpr, EVEN_N: tl.constexpr, EVEN_M: tl.constexpr, EVEN_D: tl.constexpr,
     SINGLE_D: tl.constexpr, INT64: tl.constexpr, SPLIT: tl.constexpr,
 ):
     pid = tl.program_id(0)
+    if REDUCTION == 1:  # this row block's line of the [row blocks, M] column partials
+        COL_M += pid.to(tl.int64) * M
+        COL_L += pid.to(tl.int64) * M
     if SPLIT:
         # per program, outside the tile loop: the keys start at this range (K, the per-key
         # vectors, the key bound and the diagonal shifted), so the tile loop is the
@@ -86,6 +100,9 @@ def lse_fwd_kernel_py(
             KLAB += key_lo
         if HAS_NORM:
             INVK += key_lo
+        if REDUCTION == 1:
+            COL_M += key_lo
+            COL_L += key_lo
         LSE += split.to(tl.int64) * N
         PART_M += split.to(tl.int64) * N
         if RETURN_O:
@@ -105,9 +122,13 @@ def lse_fwd_kernel_py(
         row_f = row_f * tl.load(INVQ + rows, mask=row_ok, other=0.0)
     if HAS_LABELS:
         q_lab = tl.load(QLAB + rows, mask=row_ok, other=0)
+    else:
+        q_lab = 0
     q_base = Q + rows[:, None] * stride_qn
     if SINGLE_D:
         qt = load_tile(q_base, offs_d, stride_qd, row_ok, D, EVEN_N, EVEN_D, UPCAST)
+    else:
+        qt = None  # chunked: dot_tile re-reads q chunk by chunk
     m_i = tl.full([BLOCK_O], float("-inf"), ACC)
     piv = tl.zeros([BLOCK_O], ACC)
     l_i = tl.zeros([BLOCK_O], ACC)
@@ -121,33 +142,32 @@ def lse_fwd_kernel_py(
             cols = cols.to(tl.int64)
         col_ok = cols < M
         k_base = K + cols[:, None] * stride_kn
-        if SINGLE_D:
-            kt = load_tile(k_base, offs_d, stride_kd, col_ok, D, EVEN_M, EVEN_D, UPCAST)
-            c = dot_nt(qt, kt, tl.zeros([BLOCK_O, BLOCK_I], ACC), TF32)
-        else:
-            c = tl.zeros([BLOCK_O, BLOCK_I], ACC)
-            for d0 in range(0, D, BLOCK_D):
-                qc = load_tile(q_base, d0 + offs_d, stride_qd, row_ok, D, EVEN_N, EVEN_D, UPCAST)
-                kc = load_tile(k_base, d0 + offs_d, stride_kd, col_ok, D, EVEN_M, EVEN_D, UPCAST)
-                c = dot_nt(qc, kc, c, TF32)
+        c, kt = dot_tile(qt, q_base, k_base, offs_d, stride_qd, stride_kd, row_ok, col_ok, D,
+                         tl.zeros([BLOCK_O, BLOCK_I], ACC), BLOCK_D, SINGLE_D, EVEN_N, EVEN_M,
+                         EVEN_D, UPCAST, TF32)
         # per-key vectors: padded by the launcher, so whole-tile (vectorized) loads
         if HAS_NORM:
             inv_k = tl.load(INVK + cols)
-            c = c * inv_k[None, :]
+        else:
+            inv_k = 1.0
         if HAS_BIAS:
-            bias = tl.load(BIAS + cols)[None, :]
+            bias = tl.load(BIAS + cols)
         else:
             bias = 0.0
-        s = logit(c, row_f[:, None], bias, HAS_BIAS)
         if HAS_LABELS:
             k_lab = tl.load(KLAB + cols)
-            s = tl.where(k_lab[None, :] == q_lab[:, None], float("-inf"), s)
-        if HAS_SELF:
-            if tile_meets_diagonal(row0, BLOCK_O, n0, BLOCK_I, SELF_OFFSET):
-                s = tl.where(cols[None, :] == rows[:, None] + SELF_OFFSET, float("-inf"), s)
-        if not EVEN_M:
-            if n0 + BLOCK_I > M:
-                s = tl.where(col_ok[None, :], s, float("-inf"))
+        else:
+            k_lab = 0
+        s, c = score_tile(c, inv_k, row_f, bias, q_lab, k_lab, rows, row0, row_ok, cols, n0,
+                          col_ok, N, M, SELF_OFFSET, False, BLOCK_O, BLOCK_I, HAS_NORM,
+                          HAS_BIAS, HAS_LABELS, HAS_SELF, EVEN_N, EVEN_M, REDUCTION)
+        if REDUCTION == 1:
+            # this row block's partial of each column, merged over the row blocks in order
+            # by key_split.merge_kernel: (max_i s_ij, sum_i e^{s_ij - finite(max)})
+            m_c = tl.max(s, axis=0)
+            l_c = tl.sum(exp_of(s - finite_or_zero(m_c)[None, :]), axis=0)
+            tl.store(COL_M + cols, m_c, mask=col_ok)
+            tl.store(COL_L + cols, l_c, mask=col_ok)
         m_new = tl.maximum(m_i, tl.max(s, axis=1))
         piv_new = finite_or_zero(m_new)
         # <= 0 whenever l > 0 (the old pivot was a finite max); clamped so that a row that
