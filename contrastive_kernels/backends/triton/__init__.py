@@ -32,7 +32,6 @@ except Exception as exc:  # pragma: no cover - depends on the environment
 if _IMPORT_ERROR is None:
     try:
         from . import _ops
-        from ._ops import lse_backward_op, lse_op  # noqa: F401
     except Exception as exc:  # pragma: no cover
         _IMPORT_ERROR = f"the Triton kernels failed to load ({type(exc).__name__}: {exc})"
 
@@ -68,24 +67,21 @@ def device_check(device: torch.device, dtype: torch.dtype) -> Optional[str]:
     return "CPU tensors run only under the Triton interpreter (TRITON_INTERPRET=1)"
 
 
-def _op_pair():
-    """(forward, backward) ops, or why the kernels are unavailable."""
-    if _IMPORT_ERROR is not None:
-        raise BackendError(f"backend 'triton' is unavailable: {_IMPORT_ERROR}")
-    return lse_op, lse_backward_op
+def _op_pair(op: str) -> OpPair:
+    """The op pair of ``op``, calling into the kernels (which fail with the reason when
+    they could not be loaded)."""
+    def ops():
+        if _IMPORT_ERROR is not None:
+            raise BackendError(f"backend 'triton' is unavailable: {_IMPORT_ERROR}")
+        return {"lse": (_ops.lse_op, _ops.lse_backward_op),
+                "two_sided_lse": (_ops.two_sided_op, _ops.two_sided_backward_op)}[op]
 
-
-def _forward(*args):
-    return _op_pair()[0](*args)
-
-
-def _backward(*args):
-    return _op_pair()[1](*args)
+    return OpPair(lambda *args: ops()[0](*args), lambda *args: ops()[1](*args))
 
 
 BACKEND = Backend(
     name="triton",
-    ops={"lse": OpPair(_forward, _backward)},
+    ops={"lse": _op_pair("lse"), "two_sided_lse": _op_pair("two_sided_lse")},
     description="Triton kernels (CUDA; CPU under TRITON_INTERPRET=1)",
     devices=("cuda", "cpu"),
     auto_devices=("cuda",),

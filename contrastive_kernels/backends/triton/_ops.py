@@ -1,10 +1,10 @@
-"""The Triton core ops: ``contrastive_kernels::lse_triton`` and its backward.
+"""The Triton core ops: ``contrastive_kernels::<op>_triton`` and its backward, for every op
+the kernels implement (lse, two_sided_lse).
 
-Declared with ``torch.library.triton_op`` (schemas exactly ``contract.FORWARD_SCHEMA`` /
-``contract.BACKWARD_SCHEMA``); the launchers (``launch.forward`` / ``launch.backward``)
-launch every kernel through ``wrap_triton``, so torch.compile sees them; fake
-implementations and autograd come from
-:func:`contrastive_kernels.core.autograd.register_core_ops`.
+Declared with ``torch.library.triton_op`` (schemas exactly the op spec's, core/ops); the
+launchers (``launch.forward`` / ``launch.backward``, ``two_sided``) launch every kernel
+through ``wrap_triton``, so torch.compile sees them; fake implementations and autograd
+come from the spec (:func:`contrastive_kernels.core.autograd.register_op`).
 """
 
 from __future__ import annotations
@@ -16,12 +16,14 @@ from torch.library import triton_op
 
 from ... import env  # noqa: F401  (the package's __init__ reads env through this module)
 from ...core import contract
-from ...core.autograd import register_core_ops
-from . import launch
+from ...core.autograd import register_op
+from ...core.ops import LSE, TWO_SIDED_LSE
+from . import launch, two_sided
 from .launch import ARCH_ENV, arch_for, heuristic_flags, interpreting, kernels_interpreted  # noqa: F401
 
 FORWARD_NAME = f"{contract.NAMESPACE}::lse_triton"
 BACKWARD_NAME = f"{contract.NAMESPACE}::lse_triton_backward"
+TWO_SIDED_NAMES = tuple(f"{contract.NAMESPACE}::{n}" for n in TWO_SIDED_LSE.op_names("triton"))
 
 
 # The schemas are given explicitly: inferred from the type hints, ``Optional[int]`` would
@@ -49,10 +51,18 @@ def lse_triton_backward(grad_lse: torch.Tensor, q: torch.Tensor, k: torch.Tensor
                            need_dscale)
 
 
+triton_op(TWO_SIDED_NAMES[0], two_sided.two_sided_lse_forward, mutates_args=(),
+          schema=TWO_SIDED_LSE.forward_schema())
+triton_op(TWO_SIDED_NAMES[1], two_sided.two_sided_lse_backward, mutates_args=(),
+          schema=TWO_SIDED_LSE.backward_schema())
+
 lse_op = torch.ops.contrastive_kernels.lse_triton.default
 lse_backward_op = torch.ops.contrastive_kernels.lse_triton_backward.default
-# The shared fake implementations replace the traced launcher triton_op registers as fake:
+two_sided_op = torch.ops.contrastive_kernels.two_sided_lse_triton.default
+two_sided_backward_op = torch.ops.contrastive_kernels.two_sided_lse_triton_backward.default
+# The spec's fake implementations replace the traced launcher triton_op registers as fake:
 # same outputs, and they need no kernel (under the interpreter a launch on fake tensors
 # would read data pointers). torch.compile still sees the kernels: triton_op decomposes
 # the op into its wrap_triton calls under functionalization.
-register_core_ops(lse_op, lse_backward_op)
+register_op(LSE, lse_op, lse_backward_op)
+register_op(TWO_SIDED_LSE, two_sided_op, two_sided_backward_op)
