@@ -572,9 +572,24 @@ def test_configs_cover_every_kernel_and_range():
 def test_no_duplicated_warps_in_configs():
     """A 64-row tile with a 32-column streamed tile takes 4 warps: with 8, two warp groups
     would compute the same logits (the AOT test counts the exps on the compiled code)."""
-    bad = [(k, dc, a, c.describe()) for k, dc, a, _, c in configs.shipped()
+    shipped = list(configs.shipped()) + list(configs.shipped(two_sided=True))
+    bad = [(k, dc, a, c.describe()) for k, dc, a, _, c in shipped
            if c.block_o <= 64 and c.block_i <= 32 and c.num_warps > 4]
     assert not bad, bad
+
+
+def test_two_sided_configs():
+    """The two-sided kernels run on the shared entries but where TWO_SIDED_TILES replaces
+    one (each replacement names a real entry and keeps its d tile and strategy)."""
+    for (kernel, dclass, arch, d_max), cfg in configs.TWO_SIDED_TILES.items():
+        shared = dict(configs.TABLE[(dclass, arch)][kernel])[d_max]
+        assert (cfg.block_d, cfg.single) == (shared.block_d, shared.single)
+    f16 = torch.float16
+    assert configs.select("two_sided_bwd_dk", 100, f16, 80).block_o == 32
+    assert configs.select("two_sided_bwd_dk", 100, f16, 90) is configs.select("bwd_dk", 100,
+                                                                              f16, 90)
+    assert configs.select("two_sided_fwd", 100, f16, None) is configs.select("fwd", 100, f16,
+                                                                             None)
 
 
 @pytest.mark.parametrize("cap, family", [((8, 0), 80), ((8, 6), 80), ((8, 9), 80), ((9, 0), 90),

@@ -1,12 +1,22 @@
 """Backend ``triton``: Triton kernels for the core ops (CUDA tensors).
 
-- ``lse_forward.py``: row-block grid, online max / sum-exp over key tiles, fp32 lse and o.
+- ``score_tile.py``: the masked logits tile of one (owned block, streamed tile) pair, one
+  function for every kernel, and the REDUCTION constants (ROWS: lse; ROWS_AND_COLUMNS:
+  the two-sided lse).
+- ``lse_forward.py``: row-block grid, online max / sum-exp over key tiles, fp32 lse and o;
+  with ROWS_AND_COLUMNS also each row block's column partials.
 - ``lse_backward.py``: deterministic two-grid backward (dq on rows, dk on columns), each
-  recomputing the logits from the saved lse.
+  recomputing the logits from the saved lse (and col_lse: both softmaxes).
+- ``key_split.py``: splitting the streamed side of small grids; the in-order merge that
+  also merges the two-sided column partials.
+- ``launch.py``: the host side (configs, padding, label codes, splits, launches);
+  ``_ops.py``: the lse core ops (``triton_op``); ``two_sided.py``: the two-sided lse's
+  launchers.
 - ``configs.py``: the fixed launch config per (kernel, d range, dtype, arch); autotuning
   is opt-in (``CONTRASTIVE_KERNELS_TRITON_AUTOTUNE=1``).
-- ``aot.py``: ahead-of-time compilation of every shipped config for sm_80 / sm_90 and the
-  register / spill / shared-memory report (``docs/triton_compile_report.md``).
+- ``aot.py`` (with ``aot_signatures`` / ``aot_compile`` / ``aot_report``, ``perf_model``):
+  ahead-of-time compilation of every shipped config for sm_80 / sm_90 and the register /
+  spill / shared-memory report (``docs/triton_compile_report.md``).
 
 Under ``TRITON_INTERPRET=1`` (set before this package is imported) the kernels run on the
 CPU through the Triton interpreter, and the backend then accepts CPU tensors too: that is

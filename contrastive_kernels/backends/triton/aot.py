@@ -38,17 +38,11 @@ from .perf_model import CEILING_FLOORS, RATES, SIMCLR_FLOORS, ex2_limit, loop_co
 
 def jobs(kernels=None, archs=None):
     """Every shipped config for every dtype of its class: the core op's kernels, then the
-    two-sided lse's on the configs of the kernels they share (``fwd``, ``bwd_dq``,
-    ``bwd_dk``)."""
+    two-sided lse's (configs.shipped(two_sided=True))."""
     from . import configs
     out = []
     for two_sided in (False, True):
-        for kernel, dclass, arch, d_max, cfg in configs.shipped():
-            if two_sided:
-                names = [k for k, base in TWO_SIDED.items() if base == kernel]
-                if not names:
-                    continue
-                kernel = names[0]
+        for kernel, dclass, arch, d_max, cfg in configs.shipped(two_sided):
             if (kernels and kernel not in kernels) or (archs and arch not in archs):
                 continue
             for dtype in DTYPES[dclass]:
@@ -78,10 +72,9 @@ def probe_jobs():
             out.append((kernel, "bf16", arch, d_max, cfg, "simclr"))
     # the same for the two-sided lse (CLIP's symmetric loss: normalization, no bias or
     # labels)
-    for name, base in TWO_SIDED.items():
-        for kernel, dclass, arch, d_max, cfg in configs.shipped():
-            if kernel == base and dclass == "16" and d_max == 128:
-                out.append((name, "bf16", arch, d_max, cfg, "simclr"))
+    for kernel, dclass, arch, d_max, cfg in configs.shipped(two_sided=True):
+        if dclass == "16" and d_max == 128:
+            out.append((kernel, "bf16", arch, d_max, cfg, "simclr"))
     return out
 
 

@@ -26,7 +26,7 @@ _ACC = {"fp16": "fp32", "bf16": "fp32", "tf32": "fp32", "fp32": "fp32", "fp64": 
 _OPERAND = {"tf32": "fp32"}
 
 AUX_KERNELS = ("merge", "finish")
-# two-sided kernel -> the config table entry (and main kernel) it runs with
+# two-sided kernel -> the main kernel it is a specialization of
 TWO_SIDED = {"two_sided_fwd": "fwd", "two_sided_bwd_dq": "bwd_dq",
              "two_sided_bwd_dk": "bwd_dk"}
 

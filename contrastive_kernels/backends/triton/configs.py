@@ -7,7 +7,10 @@ One entry per (kernel, d range, dtype class, arch). Dtype classes: "16" (fp16 / 
 - ``fwd``    forward, lse only;
 - ``fwd_o``  forward with o (an extra [BLOCK_O, BLOCK_D] fp32 accumulator);
 - ``bwd_dq`` backward on the row grid (dq, and dscale);
-- ``bwd_dk`` backward on the column grid (dk).
+- ``bwd_dk`` backward on the column grid (dk);
+- ``two_sided_fwd`` / ``two_sided_bwd_dq`` / ``two_sided_bwd_dk``: the two-sided lse's
+  sweeps (REDUCTION = ROWS_AND_COLUMNS), on the configs of ``fwd`` / ``bwd_dq`` /
+  ``bwd_dk`` except where :data:`TWO_SIDED_TILES` gives a smaller tile.
 
 ``block_o`` rows (of q for fwd / bwd_dq, of k for bwd_dk) are owned by one program;
 ``block_i`` is the tile of the streamed side. When ``next_pow2(d) <= block_d`` the whole
@@ -134,6 +137,23 @@ TABLE = {
     ("64", 80): _T64, ("64", 90): _T64,
 }
 DTYPE_CLASSES = ("16", "tf32", "fp32", "64")
+
+# two-sided kernel -> the kernel whose table entries it runs with
+TWO_SIDED = {"two_sided_fwd": "fwd", "two_sided_bwd_dq": "bwd_dq",
+             "two_sided_bwd_dk": "bwd_dk"}
+# (kernel, dtype class, arch, d_max) -> the two-sided kernel's config where the shared one
+# spills in the compile report: the forward's column partials (a second max / sum-exp per
+# tile) and the backward's second softmax (a [rows, cols] exp and its statistics) cost
+# registers. Halved tiles, chosen as the first-choice fixes were above.
+TWO_SIDED_TILES = {
+    ("bwd_dk", "16", 80, 128): _c(32, 32, 128, 4, 2),  # fp16: 8 B spilled at O64
+    ("bwd_dk", "16", 80, 256): _c(32, 32, 256, 4, 2),  # fp16: 72 B at O64 I64 w8
+    ("fwd", "fp32", 80, 32): _c(64, 32, 32, 4, 2),  # IEEE FFMA tiles: 20 B at I64
+    ("fwd", "fp32", 90, 32): _c(64, 32, 32, 4, 2),  # 108 B at I64
+    ("fwd", "64", 80, INF): _c(32, 32, 16, 4, 2, False),  # fp64: 8 B at O64
+    ("fwd", "64", 90, INF): _c(32, 32, 16, 4, 2, False),  # 12 B at O64
+    ("bwd_dq", "64", 90, 32): _c(32, 16, 32, 4, 2),  # 12 B at I32
+}
 # The launcher pads the streamed side's per-row vectors to a multiple of this (every
 # block_i divides it): the kernels load them a whole tile at a time without a mask.
 KEY_PAD = 128
@@ -213,12 +233,15 @@ def select(kernel: str, d: int, dtype: torch.dtype, arch: Optional[int],
     ``tf32``: whether fp32 operands run on tf32 tensor cores (else IEEE fp32)."""
     if _forced:
         return _forced[-1]
-    table = INTERPRET if arch is None else TABLE[(dtype_class(dtype, tf32), arch)]
-    entries = table[kernel]
+    base = TWO_SIDED.get(kernel, kernel)
+    dclass = None if arch is None else dtype_class(dtype, tf32)
+    entries = INTERPRET[base] if arch is None else TABLE[(dclass, arch)][base]
     for d_max, cfg in entries:
-        if d_max is not None and d <= d_max:
-            return cfg
-    return entries[-1][1]
+        if d_max is None or d <= d_max:
+            break
+    if kernel in TWO_SIDED:
+        return TWO_SIDED_TILES.get((base, dclass, arch, d_max), cfg)
+    return cfg
 
 
 def block_d_for(cfg: Config, d: int, dtype: torch.dtype) -> tuple:
@@ -228,12 +251,19 @@ def block_d_for(cfg: Config, d: int, dtype: torch.dtype) -> tuple:
     return cfg.block_d, False
 
 
-def shipped():
-    """Every (kernel, dtype class, arch, d_max, Config) of the GPU tables (AOT report)."""
+def shipped(two_sided: bool = False):
+    """Every (kernel, dtype class, arch, d_max, Config) of the GPU tables (AOT report):
+    the core op's kernels, or (``two_sided``) the two-sided lse's."""
     for (dclass, arch), table in TABLE.items():
-        for kernel in KERNELS:
-            for d_max, cfg in table[kernel]:
-                yield kernel, dclass, arch, d_max, cfg
+        if two_sided:
+            for kernel, base in TWO_SIDED.items():
+                for d_max, cfg in table[base]:
+                    yield (kernel, dclass, arch, d_max,
+                           TWO_SIDED_TILES.get((base, dclass, arch, d_max), cfg))
+        else:
+            for kernel in KERNELS:
+                for d_max, cfg in table[kernel]:
+                    yield kernel, dclass, arch, d_max, cfg
 
 
 def autotune_enabled() -> bool:

@@ -258,8 +258,8 @@ def forward(q, k, scale, bias, q_labels, k_labels, self_offset, normalize, eps,
     scale = scale.to(acc)
     bias, q_labels, k_labels, inv_q, inv_k = _pair_inputs(q, k, bias, q_labels, k_labels,
                                                           normalize, eps, exclude_positives, acc)
-    cfg = configs.select("fwd_o" if return_o else "fwd", d, q.dtype, arch_for(q.device),
-                         tf32=allow_tf32(q.dtype))
+    kernel = "two_sided_fwd" if two_sided else ("fwd_o" if return_o else "fwd")
+    cfg = configs.select(kernel, d, q.dtype, arch_for(q.device), tf32=allow_tf32(q.dtype))
     block_d, single = configs.block_d_for(cfg, d, q.dtype)
     splits, per = splits_of(q.device, n, m, cfg)
     lse_out, o_out, part_m = lse, (o if return_o else None), None
@@ -306,8 +306,8 @@ def _backward_grid(dk_side, grad_lse, q, k, scale, bias, q_labels, k_labels, sel
     nx, d = x.shape
     ny = y.shape[0]
     acc = contract.accumulate_dtype(q.dtype)
-    cfg = configs.select("bwd_dk" if dk_side else "bwd_dq", d, q.dtype, arch_for(q.device),
-                         tf32=allow_tf32(q.dtype))
+    kernel = ("two_sided_" if col_lse is not None else "") + ("bwd_dk" if dk_side else "bwd_dq")
+    cfg = configs.select(kernel, d, q.dtype, arch_for(q.device), tf32=allow_tf32(q.dtype))
     block_d, single = configs.block_d_for(cfg, d, q.dtype)
     fl = flags(q.dtype)
     # The interpreter rounds fp32 -> bf16 stores toward zero (compiled Triton rounds to

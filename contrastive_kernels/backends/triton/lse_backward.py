@@ -231,17 +231,20 @@ def lse_bwd_kernel_py(
             if HAS_NORM:
                 col_f = col_f * inv_y
                 g_i = g_i * inv_y
-            s, c_hat = score_tile(c, inv_x, col_f, b_own, x_lab, y_lab, own, own0, own_ok,
-                                  inner, i0, inner_ok, NX, NY, SELF_OFFSET, True, BLOCK_O,
-                                  BLOCK_I, HAS_NORM, HAS_BIAS, HAS_LABELS, HAS_SELF, EVEN_O,
-                                  EVEN_I, False)
+            # ROWS: t = s - lse_i masked (the shift inside the score tile)
+            t, c_hat = score_tile(c, inv_x, col_f, b_own, x_lab, y_lab, own, own0, own_ok,
+                                  inner, i0, inner_ok, NX, NY, SELF_OFFSET, lse_i[None, :],
+                                  REDUCTION == 0, True, BLOCK_O, BLOCK_I, HAS_NORM, HAS_BIAS,
+                                  HAS_LABELS, HAS_SELF, EVEN_O, EVEN_I, False)
             # w = g_i P_ij / ||q_i||; the dscale term adds <q^_i, k^_j> = c w / ||k_j||
-            w = exp_of(s - lse_i[None, :]) * g_i[None, :]
-            if REDUCTION == 1:  # + h_j P'_ij / ||q_i||
+            if REDUCTION == 0:
+                w = exp_of(t) * g_i[None, :]
+            else:  # + h_j P'_ij / ||q_i|| (t = s, unshifted: both lse subtracted here)
+                w = exp_of(t - lse_i[None, :]) * g_i[None, :]
                 if HAS_NORM:
-                    w += exp_of(s - lse_c[:, None]) * (g_c[:, None] * inv_y[None, :])
+                    w += exp_of(t - lse_c[:, None]) * (g_c[:, None] * inv_y[None, :])
                 else:
-                    w += exp_of(s - lse_c[:, None]) * g_c[:, None]
+                    w += exp_of(t - lse_c[:, None]) * g_c[:, None]
             if NEED_DS:
                 ds_acc += w * c
         else:
@@ -249,15 +252,17 @@ def lse_bwd_kernel_py(
                 bias = tl.load(BIAS + inner)
             else:
                 bias = 0.0
-            s, c_hat = score_tile(c, inv_y, rf_o, bias, x_lab, y_lab, own, own0, own_ok, inner,
-                                  i0, inner_ok, NX, NY, SELF_OFFSET, False, BLOCK_O, BLOCK_I,
-                                  HAS_NORM, HAS_BIAS, HAS_LABELS, HAS_SELF, EVEN_O, EVEN_I,
-                                  False)
-            p = exp_of(s - lse_o[:, None])
-            if REDUCTION == 1:  # g_i P_ij + h_j P'_ij (ROWS: g_i applied once at the end)
+            t, c_hat = score_tile(c, inv_y, rf_o, bias, x_lab, y_lab, own, own0, own_ok, inner,
+                                  i0, inner_ok, NX, NY, SELF_OFFSET, lse_o[:, None],
+                                  REDUCTION == 0, False, BLOCK_O, BLOCK_I, HAS_NORM, HAS_BIAS,
+                                  HAS_LABELS, HAS_SELF, EVEN_O, EVEN_I, False)
+            if REDUCTION == 0:  # g_i applied once at the end
+                p = exp_of(t)
+            else:  # g_i P_ij + h_j P'_ij (t = s, unshifted)
                 lse_c, g_c = saved_stats(tl.load(COL_LSE + inner).to(ACC),
                                          tl.load(COL_G + inner).to(ACC))
-                p = p * g_o[:, None] + exp_of(s - lse_c[None, :]) * g_c[None, :]
+                p = (exp_of(t - lse_o[:, None]) * g_o[:, None]
+                     + exp_of(t - lse_c[None, :]) * g_c[None, :])
             if NEED_DS:
                 ds_acc += p * c_hat
             if HAS_NORM:

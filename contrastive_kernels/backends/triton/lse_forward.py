@@ -159,7 +159,8 @@ def lse_fwd_kernel_py(
         else:
             k_lab = 0
         s, c = score_tile(c, inv_k, row_f, bias, q_lab, k_lab, rows, row0, row_ok, cols, n0,
-                          col_ok, N, M, SELF_OFFSET, False, BLOCK_O, BLOCK_I, HAS_NORM,
+                          col_ok, N, M, SELF_OFFSET, 0.0, False, False, BLOCK_O, BLOCK_I,
+                          HAS_NORM,
                           HAS_BIAS, HAS_LABELS, HAS_SELF, EVEN_N, EVEN_M, REDUCTION)
         if REDUCTION == 1:
             # this row block's partial of each column, merged over the row blocks in order

@@ -52,7 +52,8 @@ def dot_tile(xt, x_base, y_base, offs_d, stride_xd, stride_yd, own_ok, inner_ok,
 
 @device_fn
 def score_tile(c, key_inv, query_f, bias, own_lab, inner_lab, own, own0, own_ok, inner,
-               inner0, inner_ok, NX, NY, SELF_OFFSET,
+               inner0, inner_ok, NX, NY, SELF_OFFSET, shift,
+               SHIFTED: tl.constexpr,
                KEYS_OWNED: tl.constexpr, BLOCK_O: tl.constexpr, BLOCK_I: tl.constexpr,
                HAS_NORM: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_LABELS: tl.constexpr,
                HAS_SELF: tl.constexpr, EVEN_O: tl.constexpr, EVEN_I: tl.constexpr,
@@ -60,7 +61,10 @@ def score_tile(c, key_inv, query_f, bias, own_lab, inner_lab, own, own0, own_ok,
     """(s, c^): the masked logits [BLOCK_O, BLOCK_I] and the products times the key's
     inverse norm. ``key_inv``: 1 / ||key|| of the owned keys (KEYS_OWNED) or of the
     streamed ones; ``query_f``: scale / ||query|| of the other side; ``bias``: of the keys
-    (0.0 without HAS_BIAS); labels: 0 without HAS_LABELS."""
+    (0.0 without HAS_BIAS); labels: 0 without HAS_LABELS. SHIFTED: s - ``shift`` (the
+    lse backward's saved lse, broadcast by the caller) is formed before the masks, which
+    then write -inf into the difference: one subtraction fewer on the common path of
+    the compiled loop than masking s first."""
     if HAS_NORM:
         if KEYS_OWNED:
             c = c * key_inv[:, None]
@@ -78,6 +82,8 @@ def score_tile(c, key_inv, query_f, bias, own_lab, inner_lab, own, own0, own_ok,
         else:
             b = 0.0
         s = logit(c, query_f[:, None], b, HAS_BIAS)
+    if SHIFTED:
+        s = s - shift
     if HAS_LABELS:
         s = tl.where(own_lab[:, None] == inner_lab[None, :], float("-inf"), s)
     if HAS_SELF:
