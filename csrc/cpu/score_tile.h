@@ -23,6 +23,12 @@
 #include "operands.h"
 #include "vec.h"
 
+#if defined(__GNUC__)
+#define CK_NOINLINE __attribute__((noinline))
+#else
+#define CK_NOINLINE
+#endif
+
 CK_CPU_NAMESPACE_BEGIN
 
 // Logit s_ij = (dot_ij * row_factor_i) * rk_j + cb_j (operands.h).
@@ -105,8 +111,12 @@ inline void score_tile(const Operands<T>& op, int64_t r0, int64_t nr, int64_t c0
 // weights of one micro-tile of logits wherever it keeps its outputs) over the whole tile,
 // then the excluded pairs of each output tile (x, and x2 when not null; stride ld) set to
 // 0. Padding keys are never read by the products (their inner dimension is nc).
+// Never inlined: inlined into a sweep's tile body, GCC kept the policy's hoisted constants
+// (the exp polynomial's, the pivot) in vector registers across the logits micro-kernel
+// and spilled half of its 12 accumulators to the stack, which halved the speed of the
+// two-sided backward's recompute.
 template <class T, class Weights>
-inline void weight_tile(const Operands<T>& op, int64_t r0, int64_t nr, int64_t c0, int64_t nc,
+CK_NOINLINE void weight_tile(const Operands<T>& op, int64_t r0, int64_t nr, int64_t c0, int64_t nc,
                         Weights&& weights, T* x, T* x2, int64_t ld) {
   tile_scores(op, r0, nr, c0, nc, weights);
   mask_tile(op, x, ld, r0, nr, c0, nc, T(0));
