@@ -1,10 +1,13 @@
-"""CLIP's loss from the two-sided lse's raw CPU ops, against SupCon 'all' on the same CPU.
+"""ClipLoss on the CPU backend (the two-sided lse: one sweep for both directions), against
+SupCon 'all' on the same CPU, and against CLIP's loss as two lse calls (before the
+two-sided op).
 
     loss = 0.5 (mean_i row_lse_i + mean_j col_lse_j) - mean_i s_ii,
-    s_ij = scale <x^_i, y^_j>  (x image, y text features, normalized in the kernels)
+    s_ij = scale <x_i, y_j>  (x image, y text features, unit rows as open_clip passes them)
 
-ClipLoss: one two_sided_lse_native forward, one backward with g = h = 0.5 / B, and the
-O(B d) diagonal term (its gradient through the normalization by hand). SupCon:
+ClipLoss: ``contrastive_kernels.ClipLoss(backend="cpu")`` forward + backward (features
+and logit_scale with gradients). Two lse calls: ops.lse in each direction plus the
+diagonal, forward + backward, as ClipLoss computed it before. SupCon:
 contrastive_kernels.SupConLoss(backend="cpu") forward + backward, N = 2 views x B / 2
 rows of the same d (the same N^2 d as CLIP's B^2 d). Both timed in this process, median
 of --repeats runs each, interleaved so that load from other processes hits both alike;
@@ -23,27 +26,25 @@ import torch
 import contrastive_kernels as ck
 from contrastive_kernels.testing.measure import peak_memory_bytes
 
-EPS = 1e-12
+_CLIP = ck.ClipLoss(backend="cpu")
 
 
 def clip_step(x, y, scale):
-    """Loss and (dx, dy, dscale) of CLIP's loss through the raw two-sided ops."""
-    ops = torch.ops.contrastive_kernels
-    b = x.shape[0]
-    args = (x, y, scale, None, None, None, None, True, EPS, False)
-    row, col = ops.two_sided_lse_native(*args)
-    g = torch.full((b,), 0.5 / b)
-    dx, dy, dscale = ops.two_sided_lse_native_backward(g, g, *args, row, col, True, True, True)
-    # the diagonal: -mean_i s_ii, s_ii = scale <x^_i, y^_i>
-    nx, ny = x.norm(dim=1, keepdim=True).clamp_min(EPS), y.norm(dim=1, keepdim=True).clamp_min(EPS)
-    xh, yh = x / nx, y / ny
-    dots = (xh * yh).sum(1, keepdim=True)
-    loss = 0.5 * (row.mean() + col.mean()) - scale * dots.mean()
-    c = scale / b
-    dx -= c * (yh - dots * xh) / nx
-    dy -= c * (xh - dots * yh) / ny
-    dscale = dscale - dots.mean()
-    return loss, dx, dy, dscale
+    """ClipLoss forward + backward; (loss, dx, dy, dscale)."""
+    x, y, scale = (t.detach().requires_grad_() for t in (x, y, scale))
+    loss = _CLIP(x, y, scale)
+    loss.backward()
+    return loss, x.grad, y.grad, scale.grad
+
+
+def two_lse_step(x, y, scale):
+    """CLIP's loss as two ops.lse calls (one per direction), forward + backward."""
+    x, y, scale = (t.detach().requires_grad_() for t in (x, y, scale))
+    row, _ = ck.ops.lse(x, y, scale, backend="cpu")
+    col, _ = ck.ops.lse(y, x, scale, backend="cpu")
+    loss = 0.5 * (row.mean() + col.mean()) - scale * (x * y).sum(1).mean()
+    loss.backward()
+    return loss, x.grad, y.grad, scale.grad
 
 
 def supcon_step(loss_fn, feats, labels):
@@ -85,7 +86,8 @@ def main():
 
     clip_step(x, y, scale)  # warm-up (and the first kernel-set choice)
     supcon_step(supcon, feats, labels)
-    clip_t, supcon_t = [], []
+    two_lse_step(x, y, scale)
+    clip_t, supcon_t, two_t = [], [], []
     for _ in range(opts.repeats):
         t = time.perf_counter()
         clip_step(x, y, scale)
@@ -93,6 +95,9 @@ def main():
         t = time.perf_counter()
         supcon_step(supcon, feats, labels)
         supcon_t.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        two_lse_step(x, y, scale)
+        two_t.append(time.perf_counter() - t)
     rate = gemm_rate(d=d)
     memory = peak_memory_bytes(lambda: clip_step(x, y, scale), "cpu")
     clip_m, supcon_m = statistics.median(clip_t), statistics.median(supcon_t)
@@ -102,7 +107,11 @@ def main():
           f"(runs {', '.join(f'{t:.3f}' for t in clip_t)})")
     print(f"SupCon 'all'        N={b} d={d}: median {supcon_m:.3f} s  "
           f"(runs {', '.join(f'{t:.3f}' for t in supcon_t)})")
-    print(f"ratio ClipLoss / SupCon: {clip_m / supcon_m:.2f}")
+    two_m = statistics.median(two_t)
+    print(f"CLIP as two lse     B={b} d={d}: median {two_m:.3f} s  "
+          f"(runs {', '.join(f'{t:.3f}' for t in two_t)})")
+    print(f"ratio ClipLoss / SupCon: {clip_m / supcon_m:.2f}; two lse calls / SupCon: "
+          f"{two_m / supcon_m:.2f}")
     print(f"sgemm rate (torch.mm 4096 x {d} x 4096): {rate:.1f} GFLOP/s; "
           f"ClipLoss at {clip_m / floor:.2f}x the four-product floor ({floor:.3f} s at that rate)")
     print(f"ClipLoss peak extra memory: {memory / 2**20:.1f} MiB")

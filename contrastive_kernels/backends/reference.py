@@ -65,9 +65,8 @@ def lse_reference(q, k, scale, bias, q_labels, k_labels, self_offset, normalize,
 def _masked_lse(s, dim):
     """log-sum-exp of s over ``dim``, -inf for an all -inf line, with no NaN gradient."""
     empty = torch.isneginf(s).all(dim=dim, keepdim=True)
-    if s.shape[dim] == 0:
-        return torch.full(s.shape[:dim] + s.shape[dim + 1:], -math.inf, dtype=s.dtype,
-                          device=s.device)
+    if s.shape[dim] == 0:  # -inf, still a function of q and k (a zero gradient)
+        return s.sum(dim=dim) - math.inf
     out = torch.logsumexp(s.masked_fill(empty, 0.0), dim=dim, keepdim=True)
     return out.masked_fill(empty, -math.inf).squeeze(dim)
 

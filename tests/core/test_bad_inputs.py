@@ -27,13 +27,22 @@ ERROR_BACKEND = "torch"
 
 
 def _params():
-    """Each bad input once; each known defect (xfail strict) on its own."""
+    """Each known defect (xfail strict) on its own."""
     for case in CASES:
         for backend in ([ERROR_BACKEND] if case.is_error else BACKENDS):
-            if case.is_error or case.xfails_on(backend):
+            if case.xfails_on(backend):
                 marks = ([pytest.mark.xfail(reason=case.xfail_reason, strict=True)]
                          if case.xfails_on(backend) else [])
                 yield pytest.param(case, backend, id=f"{case.id}-{backend}", marks=marks)
+
+
+def _error_groups():
+    """The bad inputs that raise (before any backend is chosen), one item per family."""
+    groups = {}
+    for case in CASES:
+        if case.is_error and not case.xfails_on(ERROR_BACKEND):
+            groups.setdefault(case.family, []).append(case)
+    return [pytest.param(cases, id=family) for family, cases in groups.items()]
 
 
 def _value_groups():
@@ -87,6 +96,21 @@ def test_bad_input(case, backend):
             case.run(backend)
     else:
         check_value(case.run(backend), _reference(case.id), case.pattern)
+
+
+@pytest.mark.filterwarnings("ignore:Casting complex values to real:UserWarning")
+@pytest.mark.parametrize("cases", _error_groups())
+def test_errors(cases):
+    """Every bad input of one family raises its error, naming the argument; the message
+    names each case that does not."""
+    failed = []
+    for case in cases:
+        try:
+            with pytest.raises(case.raises, match=re.escape(case.match)):
+                case.run(ERROR_BACKEND)
+        except BaseException as e:  # noqa: BLE001 (pytest.fail is a BaseException)
+            failed.append(f"{case.id}: {type(e).__name__}: {e}")
+    assert not failed, f"{len(failed)} of {len(cases)} cases:\n" + "\n".join(failed)
 
 
 @pytest.mark.filterwarnings("ignore:divide by zero encountered:RuntimeWarning",

