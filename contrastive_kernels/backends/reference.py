@@ -32,13 +32,10 @@ def excluded_mask(n, m, self_offset, q_labels, k_labels, exclude_positives, devi
     return excluded
 
 
-def lse_reference(q, k, scale, bias, q_labels, k_labels, self_offset, normalize, eps,
-                  exclude_positives, return_o, compute_dtype=None):
-    """Core op, naively: lse [N] and o [N, d] (or an empty tensor), in float32 / float64.
-
-    ``compute_dtype`` runs every step in that dtype instead (the naive low-precision
-    baseline that sets test tolerances).
-    """
+def masked_logits(q, k, scale, bias, q_labels, k_labels, self_offset, normalize, eps,
+                  exclude_positives, compute_dtype=None):
+    """(s [N, M] with excluded pairs -inf, k^) in the accumulation dtype, or every step in
+    ``compute_dtype`` (the naive low-precision baseline that sets test tolerances)."""
     acc = compute_dtype or (torch.float64 if q.dtype == torch.float64 else torch.float32)
     qh, kh = q.to(acc), k.to(acc)
     if normalize:
@@ -49,6 +46,18 @@ def lse_reference(q, k, scale, bias, q_labels, k_labels, self_offset, normalize,
     excluded = excluded_mask(q.shape[0], k.shape[0], self_offset, q_labels, k_labels,
                              exclude_positives, q.device)
     s = s.masked_fill(excluded, -math.inf)
+    return s, kh
+
+
+def lse_reference(q, k, scale, bias, q_labels, k_labels, self_offset, normalize, eps,
+                  exclude_positives, return_o, compute_dtype=None):
+    """Core op, naively: lse [N] and o [N, d] (or an empty tensor), in float32 / float64.
+
+    ``compute_dtype`` runs every step in that dtype instead (the naive low-precision
+    baseline that sets test tolerances).
+    """
+    s, kh = masked_logits(q, k, scale, bias, q_labels, k_labels, self_offset, normalize, eps,
+                          exclude_positives, compute_dtype)
     # rows whose every key is excluded: lse = -inf, o = 0, and no NaN in the gradient
     empty = torch.isneginf(s).all(dim=1)
     s = torch.cat([s.masked_fill(empty[:, None], 0.0), s.new_zeros(s.shape[0], 1)], dim=1)
@@ -58,7 +67,7 @@ def lse_reference(q, k, scale, bias, q_labels, k_labels, self_offset, normalize,
         p = torch.softmax(s_keys, dim=1) if s_keys.shape[1] else s_keys
         o = (p @ kh).masked_fill(empty[:, None], 0.0).detach()
     else:
-        o = q.new_empty((0,), dtype=acc)
+        o = q.new_empty((0,), dtype=s.dtype)
     return lse, o
 
 
@@ -75,16 +84,8 @@ def two_sided_lse_reference(q, k, scale, bias, q_labels, k_labels, self_offset, 
                             exclude_positives, compute_dtype=None):
     """Two-sided core op, naively: row_lse [N] over each row's keys and col_lse [M] over
     each key's rows, both over the same pairs (those outside the excluded set)."""
-    acc = compute_dtype or (torch.float64 if q.dtype == torch.float64 else torch.float32)
-    qh, kh = q.to(acc), k.to(acc)
-    if normalize:
-        qh, kh = _normalize(qh, eps), _normalize(kh, eps)
-    s = scale.to(acc) * (qh @ kh.T)
-    if bias is not None:
-        s = s + bias.to(acc)
-    excluded = excluded_mask(q.shape[0], k.shape[0], self_offset, q_labels, k_labels,
-                             exclude_positives, q.device)
-    s = s.masked_fill(excluded, -math.inf)
+    s, _ = masked_logits(q, k, scale, bias, q_labels, k_labels, self_offset, normalize, eps,
+                         exclude_positives, compute_dtype)
     return _masked_lse(s, 1), _masked_lse(s, 0)
 
 

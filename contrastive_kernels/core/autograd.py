@@ -133,11 +133,6 @@ def register_op(spec: OpSpec, forward_op, backward_op) -> None:
     _register_autocast(backward_op, 0, lib)  # a backward inside the region: as saved
 
 
-def register_core_ops(forward_op, backward_op, spec: OpSpec = LSE) -> None:
-    """:func:`register_op` with the spec first defaulting to ``lse`` (the original op)."""
-    register_op(spec, forward_op, backward_op)
-
-
 def lookup(kernel_set: str, spec: OpSpec = LSE):
     """The (forward, backward) OpOverloads of ``<op>_<kernel_set>``."""
     fwd, bwd = spec.op_names(kernel_set)
@@ -163,8 +158,3 @@ def define_op(spec: OpSpec, kernel_set: str, forward_impl: Callable, backward_im
     register_op(spec, forward_op, backward_op)
     return forward_op, backward_op
 
-
-def define_core_ops(kernel_set: str, forward_impl: Callable, backward_impl: Callable,
-                    dispatch_keys=("CompositeExplicitAutograd",)):
-    """:func:`define_op` for ``lse``."""
-    return define_op(LSE, kernel_set, forward_impl, backward_impl, dispatch_keys)
