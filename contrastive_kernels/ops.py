@@ -16,7 +16,7 @@ from .backends import registry
 from .core.autograd import define_op, register_op  # noqa: F401
 from .core.contract import (BACKWARD_SCHEMA, FORWARD_SCHEMA, NAMESPACE,  # noqa: F401
                             accumulate_dtype)
-from .core.ops import LSE, SPECS, TWO_SIDED_LSE, OpSpec
+from .core.ops import LSE, PAIRWISE_SIGMOID, SPECS, TWO_SIDED_LSE, OpSpec
 from .core.problem import PairProblem
 from .core.transforms import CoreOpFunction, transforms_active
 
@@ -28,8 +28,8 @@ def call(spec: OpSpec, problem: PairProblem, options: dict, backend: Optional[st
     pair = chosen.ops[spec.name]
     args = problem.args() + tuple(options[name] for name in spec.option_names)
     if pair.backward is not None and transforms_active():  # torch.func, forward AD
-        return CoreOpFunction.apply(spec, pair, *args)
-    return pair.forward(*args)
+        return spec.as_outputs(CoreOpFunction.apply(spec, pair, *args))
+    return spec.as_outputs(pair.forward(*args))
 
 
 def _options(spec: OpSpec, given: dict) -> dict:
@@ -74,4 +74,38 @@ def two_sided_lse(q: torch.Tensor, k: torch.Tensor, scale=1.0, *,
     return call(TWO_SIDED_LSE, problem, options, backend)
 
 
-__all__ = ["lse", "two_sided_lse", "call", "SPECS"]
+def pairwise_sigmoid(q: torch.Tensor, k: torch.Tensor, scale=1.0, bias=None, *,
+                     q_labels: Optional[torch.Tensor] = None,
+                     k_labels: Optional[torch.Tensor] = None, self_offset: Optional[int] = None,
+                     normalize: bool = False, eps: float = 1e-12,
+                     backend: Optional[str] = "auto"):
+    """Per-row sigmoid loss ``row_loss_i = sum_j softplus(-z_ij s_ij)`` (SigLIP), with
+    ``s_ij = scale * <q^_i, k^_j> + bias`` and z = +1 on the positive pairs, -1 elsewhere.
+
+    Positives: (i, i + self_offset) when ``self_offset`` is given (SigLIP's diagonal: 0),
+    and the pairs with equal labels when ``q_labels`` and ``k_labels`` are given; neither:
+    every pair is a negative. ``bias``: None, a float, a 0-dim tensor or one per key [M];
+    differentiable, like ``scale``. Returns row_loss [N] in float32 (float64 for float64
+    inputs). The exact contract is in :mod:`contrastive_kernels.core.ops.pairwise_sigmoid`.
+    """
+    if bias is not None:
+        bias = _per_key_bias(bias, q, k)
+    problem = PairProblem.build(PAIRWISE_SIGMOID, q, k, scale, bias=bias, q_labels=q_labels,
+                                k_labels=k_labels, self_offset=self_offset, normalize=normalize,
+                                eps=eps)
+    (row_loss,) = call(PAIRWISE_SIGMOID, problem, {}, backend)
+    return row_loss
+
+
+def _per_key_bias(bias, q, k):
+    """A float or one-element bias as [M] (expanded: its gradient sums the keys')."""
+    if isinstance(bias, torch.Tensor) and bias.dim() == 1 and bias.shape[0] == k.shape[0]:
+        return bias
+    from .core.contract import check_real_scalar
+    check_real_scalar("bias", bias, q.device)
+    if not isinstance(bias, torch.Tensor):
+        bias = torch.tensor(float(bias), dtype=accumulate_dtype(q.dtype), device=q.device)
+    return bias.reshape(()).expand(k.shape[0])
+
+
+__all__ = ["lse", "two_sided_lse", "pairwise_sigmoid", "call", "SPECS"]

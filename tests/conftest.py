@@ -13,6 +13,11 @@ if os.environ.get("CONTRASTIVE_KERNELS_TRITON_NATIVE") != "1":
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test` runs one xdist worker per core: a worker using every core for torch's
+    # intra-op pool would oversubscribe them (tests that need two threads set them).
+    torch.set_num_threads(1)
+
 
 @pytest.fixture(autouse=True)
 def _fixed_seed():

@@ -89,9 +89,30 @@ def two_sided_lse_reference(q, k, scale, bias, q_labels, k_labels, self_offset, 
     return _masked_lse(s, 1), _masked_lse(s, 0)
 
 
+def positive_mask(n, m, self_offset, q_labels, k_labels, device):
+    """Dense [n, m] bool mask of the positive pairs of ``pairwise_sigmoid``: (i, i +
+    self_offset) and, when both label tensors are given, the pairs with equal labels."""
+    positive = excluded_mask(n, m, self_offset, None, None, False, device)
+    if q_labels is not None and k_labels is not None:
+        positive |= q_labels[:, None] == k_labels[None, :]
+    return positive
+
+
+def pairwise_sigmoid_reference(q, k, scale, bias, q_labels, k_labels, self_offset, normalize,
+                               eps, compute_dtype=None):
+    """Pairwise sigmoid op, naively: row_loss_i = sum_j softplus(-z_ij s_ij) [N], z = +1 on
+    the positive pairs and -1 elsewhere; differentiable in q, k, scale and bias."""
+    s, _ = masked_logits(q, k, scale, bias, None, None, None, normalize, eps, False,
+                         compute_dtype)
+    positive = positive_mask(q.shape[0], k.shape[0], self_offset, q_labels, k_labels, q.device)
+    z = torch.where(positive, 1.0, -1.0).to(s.dtype)
+    return -torch.nn.functional.logsigmoid(z * s).sum(dim=1)
+
+
 BACKEND = Backend(
     name="reference",
-    ops={"lse": OpPair(lse_reference), "two_sided_lse": OpPair(two_sided_lse_reference)},
+    ops={"lse": OpPair(lse_reference), "two_sided_lse": OpPair(two_sided_lse_reference),
+         "pairwise_sigmoid": OpPair(pairwise_sigmoid_reference)},
     description="naive PyTorch, materializes N x M; the oracle (never picked by auto)",
     devices=("cpu", "cuda", "xpu", "mps"),
     deterministic=False,  # index_put / softmax backward on CUDA may not be

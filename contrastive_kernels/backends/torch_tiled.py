@@ -11,9 +11,12 @@ and hands each to the op's reduction, a small policy class:
 - forward of ``two_sided_lse`` (:class:`RowColLse`): the same along rows, and along
   columns with per-column running (max, sum) updated by the row blocks in order (the loop
   is sequential, so the merge order is fixed);
+- forward of ``pairwise_sigmoid`` (:class:`SigmoidRows`): no pair excluded; x = -z s
+  (z = +1 on the positive pairs) and row sums of softplus(x);
 - backward: each tile recomputed once into the weights W = dL/ds (:class:`LseWeights`:
-  g_i e^{s_ij - lse_i}; :class:`TwoSidedWeights`: that plus h_j e^{s_ij - lse'_j}), then the
-  shared second products
+  g_i e^{s_ij - lse_i}; :class:`TwoSidedWeights`: that plus h_j e^{s_ij - lse'_j};
+  :class:`SigmoidWeights`: -z_ij sigmoid(-z_ij s_ij) g_i, with dbias_j = sum_i W_ij), then
+  the shared second products
 
     u_R += W k^_C,  v_C += W^T q^_R,  dq^ = scale u,  dk^ = scale v,  dscale = sum_i <q^_i, u_i>
 
@@ -32,7 +35,7 @@ import torch
 from ..core.autograd import define_op
 from ..core.contract import accumulate_dtype
 from ..core.norms import row_norms
-from ..core.ops import LSE, TWO_SIDED_LSE
+from ..core.ops import LSE, PAIRWISE_SIGMOID, TWO_SIDED_LSE
 from ..core.problem import PairProblem
 from .registry import Backend, OpPair
 
@@ -60,17 +63,20 @@ def normalized(x: torch.Tensor, normalize: bool, eps: float, acc: torch.dtype):
 
 class Tiles:
     """The score tiles of one problem: normalized rows in the accumulation dtype, the
-    masks, and the tile shape."""
+    masks, and the tile shape. ``excludes``: whether the self pair (and, with
+    ``exclude_positives``, the positives) leave the tiles as -inf; an op that excludes no
+    pair (pairwise_sigmoid) reads them as :meth:`positives` instead."""
 
-    def __init__(self, problem: PairProblem, exclude_positives: bool):
+    def __init__(self, problem: PairProblem, exclude_positives: bool, excludes: bool = True):
         self.acc = acc = accumulate_dtype(problem.q.dtype)
         self.n, self.m = problem.q.shape[0], problem.k.shape[0]
         self.qh, self.q_inv, self.q_big = normalized(problem.q, problem.normalize, problem.eps, acc)
         self.kh, self.k_inv, self.k_big = normalized(problem.k, problem.normalize, problem.eps, acc)
         self.scale = problem.scale.to(acc)
         self.bias = problem.bias
-        self.self_offset = problem.self_offset
-        active = exclude_positives and problem.q_labels is not None
+        self.problem = problem
+        self.self_offset = problem.self_offset if excludes else None
+        active = excludes and exclude_positives and problem.q_labels is not None
         self.q_labels = problem.q_labels if active else None
         self.k_labels = problem.k_labels if active else None
         self.block_rows, self.block_keys = tile_shape(self.n, self.m)
@@ -86,17 +92,14 @@ class Tiles:
 
     def _mask(self, s, r0, c0):
         """Set excluded (row, key) pairs of tile s (rows r0.., keys c0..) to -inf, in place."""
-        rows, cols = s.shape
-        if self.self_offset is not None:
-            # key j = i + self_offset for rows i in [r0, r0 + rows) that land in [c0, c0 + cols)
-            first = max(r0, c0 - self.self_offset)
-            last = min(r0 + rows, c0 + cols - self.self_offset)
-            if first < last:
-                i = torch.arange(first, last, device=s.device)
-                s[i - r0, i + self.self_offset - c0] = -math.inf
-        if self.q_labels is not None:
-            same = self.q_labels[r0:r0 + rows, None] == self.k_labels[None, c0:c0 + cols]
-            s.masked_fill_(same, -math.inf)
+        _fill_marked(s, r0, c0, self.self_offset, self.q_labels, self.k_labels, -math.inf)
+
+    def positives(self, s, r0, c0):
+        """The positive pairs of tile s as a bool tile: the self pair, equal labels."""
+        p = self.problem
+        marked = torch.zeros(s.shape, dtype=torch.bool, device=s.device)
+        _fill_marked(marked, r0, c0, p.self_offset, p.q_labels, p.k_labels, True)
+        return marked
 
     def sweep(self, reduction):
         """Every tile, row block by row block, keys in order, to ``reduction``."""
@@ -107,6 +110,22 @@ class Tiles:
                 c1 = min(self.m, c0 + self.block_keys)
                 reduction.tile(self.logits(r0, r1, c0, c1), r0, r1, c0, c1)
             reduction.finish_rows(r0, r1)
+
+
+def _fill_marked(tile, r0, c0, self_offset, q_labels, k_labels, value):
+    """Set the self pair (i, i + self_offset) and the pairs of equal labels of ``tile``
+    (rows r0.., keys c0..) to ``value``, in place."""
+    rows, cols = tile.shape
+    if self_offset is not None:
+        # key j = i + self_offset for rows i in [r0, r0 + rows) that land in [c0, c0 + cols)
+        first = max(r0, c0 - self_offset)
+        last = min(r0 + rows, c0 + cols - self_offset)
+        if first < last:
+            i = torch.arange(first, last, device=tile.device)
+            tile[i - r0, i + self_offset - c0] = value
+    if q_labels is not None and k_labels is not None:
+        same = q_labels[r0:r0 + rows, None] == k_labels[None, c0:c0 + cols]
+        tile.masked_fill_(same, value)
 
 
 def _finite_pivot(row_max):
@@ -177,6 +196,27 @@ class RowColLse(RowLse):
         super().tile(s, r0, r1, c0, c1)
 
 
+class SigmoidRows:
+    """Forward of ``pairwise_sigmoid``: row sums of softplus(-z s)."""
+
+    def __init__(self, tiles: Tiles):
+        self.t = tiles
+        self.row_loss = torch.zeros(tiles.n, dtype=tiles.acc, device=tiles.qh.device)
+
+    def start_rows(self, r0, r1):
+        pass
+
+    def finish_rows(self, r0, r1):
+        pass
+
+    def tile(self, s, r0, r1, c0, c1):
+        x = torch.where(self.t.positives(s, r0, c0), s.neg(), s)
+        # softplus(x) = max(x, 0) + log1p(e^{-|x|}): exact at both ends (torch's own
+        # softplus returns x past a threshold)
+        loss = x.abs().neg_().exp_().log1p_().add_(x.clamp_min_(0))
+        self.row_loss[r0:r1] += loss.sum(dim=1)
+
+
 def lse_forward(*args):
     problem = PairProblem.from_args(args)
     exclude_positives, return_o = args[-2:]
@@ -222,14 +262,29 @@ class TwoSidedWeights(LseWeights):
         return super().__call__(s, r0, r1, c0, c1).add_(cols)
 
 
-class SecondProducts:
-    """The backward's reduction of weight tiles: u = W K^, v = W^T Q^."""
+class SigmoidWeights:
+    """Backward of ``pairwise_sigmoid``: W = -z_ij sigmoid(-z_ij s_ij) g_i."""
 
-    def __init__(self, tiles: Tiles, weights, need_dq, need_dk, need_dscale):
+    def __init__(self, tiles, grad_row_loss):
+        self.t, self.g = tiles, grad_row_loss.to(tiles.acc)
+
+    def __call__(self, s, r0, r1, c0, c1):
+        positive = self.t.positives(s, r0, c0)
+        w = torch.where(positive, s.neg(), s).sigmoid_().mul_(self.g[r0:r1, None])
+        return torch.where(positive, w.neg(), w)
+
+
+class SecondProducts:
+    """The backward's reduction of weight tiles: u = W K^, v = W^T Q^ (and the column sums
+    of W, the gradient of the bias, for an op with a differentiable bias)."""
+
+    def __init__(self, tiles: Tiles, weights, need_dq, need_dk, need_dscale, need_dbias=None):
         self.t, self.weights = tiles, weights
         d, acc, device = tiles.qh.shape[1], tiles.acc, tiles.qh.device
         self.u = torch.zeros(tiles.n, d, dtype=acc, device=device) if (need_dq or need_dscale) else None
         self.v = torch.zeros(tiles.m, d, dtype=acc, device=device) if need_dk else None
+        self.with_dbias = need_dbias is not None
+        self.dbias = torch.zeros(tiles.m, dtype=acc, device=device) if need_dbias else None
 
     def start_rows(self, r0, r1):
         pass
@@ -243,8 +298,10 @@ class SecondProducts:
             self.u[r0:r1].addmm_(w, self.t.kh[c0:c1])
         if self.v is not None:
             self.v[c0:c1].addmm_(w.T, self.t.qh[r0:r1])
+        if self.dbias is not None:
+            self.dbias[c0:c1] += w.sum(dim=0)
 
-    def gradients(self, q, k, need_dq, need_dk, need_dscale):
+    def gradients(self, q, k, need_dq, need_dk, need_dscale, need_dbias=False):
         t = self.t
         dq = dk = q.new_empty((0,))
         if need_dq:
@@ -255,7 +312,10 @@ class SecondProducts:
             dscale = (t.qh * self.u).sum()
         else:
             dscale = torch.zeros((), dtype=t.acc, device=q.device)
-        return dq, dk, dscale.to(t.scale.dtype)
+        grads = (dq, dk, dscale.to(t.scale.dtype))
+        if self.with_dbias:
+            grads += (self.dbias if need_dbias else t.scale.new_empty((0,)),)
+        return grads
 
 
 def _through_normalization(d_hat, x_hat, inv, big):
@@ -266,8 +326,8 @@ def _through_normalization(d_hat, x_hat, inv, big):
     return (d_hat - x_hat * radial) * inv[:, None]
 
 
-def _backward(problem, exclude_positives, make_weights, needs):
-    tiles = Tiles(problem, exclude_positives)
+def _backward(problem, exclude_positives, make_weights, needs, excludes=True):
+    tiles = Tiles(problem, exclude_positives, excludes)
     if problem.q.shape[0] == 0 or problem.k.shape[0] == 0 or not any(needs):
         products = SecondProducts(tiles, None, *needs)
     else:
@@ -290,14 +350,30 @@ def two_sided_lse_backward(grad_row, grad_col, *args):
                      lambda t: TwoSidedWeights(t, grad_row, grad_col, row_lse, col_lse), args[-3:])
 
 
+def pairwise_sigmoid_forward(*args):
+    tiles = Tiles(PairProblem.from_args(args), False, excludes=False)
+    reduction = SigmoidRows(tiles)
+    tiles.sweep(reduction)
+    return reduction.row_loss
+
+
+def pairwise_sigmoid_backward(grad_row_loss, *args):
+    problem = PairProblem.from_args(args)
+    return _backward(problem, False, lambda t: SigmoidWeights(t, grad_row_loss), args[-4:],
+                     excludes=False)
+
+
 lse_op, lse_backward_op = define_op(LSE, "torch", lse_forward, lse_backward)
 two_sided_op, two_sided_backward_op = define_op(TWO_SIDED_LSE, "torch", two_sided_lse_forward,
                                                 two_sided_lse_backward)
+sigmoid_op, sigmoid_backward_op = define_op(PAIRWISE_SIGMOID, "torch", pairwise_sigmoid_forward,
+                                            pairwise_sigmoid_backward)
 
 BACKEND = Backend(
     name="torch",
     ops={"lse": OpPair(lse_op, lse_backward_op),
-         "two_sided_lse": OpPair(two_sided_op, two_sided_backward_op)},
+         "two_sided_lse": OpPair(two_sided_op, two_sided_backward_op),
+         "pairwise_sigmoid": OpPair(sigmoid_op, sigmoid_backward_op)},
     description="pure PyTorch, tiled over rows and keys; any device",
     devices=("cpu", "cuda", "xpu", "mps"),
     auto_devices=("cpu", "cuda", "xpu", "mps"),

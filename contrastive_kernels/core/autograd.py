@@ -35,7 +35,7 @@ def save_context(spec: OpSpec, ctx, inputs, output):
     q, k, scale, bias, q_labels, k_labels, self_offset, normalize, eps = inputs[:_PAIR]
     options = dict(zip(spec.option_names, inputs[_PAIR:]))
     saved = []
-    for out, tensor in zip(spec.outputs, output):
+    for out, tensor in zip(spec.outputs, spec.as_outputs(output)):
         if out.differentiable:
             saved.append(tensor)
         else:
@@ -46,25 +46,30 @@ def save_context(spec: OpSpec, ctx, inputs, output):
 
 
 def gradients(ctx, backward_op, grads, need=None):
-    """(dq, dk, dscale) of a saved call by ``backward_op`` from the incoming gradients of
-    every forward output, None where no gradient is needed (``need``: whether q, k and
-    scale need one; default the first three inputs'); dq / dk in q's / k's layout (every
-    backend writes them contiguous)."""
+    """The gradients of the spec's first inputs ((dq, dk, dscale), plus dbias for an op with
+    a differentiable bias) of a saved call by ``backward_op`` from the incoming gradients of
+    every forward output, None where no gradient is needed (``need``: whether each of those
+    inputs needs one; default their ``needs_input_grad``); dq / dk in q's / k's layout
+    (every backend writes them contiguous)."""
     q, k, scale, bias, q_labels, k_labels, *saved = ctx.saved_tensors
-    need = tuple(ctx.needs_input_grad[:3] if need is None else need)
+    count = len(ctx.spec.gradients)
+    need = list(ctx.needs_input_grad[:count] if need is None else need)
+    if count > 3:
+        need[3] = bool(need[3]) and bias is not None
     if not any(need):
-        return None, None, None
+        return (None,) * count
     incoming = [g for out, g in zip(ctx.spec.outputs, grads) if out.differentiable]
     incoming = [torch.zeros_like(s) if g is None else g.contiguous()
                 for g, s in zip(incoming, saved)]
-    dq, dk, dscale = backward_op(*incoming, q, k, scale, bias, q_labels, k_labels, *ctx.options,
-                                 *saved, *need)
-    return (as_layout_of(dq, q) if need[0] else None, as_layout_of(dk, k) if need[1] else None,
-            dscale if need[2] else None)
+    out = backward_op(*incoming, q, k, scale, bias, q_labels, k_labels, *ctx.options, *saved,
+                      *need)
+    dq, dk = out[0], out[1]
+    return ((as_layout_of(dq, q) if need[0] else None, as_layout_of(dk, k) if need[1] else None)
+            + tuple(g if n else None for g, n in zip(out[2:], need[2:])))
 
 
 def _make_autograd(spec: OpSpec, backward_op):
-    rest = (None,) * (_PAIR + len(spec.options) - 3)
+    rest = (None,) * (_PAIR + len(spec.options) - len(spec.gradients))
 
     def setup_context(ctx, inputs, output):
         save_context(spec, ctx, inputs, output)

@@ -81,8 +81,10 @@ def check_rows_tensor(name: str, x) -> None:
         raise TypeError(f"{name} must be floating point (fp16/bf16/fp32/fp64), got {x.dtype}")
 
 
-def validate(q, k, bias, q_labels, k_labels, self_offset, exclude_positives, eps) -> None:
-    """Raise TypeError / ValueError naming the bad argument and what was expected."""
+def validate(q, k, bias, q_labels, k_labels, self_offset, exclude_positives, eps,
+             bias_differentiable=False) -> None:
+    """Raise TypeError / ValueError naming the bad argument and what was expected
+    (``bias_differentiable``: whether the op returns a gradient for the bias)."""
     check_rows_tensor("q", q)
     check_rows_tensor("k", k)
     if q.shape[1] != k.shape[1]:
@@ -100,7 +102,7 @@ def validate(q, k, bias, q_labels, k_labels, self_offset, exclude_positives, eps
             raise ValueError(f"bias must have shape [M] = [{k.shape[0]}], got {tuple(bias.shape)}")
         if bias.device != k.device:
             raise ValueError(f"bias must be on {k.device}, got {bias.device}")
-        if bias.requires_grad and torch.is_grad_enabled():
+        if bias.requires_grad and torch.is_grad_enabled() and not bias_differentiable:
             raise ValueError("bias carries no gradient in the core op; pass bias.detach()")
     for name, t, rows in (("q_labels", q_labels, q.shape[0]), ("k_labels", k_labels, k.shape[0])):
         if t is not None:

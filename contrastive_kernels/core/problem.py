@@ -36,7 +36,8 @@ class PairProblem:
               self_offset=None, normalize=False, eps=1e-12, **options) -> "PairProblem":
         """Validate the user's arguments (naming the bad one) and lay them out once."""
         validate(q, k, bias, q_labels, k_labels, self_offset,
-                 bool(options.get("exclude_positives", False)), eps)
+                 bool(options.get("exclude_positives", False)), eps,
+                 bias_differentiable="dbias" in spec.gradients)
         scale_t = scale_tensor(scale, q)
         if bias is not None:
             bias = bias.to(scale_t.dtype).contiguous()

@@ -66,10 +66,11 @@ class CoreOpFunction(torch.autograd.Function):
     def backward(ctx, *grads):
         # no graph of the backward (second order is not supported): torch.func runs the
         # backward with grad mode on, and the backward op's own autograd is not func-ready
+        count = len(ctx.spec.gradients)
         with torch.no_grad():
-            dq, dk, dscale = gradients(ctx, ctx.pair.backward, grads, ctx.needs_input_grad[2:5])
-        rest = (None,) * (_PAIR + len(ctx.spec.options) - 3)
-        return (None, None, dq, dk, dscale) + rest
+            grads_in = gradients(ctx, ctx.pair.backward, grads, ctx.needs_input_grad[2:2 + count])
+        rest = (None,) * (_PAIR + len(ctx.spec.options) - count)
+        return (None, None) + grads_in + rest
 
     @staticmethod
     def jvp(ctx, *tangents):
@@ -87,7 +88,8 @@ class CoreOpFunction(torch.autograd.Function):
             # the batch entries share every key: their rows are one call's rows
             qb = q.movedim(in_dims[0], 0)
             size, n, d = qb.shape
-            outs = CoreOpFunction.apply(spec, pair, qb.reshape(size * n, d), *args[1:])
+            outs = spec.as_outputs(CoreOpFunction.apply(spec, pair, qb.reshape(size * n, d),
+                                                        *args[1:]))
             shaped, dims = [], []
             for out, t in zip(spec.outputs, outs):
                 if t.numel() == 0 and out.when is not None:
@@ -96,12 +98,12 @@ class CoreOpFunction(torch.autograd.Function):
                 else:
                     shaped.append(t.reshape((size, n) + tuple(t.shape[1:])))
                     dims.append(0)
-            return tuple(shaped), tuple(dims)
+            return spec.returned(shaped), spec.returned(dims)
         per_entry = []
         for b in range(info.batch_size):
             one = [a if a is None or dim is None else a.select(dim, b)
                    for a, dim in zip(args, in_dims)]
-            per_entry.append(CoreOpFunction.apply(spec, pair, *one))
+            per_entry.append(spec.as_outputs(CoreOpFunction.apply(spec, pair, *one)))
         stacked, dims = [], []
         for i, out in enumerate(spec.outputs):
             first = per_entry[0][i]
@@ -111,4 +113,4 @@ class CoreOpFunction(torch.autograd.Function):
             else:
                 stacked.append(torch.stack([entry[i] for entry in per_entry]))
                 dims.append(0)
-        return tuple(stacked), tuple(dims)
+        return spec.returned(stacked), spec.returned(dims)

@@ -50,9 +50,15 @@ inline constexpr OpDecl kTwoSidedLse{
     "(Tensor grad_row_lse, Tensor grad_col_lse, " CK_PAIR_PREFIX ", bool exclude_positives, "
     "Tensor row_lse, Tensor col_lse, bool need_dq, bool need_dk, bool need_dscale) "
     "-> (Tensor, Tensor, Tensor)"};
+// The bias is differentiable here: the backward returns dbias [M] too.
+inline constexpr OpDecl kPairwiseSigmoid{
+    "pairwise_sigmoid",
+    "(" CK_PAIR_PREFIX ") -> (Tensor)",
+    "(Tensor grad_row_loss, " CK_PAIR_PREFIX ", Tensor row_loss, bool need_dq, bool need_dk, "
+    "bool need_dscale, bool need_dbias) -> (Tensor, Tensor, Tensor, Tensor)"};
 #undef CK_PAIR_PREFIX
 
-inline constexpr OpDecl kOps[] = {kLse, kTwoSidedLse};
+inline constexpr OpDecl kOps[] = {kLse, kTwoSidedLse, kPairwiseSigmoid};
 
 // The op names of the compiled kernels (kernel set "native").
 inline constexpr char kForwardOp[] = "lse_native";

@@ -6,10 +6,12 @@ per backend.
 """
 
 from .lse import LSE
-from .spec import GRADIENTS, NEEDS, PAIR_NAMES, PAIR_PREFIX, OpSpec, Output, accumulate_dtype
+from .pairwise_sigmoid import PAIRWISE_SIGMOID
+from .spec import (GRADIENTS, NEEDS, PAIR_NAMES, PAIR_PREFIX, WITH_BIAS_GRADIENT, OpSpec, Output,
+                   accumulate_dtype)
 from .two_sided_lse import TWO_SIDED_LSE
 
-SPECS = {spec.name: spec for spec in (LSE, TWO_SIDED_LSE)}
+SPECS = {spec.name: spec for spec in (LSE, TWO_SIDED_LSE, PAIRWISE_SIGMOID)}
 
-__all__ = ["LSE", "TWO_SIDED_LSE", "SPECS", "OpSpec", "Output", "PAIR_PREFIX", "PAIR_NAMES",
-           "GRADIENTS", "NEEDS", "accumulate_dtype"]
+__all__ = ["LSE", "TWO_SIDED_LSE", "PAIRWISE_SIGMOID", "SPECS", "OpSpec", "Output", "PAIR_PREFIX", "PAIR_NAMES",
+           "GRADIENTS", "NEEDS", "WITH_BIAS_GRADIENT", "accumulate_dtype"]

@@ -26,9 +26,11 @@ PAIR_PREFIX = (
     ("bool", "normalize"), ("float", "eps"),
 )
 PAIR_NAMES = tuple(name for _, name in PAIR_PREFIX)
-# the gradients every backward returns, for q, k and scale, and the flags that ask for them
+# the gradients every backward returns, for q, k and scale (the first inputs, in order),
+# and the flags that ask for them; an op whose bias is differentiable adds dbias
 GRADIENTS = ("dq", "dk", "dscale")
 NEEDS = ("need_dq", "need_dk", "need_dscale")
+WITH_BIAS_GRADIENT = GRADIENTS + ("dbias",)
 
 
 def accumulate_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -66,7 +68,9 @@ class OpSpec:
     ``rows_independent``: each query row's outputs depend on that row alone (so a batch of
     query sets over shared keys is one call over the stacked rows, as torch.func.vmap
     wants); ``label_option``: the bool option under which the labels are compared (None:
-    always, when given)."""
+    always, when given). ``gradients``: what the backward returns, for the first inputs in
+    order (:data:`GRADIENTS`, or :data:`WITH_BIAS_GRADIENT` for an op whose bias is
+    differentiable: dbias [M] = sum_i dL/ds_ij, in the accumulation dtype)."""
 
     name: str
     options: tuple
@@ -74,7 +78,13 @@ class OpSpec:
     backward_options: tuple = ()
     rows_independent: bool = False
     label_option: Optional[str] = None
+    gradients: tuple = GRADIENTS
     doc: str = ""
+
+    @property
+    def needs(self) -> tuple:
+        """The backward's flags asking for each gradient (need_dq, ...)."""
+        return tuple("need_" + g for g in self.gradients)
 
     @property
     def option_names(self) -> tuple:
@@ -96,12 +106,21 @@ class OpSpec:
                   + [f"{t} {n}" for t, n in PAIR_PREFIX]
                   + [f"{types[n]} {n}" for n in self.backward_options]
                   + [f"Tensor {o.name}" for o in self.saved]
-                  + [f"bool {n}" for n in NEEDS])
-        return f"({', '.join(inputs)}) -> (Tensor, Tensor, Tensor)"
+                  + [f"bool {n}" for n in self.needs])
+        return f"({', '.join(inputs)}) -> ({', '.join('Tensor' for _ in self.gradients)})"
 
     def op_names(self, kernel_set: str):
         """(forward, backward) op names of a kernel set, e.g. ``lse_native``."""
         return f"{self.name}_{kernel_set}", f"{self.name}_{kernel_set}_backward"
+
+    def as_outputs(self, returned) -> tuple:
+        """An op call's outputs as a tuple (a one-output schema returns the tensor)."""
+        return tuple(returned) if isinstance(returned, (tuple, list)) else (returned,)
+
+    def returned(self, outputs):
+        """``outputs`` as the schema returns them (one output: the tensor itself)."""
+        outputs = tuple(outputs)
+        return outputs[0] if len(self.outputs) == 1 else outputs
 
     def labels_active(self, options: dict) -> bool:
         return self.label_option is None or bool(options[self.label_option])
@@ -111,11 +130,14 @@ class OpSpec:
     def fake_forward(self, *args):
         q, k = args[0], args[1]
         options = dict(zip(self.option_names, args[len(PAIR_PREFIX):]))
-        return tuple(o.empty_like_for(q, k, options) for o in self.outputs)
+        return self.returned(o.empty_like_for(q, k, options) for o in self.outputs)
 
     def fake_backward(self, *args):
         grads = len(self.saved)
         q, k, scale = args[grads], args[grads + 1], args[grads + 2]
-        need_dq, need_dk, _ = args[-3:]
-        return (q.new_empty(q.shape if need_dq else (0,)),
-                k.new_empty(k.shape if need_dk else (0,)), scale.new_empty(()))
+        need = args[-len(self.gradients):]
+        out = (q.new_empty(q.shape if need[0] else (0,)),
+               k.new_empty(k.shape if need[1] else (0,)), scale.new_empty(()))
+        if "dbias" in self.gradients:
+            out += (scale.new_empty((k.shape[0],) if need[3] else (0,)),)
+        return out
