@@ -106,15 +106,20 @@ def _oracle(q, k, scale, pb, g, compute_dtype=None):
     return (row.detach(),) + tuple(grads)
 
 
-def _check(q, k, scale, pb, gen, dtype):
-    n, m = q.shape[0], k.shape[0]
-    g = torch.randn(n, generator=gen, dtype=torch.float64)
+def _ours_and_oracle(q, k, scale, pb, g, dtype):
+    """Ours and the float64 oracle; rows of infinite loss (a positive at bias -inf) get no
+    gradient in the oracle (g masked), nor in ours."""
     ours = list(_ours(q, k, scale.to(_acc(dtype)), pb.to(_acc(dtype)), g))
     oracle = _oracle(q.double(), k.double(), scale.double(), pb.to(torch.float64), g)
-    # rows of infinite loss get no gradient in the oracle (g masked): mask ours alike
     row_live = torch.isfinite(oracle[0])
     if not bool(row_live.all()):
         ours[1:] = _ours(q, k, scale.to(_acc(dtype)), pb.to(_acc(dtype)), g * row_live)[1:]
+    return ours, oracle
+
+
+def _check(q, k, scale, pb, gen, dtype):
+    g = torch.randn(q.shape[0], generator=gen, dtype=torch.float64)
+    ours, oracle = _ours_and_oracle(q, k, scale, pb, g, dtype)
     for name, a in zip(NAMES, ours):
         expected = dtype if name in ("dq", "dk") else _acc(dtype)
         assert a.dtype == expected, name
@@ -154,7 +159,7 @@ def test_empty_shapes():
 
 def test_strided_inputs():
     q, k, gen = make_inputs(80, 70, 40, torch.float32)
-    qs, ks = q.t().contiguous().t(), k.repeat(1, 2)[:, ::2]  # column-major, stride 2
+    qs, ks = q.t().contiguous().t(), k.repeat_interleave(2, dim=1)[:, ::2]  # column-major, stride 2
     assert not qs.is_contiguous() and not ks.is_contiguous()
     pb = Problem.make(OPT["all"], 80, 70, gen)
     g = torch.randn(80, generator=gen)
@@ -188,9 +193,7 @@ def test_nan_and_inf_follow_the_oracle(dtype):
             scale = torch.tensor(NAN, dtype=_acc(dtype))
         cases.append((what, q, k, scale, pb))
     for what, q, k, scale, pb in cases:
-        g = torch.ones(n, dtype=_acc(dtype))
-        ours = _ours(q, k, scale, pb, g)
-        oracle = _oracle(q.double(), k.double(), scale.double(), pb.to(torch.float64), g)
+        ours, oracle = _ours_and_oracle(q, k, scale, pb, torch.ones(n, dtype=torch.float64), dtype)
         for name, a, b in zip(NAMES, ours, oracle):
             a, b = a.double(), b.double()
             assert torch.equal(a.isnan(), b.isnan()), f"{what}: {name} NaN pattern"
