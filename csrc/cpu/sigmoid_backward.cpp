@@ -15,6 +15,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <type_traits>
 #include <vector>
 
 #include "backward_sweep.h"
@@ -27,7 +28,9 @@ namespace {
 
 // x_ij = rq_i rk_j z'_ij sigmoid(z'_ij s_ij) g_i into x, and sum_i z' sigmoid g_i of each key
 // added to colsum (one entry per key of the tile). Signed: z' read from z (stride ld), else +1.
-template <class T, bool Signed>
+// Unit: no normalize, rq = rk = 1 on every real key (padding keys' weights are never read),
+// so the rk multiply goes (SigLIP's usual call passes unit rows).
+template <class T, bool Signed, bool Unit>
 struct SigmoidWeights {
   const Operands<T>& op;
   const T* g;
@@ -60,7 +63,8 @@ struct SigmoidWeights {
         VecT<T> sig = VT::select_neg(xs, r, VT::mul(e, r));
         if (Signed) sig = VT::mul(sig, zs);
         col[h] = VT::fma(sig, g_i, col[h]);
-        VT::store(x + at + h * W, VT::mul(VT::mul(sig, gr_i), VT::load(op.rk + j + h * W)));
+        const VecT<T> w = VT::mul(sig, gr_i);
+        VT::store(x + at + h * W, Unit ? w : VT::mul(w, VT::load(op.rk + j + h * W)));
       }
     }
     VT::store(colsum + p * NR, col[0]);
@@ -89,13 +93,16 @@ void sigmoid_backward_kernel(const Operands<T>& op, const T* g, T* u, T* v, T* d
         T* z = signs_p + thread_index() * ts.rows * ld;
         const int64_t ncp = round_up(nc, NR);
         std::fill(colsum, colsum + ncp, T(0));
-        if (sign_tile(op, r0, nr, c0, nc, z, ld_x))
-          weight_tile(op, r0, nr, c0, nc, SigmoidWeights<T, true>{op, g, z, r0, c0, x, colsum, ld_x},
-                      x, static_cast<T*>(nullptr), ld_x);
-        else
-          weight_tile(op, r0, nr, c0, nc,
-                      SigmoidWeights<T, false>{op, g, nullptr, r0, c0, x, colsum, ld_x}, x,
+        const bool signed_tile = sign_tile(op, r0, nr, c0, nc, z, ld_x);
+        auto run = [&](auto is_signed, auto unit) {
+          using Weights = SigmoidWeights<T, decltype(is_signed)::value, decltype(unit)::value>;
+          weight_tile(op, r0, nr, c0, nc, Weights{op, g, z, r0, c0, x, colsum, ld_x}, x,
                       static_cast<T*>(nullptr), ld_x);
+        };
+        using Yes = std::true_type;
+        using No = std::false_type;
+        if (op.normalize) signed_tile ? run(Yes{}, No{}) : run(No{}, No{});
+        else signed_tile ? run(Yes{}, Yes{}) : run(No{}, Yes{});
         if (dbias != nullptr)
           for (int64_t j = 0; j < nc; ++j) bias_sum[c0 + j] += double(colsum[j]);
       },
