@@ -161,7 +161,17 @@ TWO_SIDED_TILES = {
 # (kernel, dtype class, arch, d_max) -> its own config where the shared one does not fit
 # (its backward keeps a dbias accumulator tile beside dscale's on the dk grid).
 SIGMOID = {"sigmoid_fwd": "fwd", "sigmoid_bwd_dq": "bwd_dq", "sigmoid_bwd_dk": "bwd_dk"}
-SIGMOID_TILES: dict = {}
+SIGMOID_TILES = {
+    ("bwd_dk", "16", 80, 128): _c(32, 32, 128, 4, 2),  # fp16: 16 B spilled at O64
+    ("bwd_dk", "16", 80, 256): _c(32, 32, 256, 4, 1),  # 72 B at O64 I64 w8, 8 B at s2
+    ("bwd_dk", "16", 80, INF): _c(128, 16, 64, 8, 2, False),  # 72 B at I32
+    # 64 rows spill at any warp count (220 B at I64 w8, 976 B at I32 w4, 160 B at s1):
+    # 16 rows on mma.sync, as the d <= 512 tiles
+    ("bwd_dq", "16", 90, 256): _c(16, 64, 256, 4, 3),
+    ("bwd_dk", "16", 90, 256): _c(16, 64, 256, 4, 3),
+    ("bwd_dk", "16", 90, INF): _c(128, 32, 64, 8, 3, False),  # 548 B at I64
+    ("bwd_dk", "fp32", 90, 32): _c(32, 16, 32, 4, 2),  # IEEE FFMA tiles: 12 B at I32
+}
 # the variants' (base kernel, own tiles)
 _VARIANTS = {**{k: (b, TWO_SIDED_TILES) for k, b in TWO_SIDED.items()},
              **{k: (b, SIGMOID_TILES) for k, b in SIGMOID.items()}}

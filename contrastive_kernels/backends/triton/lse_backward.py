@@ -22,6 +22,13 @@ h_j), so each weight is w_ij = g_i P_ij + h_j P'_ij with P'_ij = e^{s_ij - col_l
 column with col_lse = -inf adds nothing), applied inside the loop (no row factor g at the
 end); u, v, dscale and the epilogue are the same.
 
+REDUCTION = 2 (pairwise_sigmoid): no saved statistic; the tile is x = -z s (score_tile,
+SIGNED) and the weight w_ij = -z_ij sigmoid(x_ij) g_i (sigmoid_math: one exp, one
+reciprocal), applied inside the loop as for the two-sided lse. The dk grid also sums its
+owned keys' weights, dbias_j = sum_i w_ij (NEED_DB: elementwise in a [BLOCK_O, BLOCK_I]
+tile, reduced once at the end, written by exactly one program per key; split: one part
+per range to DBIAS[s], summed in order by the host).
+
 dscale = sum_ij g_i P_ij c^_ij with c^_ij = <q^_i, k^_j>, read off the logits tile
 (equal to sum_i <q^_i, u_i>, without dividing by the scale): accumulated elementwise in a
 [BLOCK_O, BLOCK_I] tile and reduced once at the end; each program writes its partial sum,
@@ -250,7 +257,7 @@ def lse_bwd_kernel_py(
                 if not NEED_DB:  # dbias sums the weights before the 1 / ||q_i||
                     g_i = g_i * inv_y
             # ROWS: t = s - lse_i masked (the shift inside the score tile)
-            t, c_hat, pos = score_tile(c, inv_x, col_f, b_own, x_lab, y_lab, own, own0,
+            t, c_hat, s0 = score_tile(c, inv_x, col_f, b_own, x_lab, y_lab, own, own0,
                                        own_ok, inner, i0, inner_ok, NX, NY, SELF_OFFSET,
                                        lse_i, REDUCTION == 0, True, BLOCK_O, BLOCK_I,
                                        HAS_NORM, HAS_BIAS, HAS_LABELS, HAS_SELF, EVEN_O,
@@ -259,7 +266,7 @@ def lse_bwd_kernel_py(
             if REDUCTION == 0:
                 w = exp_of(t) * g_i[None, :]
             elif REDUCTION == 2:  # -z_ij sigmoid(x_ij) g_i (/ ||q_i||)
-                w = sigmoid_weight(t, pos, g_i[None, :])
+                w = sigmoid_weight(t, s0, g_i[None, :])
                 if NEED_DB:
                     db_acc += w
                     if HAS_NORM:
@@ -281,7 +288,7 @@ def lse_bwd_kernel_py(
                 shift = 0.0
             else:
                 shift = lse_o[:, None]
-            t, c_hat, pos = score_tile(c, inv_y, rf_o, bias, x_lab, y_lab, own, own0, own_ok,
+            t, c_hat, s0 = score_tile(c, inv_y, rf_o, bias, x_lab, y_lab, own, own0, own_ok,
                                        inner, i0, inner_ok, NX, NY, SELF_OFFSET, shift,
                                        REDUCTION == 0, False, BLOCK_O, BLOCK_I, HAS_NORM,
                                        HAS_BIAS, HAS_LABELS, HAS_SELF, EVEN_O, EVEN_I, False,
@@ -289,7 +296,7 @@ def lse_bwd_kernel_py(
             if REDUCTION == 0:  # g_i applied once at the end
                 p = exp_of(t)
             elif REDUCTION == 2:  # -z_ij sigmoid(x_ij) g_i
-                p = sigmoid_weight(t, pos, g_o[:, None])
+                p = sigmoid_weight(t, s0, g_o[:, None])
             else:  # g_i P_ij + h_j P'_ij (t = s, unshifted)
                 lse_c, g_c = saved_stats(tl.load(COL_LSE + inner).to(ACC),
                                          tl.load(COL_G + inner).to(ACC))

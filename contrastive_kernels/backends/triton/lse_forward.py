@@ -1,5 +1,6 @@
 """Forward kernel: masked log-sum-exp (and o) on a row-block grid; with REDUCTION = 1 the
-two-sided lse (the same sweep also reduces each key's column).
+two-sided lse (the same sweep also reduces each key's column), with REDUCTION = 2 the
+pairwise sigmoid's row sums of softplus.
 
 Program ``pid`` owns rows [pid * BLOCK_O, (pid + 1) * BLOCK_O) of q and streams the keys
 in BLOCK_I tiles with an online max / sum-exp (flash-attention style):
@@ -21,6 +22,11 @@ key tile the row block's partial of each column, rows past N masked,
 written to COL_M / COL_L [row blocks, M] by exactly one program each;
 ``key_split.merge_kernel`` merges the row blocks of each column in order b = 0, 1, ...
 (the key split's merge along the other axis), so col_lse is bitwise deterministic.
+
+REDUCTION = 2 (score_tile.SIGMOID, pairwise_sigmoid): the tile is x = -z s (the positives'
+sign flipped, no pair excluded) and each row sums softplus(x) (sigmoid_math), no pivot:
+
+    row_loss_i = sum_j softplus(x_ij)    (split: each range's sum, added in order)
 
 SINGLE_D: the q tile is loaded once and o accumulates in registers. Otherwise q and k are
 re-read chunk by chunk per key tile and o accumulates in its (zero-initialized) fp32

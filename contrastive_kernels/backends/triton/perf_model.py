@@ -1,6 +1,7 @@
 """The performance model of a compiled Triton config, from its SASS (no GPU).
 
-Per streamed tile of one program: tensor-core instructions, MUFU.EX2 (exps) and all issued
+Per streamed tile of one program: tensor-core instructions, MUFU.EX2 (exps), every MUFU op
+(exps, reciprocals, logarithms: the sigmoid backward's 1 / (1 + e)) and all issued
 instructions of the main loop (:func:`loop_counts`); with the per-SM rates of
 :data:`RATES`, the predicted ceiling as a fraction of the dtype's tensor peak
 (:func:`predict`). The report of :mod:`.aot` lists both; its test enforces
@@ -30,7 +31,8 @@ def _opcode(text: str) -> str:
 
 
 def loop_counts(sass: str):
-    """(instructions, MUFU.EX2, tensor-core instructions) per thread per iteration of the
+    """(instructions, MUFU.EX2, tensor-core instructions, MUFU ops of any kind) per thread
+    per iteration of the
     main loop: the innermost loop (backward branch) holding the most MUFU.EX2 and tensor
     instructions, on its common path: blocks that a forward branch inside the loop skips
     (the self-exclusion mask of diagonal tiles, the bound mask of the last tile) are left
@@ -56,14 +58,15 @@ def loop_counts(sass: str):
     best = max(work(*lp) for lp in loops)
     lo, hi = min((lp for lp in loops if work(*lp) == best), key=lambda lp: lp[1] - lp[0])
     skipped = [(a, t) for a, op, t in ins if t is not None and lo <= a < t <= hi]
-    total = n_ex2 = n_mma = 0
+    total = n_ex2 = n_mma = n_mufu = 0
     for a, op, _ in ins:
         if not lo <= a <= hi or any(b < a < t for b, t in skipped):
             continue
         total += 1
         n_ex2 += op.startswith("MUFU.EX2")
         n_mma += op.startswith(_TENSOR_OPS)
-    return total, n_ex2, n_mma
+        n_mufu += op.startswith("MUFU.")
+    return total, n_ex2, n_mma, n_mufu
 
 
 # Per-SM, per-clock rates. Tensor / FMA FLOP: NVIDIA A100 (sm_80) and H100 (sm_90)
@@ -126,12 +129,13 @@ SIMCLR_FLOORS = {
 }
 
 
-def predict(kernel, dtype, arch, cfg, instr, ex2, mma):
+def predict(kernel, dtype, arch, cfg, instr, mufu, mma):
     """(logits per thread per tile, predicted ceiling, bound) of one streamed tile of a
     single-tile config (d = its BLOCK_D).
 
     A program's tile costs, on its SM's shared resources: tensor (or FFMA) time
-    flops / rate, MUFU time ex2 x threads / 16, issue time instr x warps / 4. Perfect
+    flops / rate, MUFU time (every MUFU op: ex2, rcp, lg2) x threads / 16, issue time
+    instr x warps / 4. Perfect
     overlap gives the ceiling tensor / max(tensor, MUFU, issue). Chunked configs are not
     modelled: ptxas lays their inner d loops outside the tile loop's address range."""
     threads = 32 * cfg.num_warps
@@ -141,7 +145,7 @@ def predict(kernel, dtype, arch, cfg, instr, ex2, mma):
     n_mm = 1 if kernel == "fwd" else 2  # logits; + o (fwd_o) or + dx (backward)
     flops = 2 * n_mm * cfg.block_o * cfg.block_i * cfg.block_d
     rate = RATES[arch]
-    t = dict(tensor=flops / rate["flop"][dtype], mufu=ex2 * threads / rate["mufu"],
+    t = dict(tensor=flops / rate["flop"][dtype], mufu=mufu * threads / rate["mufu"],
              issue=instr * cfg.num_warps / rate["issue"])
     bound = max(t, key=t.get)
     return elems, round(t["tensor"] / t[bound], 3), bound

@@ -85,9 +85,18 @@ def softplus(x):
 
 
 @device_fn
-def sigmoid_weight(x, pos, g):
-    """-z sigmoid(x) g = dL/ds for x = -z s: positives (``pos``) take the minus sign."""
+def sigmoid_weight(x, s, g):
+    """-z sigmoid(x) g = dL/ds for x = -z s (score_tile, SIGNED). z is read off the sign
+    bits (x and s differ in sign exactly on the positives, zeros included: s = +-0 is a
+    pair like any other) and applied to g by flipping its sign bit, before the exp: no
+    per-logit mask stays live across the MUFU ops."""
+    if x.dtype == tl.float64:
+        bits = tl.int64
+        sign = -9223372036854775808
+    else:
+        bits = tl.int32
+        sign = -2147483648
+    flip = (x.to(bits, bitcast=True) ^ s.to(bits, bitcast=True)) & sign
+    gz = (g.to(bits, bitcast=True) ^ flip).to(x.dtype, bitcast=True)
     e = exp_of(-tl.abs(x))
-    r = rcp(1.0 + e)
-    w = tl.where(x >= 0, r, e * r) * g
-    return tl.where(pos, -w, w)
+    return tl.where(x >= 0, gz, e * gz) * rcp(1.0 + e)
