@@ -111,7 +111,8 @@ def lse_fwd_kernel_py(
             COL_M += key_lo
             COL_L += key_lo
         LSE += split.to(tl.int64) * N
-        PART_M += split.to(tl.int64) * N
+        if REDUCTION != 2:  # the sigmoid's partial is its sum alone
+            PART_M += split.to(tl.int64) * N
         if RETURN_O:
             O += split.to(tl.int64) * N * D
     else:
