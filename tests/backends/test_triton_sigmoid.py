@@ -16,7 +16,7 @@ import torch
 
 from contrastive_kernels.backends.reference import pairwise_sigmoid_reference
 from contrastive_kernels.core.contract import accumulate_dtype
-from contrastive_kernels.testing.core_cases import OPTIONS, make_inputs
+from contrastive_kernels.testing.core_cases import LAUNCHER_CASES, OPTIONS, launcher_args
 from contrastive_kernels.testing.core_check import strided_view
 from contrastive_kernels.testing.tolerance import assert_close
 
@@ -35,31 +35,15 @@ OUTPUTS = ("row_loss", "dq", "dk", "dscale", "dbias")
 F32, F64, F16, BF16 = torch.float32, torch.float64, torch.float16, torch.bfloat16
 ALL = (True, True, True, True)
 
-# (N, M, d), dtype, option: every shape, dtype and option at least once; d = 130 takes
-# the chunked path of the interpreter's configs, N, M = 97 / 130 / 257 cross tile tails.
-CASES = [
-    ((1, 1, 1), F32, "plain"),
-    ((3, 3, 3), F64, "all"),
-    ((1, 5, 130), BF16, "normalize"),
-    ((97, 61, 3), F16, "labels"),
-    ((130, 257, 64), BF16, "all"),
-    ((97, 97, 130), F32, "self_shifted"),
-    ((61, 130, 64), F32, "bias"),
-    ((3, 130, 64), F16, "self"),
-    ((97, 70, 130), F16, "all"),
-]
+# the shared sample, with a 97 x 70 tile-crossing fp16 "all" for the 130 x 1 one (a single
+# key is the (1, 1, 1) case's again)
+CASES = LAUNCHER_CASES[:-2] + [((97, 70, 130), F16, "all")]
 
 
 def _case(n, m, d, dtype, opt, seed=0):
-    """(args, g): the launchers' inputs (CPU, q / k in ``dtype``, float tensors in the
-    accumulation dtype) and the cotangent of row_loss."""
-    q, k, gen = make_inputs(n, m, d, dtype, seed=seed)
-    acc = accumulate_dtype(dtype)
-    kw = opt.kwargs(n, m, "cpu", acc, gen)
-    args = dict(q=q, k=k, scale=torch.tensor(opt.scale, dtype=acc), bias=kw.get("bias"),
-                q_labels=kw.get("q_labels"), k_labels=kw.get("k_labels"),
-                self_offset=kw.get("self_offset"), normalize=kw.get("normalize", False),
-                eps=EPS)
+    """(args, g): the launchers' inputs (``core_cases.launcher_args``: labels, when the
+    option has them, mark positives here) and the cotangent of row_loss."""
+    args, gen = launcher_args(n, m, d, dtype, opt, EPS, accumulate_dtype(dtype), seed)
     return args, torch.randn(n, generator=gen, dtype=torch.float64)
 
 

@@ -35,7 +35,8 @@ from .aot_compile import CACHE_ENV, _cached, analyse, compile_one, tool  # noqa:
 from .aot_report import REG_LIMIT, SMEM_LIMIT, Row, report  # noqa: F401
 from .aot_signatures import (AUX_KERNELS, DTYPES, SIGMOID, TWO_SIDED, exps_per_logit,  # noqa: F401
                              mufu_per_logit)
-from .perf_model import CEILING_FLOORS, RATES, SIMCLR_FLOORS, ex2_limit, loop_counts, predict  # noqa: F401
+from .perf_model import (CEILING_FLOORS, RATES, SIMCLR_FLOORS, ex2_limit, loop_counts,  # noqa: F401
+                         mufu_limit, predict)
 
 
 def jobs(kernels=None, archs=None):

@@ -7,7 +7,7 @@ import dataclasses
 import os
 
 from .aot_signatures import exps_per_logit, mufu_per_logit
-from .perf_model import CEILING_FLOORS, SIMCLR_FLOORS, ex2_limit
+from .perf_model import CEILING_FLOORS, SIMCLR_FLOORS, ex2_limit, mufu_limit
 
 # Max shared memory per block (bytes). The "80" family also runs on sm_86 / sm_89 (the
 # configs are picked by capability < 9.0), whose limit (99 KiB) is below A100's 163 KiB:
@@ -67,9 +67,10 @@ class Row:
                        "logits per thread times its exps per logit): the tile is computed "
                        "more than once")
         mufu = self.tile_elems * mufu_per_logit(self.kernel)
-        if self.loop_mufu > ex2_limit(mufu):
+        if self.loop_mufu > mufu_limit(self.tile_elems, mufu_per_logit(self.kernel)):
             out.append(f"{self.loop_mufu} MUFU ops per thread per tile > {mufu} (the tile's "
-                       "logits per thread times its MUFU budget per logit)")
+                       "logits per thread times its MUFU budget per logit, and a few per "
+                       "row): the tile is computed more than once")
         return out
 
 
