@@ -56,6 +56,36 @@ def make_inputs(n, m, d, dtype, device="cpu", seed=0):
     return q.to(dtype).to(device), k.to(dtype).to(device), gen
 
 
+# (N, M, d), dtype, option id: a covering sample for the launcher tests that run under the
+# interpreter (slow): every shape, dtype and option at least once; d = 130 takes the
+# chunked path of the interpreter's configs, N, M = 97 / 130 / 257 cross tile tails.
+LAUNCHER_CASES = [
+    ((1, 1, 1), torch.float32, "plain"),
+    ((3, 3, 3), torch.float64, "all"),
+    ((1, 5, 130), torch.bfloat16, "normalize"),
+    ((97, 61, 3), torch.float16, "labels"),
+    ((130, 257, 64), torch.bfloat16, "all"),
+    ((97, 97, 130), torch.float32, "self_shifted"),
+    ((61, 130, 64), torch.float32, "bias"),
+    ((3, 130, 64), torch.float16, "self"),
+    ((97, 97, 130), torch.float16, "all"),
+    ((130, 1, 3), torch.float64, "bias"),
+]
+
+
+def launcher_args(n, m, d, dtype, opt: Options, eps: float, acc: torch.dtype, seed=0):
+    """(args, gen): a core op launcher's pair prefix (q, k, scale, bias, q_labels, k_labels,
+    self_offset, normalize, eps; CPU, q / k in ``dtype``, float tensors in ``acc``) for
+    option ``opt``, and the generator that made them (for the cotangents)."""
+    q, k, gen = make_inputs(n, m, d, dtype, seed=seed)
+    kw = opt.kwargs(n, m, "cpu", acc, gen)
+    args = dict(q=q, k=k, scale=torch.tensor(opt.scale, dtype=acc), bias=kw.get("bias"),
+                q_labels=kw.get("q_labels"), k_labels=kw.get("k_labels"),
+                self_offset=kw.get("self_offset"), normalize=kw.get("normalize", False),
+                eps=eps)
+    return args, gen
+
+
 def covering(options=tuple(OPTIONS), shapes=tuple(SHAPES), dtypes=tuple(DTYPES), seed=0):
     """[(shape, dtype, option)]: a covering design of the full shapes x dtypes x options
     factorial (as xformers samples its tests). The first dtype (fp32) takes every option

@@ -337,18 +337,24 @@ def test_configs_cover_every_kernel_and_range():
 def test_no_duplicated_warps_in_configs():
     """A 64-row tile with a 32-column streamed tile takes 4 warps: with 8, two warp groups
     would compute the same logits (the AOT test counts the exps on the compiled code)."""
-    shipped = list(configs.shipped()) + list(configs.shipped(two_sided=True))
+    shipped = (list(configs.shipped()) + list(configs.shipped(two_sided=True))
+               + list(configs.shipped(sigmoid=True)))
     bad = [(k, dc, a, c.describe()) for k, dc, a, _, c in shipped
            if c.block_o <= 64 and c.block_i <= 32 and c.num_warps > 4]
     assert not bad, bad
 
 
 def test_two_sided_configs():
-    """The two-sided kernels run on the shared entries but where TWO_SIDED_TILES replaces
-    one (each replacement names a real entry and keeps its d tile and strategy)."""
-    for (kernel, dclass, arch, d_max), cfg in configs.TWO_SIDED_TILES.items():
-        shared = dict(configs.TABLE[(dclass, arch)][kernel])[d_max]
-        assert (cfg.block_d, cfg.single) == (shared.block_d, shared.single)
+    """The two-sided and the sigmoid kernels run on the shared entries but where
+    TWO_SIDED_TILES / SIGMOID_TILES replace one (each replacement names a real entry and
+    keeps its d tile and strategy)."""
+    for table in (configs.TWO_SIDED_TILES, configs.SIGMOID_TILES):
+        for (kernel, dclass, arch, d_max), cfg in table.items():
+            shared = dict(configs.TABLE[(dclass, arch)][kernel])[d_max]
+            assert (cfg.block_d, cfg.single) == (shared.block_d, shared.single)
+    assert configs.select("sigmoid_bwd_dk", 200, torch.float16, 90).block_o == 16
+    assert configs.select("sigmoid_fwd", 100, torch.float16, 90) is configs.select(
+        "fwd", 100, torch.float16, 90)
     f16 = torch.float16
     assert configs.select("two_sided_bwd_dk", 100, f16, 80).block_o == 32
     assert configs.select("two_sided_bwd_dk", 100, f16, 90) is configs.select("bwd_dk", 100,

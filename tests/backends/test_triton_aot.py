@@ -105,9 +105,11 @@ def test_sm90_half_precision_uses_wgmma(rows):
               and r.get("probe") != "aux"]
     assert half90
     narrow = [r for r in half90 if r["config"].startswith("O16 ")]
+    # (the sigmoid's d <= 256 backward grids too: 64 rows spill there, configs.SIGMOID_TILES)
     assert {(r["kernel"], r["d_range"]) for r in narrow} <= {
-        (prefix + grid, "d <= 512") for prefix in ("", "two_sided_")
-        for grid in ("bwd_dq", "bwd_dk")}, narrow
+        (prefix + grid, "d <= 512") for prefix in ("", "two_sided_", "sigmoid_")
+        for grid in ("bwd_dq", "bwd_dk")} | {
+        ("sigmoid_" + grid, "d <= 256") for grid in ("bwd_dq", "bwd_dk")}, narrow
     missing = [_key(r) for r in half90 if not r["wgmma"] and r not in narrow]
     assert not missing, "no wgmma in:\n" + "\n".join(missing)
     assert not any(r["wgmma"] for r in rows if r["arch"] == 80)
@@ -125,19 +127,26 @@ def test_every_default_path_is_compiled(rows):
     got = {(r["kernel"], r["dtype"], r["arch"]) for r in rows}
     for dtype in ("fp16", "bf16", "tf32", "fp32", "fp64"):
         for kernel in ("fwd", "fwd_o", "bwd_dq", "bwd_dk", "two_sided_fwd", "two_sided_bwd_dq",
-                       "two_sided_bwd_dk"):
+                       "two_sided_bwd_dk", "sigmoid_fwd", "sigmoid_bwd_dq", "sigmoid_bwd_dk"):
             for arch in (80, 90):
                 assert (kernel, dtype, arch) in got, (kernel, dtype, arch)
 
 
 def test_no_duplicated_tiles(rows):
     """One exp per logit (two for the two-sided kernels, plus a few per row): a config
-    whose warps compute the same logits twice issues twice that many exps."""
-    from contrastive_kernels.backends.triton.aot import ex2_limit, exps_per_logit
+    whose warps compute the same logits twice issues twice that many exps. The same for
+    every MUFU op against the kernel's MUFU budget per logit (the sigmoid backward's
+    reciprocal: two; its forward's log1p is on the FMA units: one) and a few per row
+    (fp16's rescale takes a reciprocal per row)."""
+    from contrastive_kernels.backends.triton.aot import (ex2_limit, exps_per_logit, mufu_limit,
+                                                         mufu_per_logit)
 
     bad = [f"{_key(r)}: {r['loop_ex2']} MUFU.EX2 per thread per tile, {r['tile_elems']} logits"
            for r in rows
            if r["loop_ex2"] > ex2_limit(r["tile_elems"] * exps_per_logit(r["kernel"]))]
+    bad += [f"{_key(r)}: {r['loop_mufu']} MUFU ops per thread per tile, {r['tile_elems']} "
+            f"logits, budget {mufu_per_logit(r['kernel'])} per logit" for r in rows
+            if r["loop_mufu"] > mufu_limit(r["tile_elems"], mufu_per_logit(r["kernel"]))]
     assert not bad, "\n".join(bad)
 
 
@@ -145,7 +154,7 @@ def test_main_loop_is_found(rows):
     """The SASS counts exist for every config; tensor-core paths issue MMAs in the loop
     of single-tile configs, and the fp32 / fp16 / bf16 exps are single MUFU.EX2. The key
     split's merge / finish kernels (probe "aux") have no streamed-tile loop."""
-    from contrastive_kernels.backends.triton.aot import exps_per_logit
+    from contrastive_kernels.backends.triton.aot import exps_per_logit, mufu_per_logit
 
     aux = [r for r in rows if r.get("probe") == "aux"]
     assert {r["kernel"] for r in aux} == {"merge", "finish"}
@@ -157,6 +166,55 @@ def test_main_loop_is_found(rows):
             assert r["loop_mma"] > 0, _key(r)
         if r["dtype"] != "fp64":
             assert r["loop_ex2"] >= r["tile_elems"] * exps_per_logit(r["kernel"]), _key(r)
+            # the sigmoid backward's 1 / (1 + e) is one MUFU.RCP (no IEEE division)
+            assert r["loop_mufu"] >= r["tile_elems"] * mufu_per_logit(r["kernel"]), _key(r)
+
+
+def _reachable_modules(fn, seen=None) -> set:
+    """The package modules whose functions ``fn`` calls, transitively (the helpers the
+    compiler inlines into a kernel), ``fn``'s own included."""
+    import inspect
+    import types
+
+    seen = set() if seen is None else seen
+    fn = getattr(fn, "fn", fn)  # a JITFunction's Python function
+    if not inspect.isfunction(fn) or fn in seen:
+        return set()
+    seen.add(fn)
+    out = {fn.__module__}
+    codes = [fn.__code__]
+    while codes:  # nested code objects (comprehensions) name globals too
+        code = codes.pop()
+        codes += [c for c in code.co_consts if isinstance(c, types.CodeType)]
+        for name in code.co_names:
+            obj = fn.__globals__.get(name)
+            module = getattr(getattr(obj, "fn", obj), "__module__", "") or ""
+            if module.startswith("contrastive_kernels.backends.triton"):
+                out |= _reachable_modules(obj, seen)
+    return out
+
+
+def test_result_cache_keys_every_kernel_module():
+    """A job's cached result is keyed by the source of every module its kernel is built
+    from (the kernel's own and, transitively, every module whose helpers it inlines), and
+    of the launchers that run the op variants (two_sided.py, sigmoid.py): before, an edit
+    to two_sided.py or the sigmoid modules reused stale cached results."""
+    from contrastive_kernels.backends.triton import aot, configs
+    from contrastive_kernels.backends.triton.aot_compile import hashed_modules
+    from contrastive_kernels.backends.triton.aot_signatures import AUX_KERNELS, signature
+
+    for job in aot.jobs() + aot.probe_jobs() + aot.aux_jobs():
+        kernel, dtype, _, d_max, cfg = job[:5]
+        probe = job[5] if len(job) > 5 else ""
+        block_d = configs.next_pow2(d_max) if (cfg.single and d_max) else cfg.block_d
+        fn = signature(kernel, dtype, cfg, block_d, int64=probe == "int64",
+                       split=probe == "split", simclr=probe == "simclr")[0]
+        hashed = {m.__name__ for m in hashed_modules(job)}
+        missing = _reachable_modules(fn) - hashed
+        assert not missing, (job, missing)
+        if kernel not in AUX_KERNELS:
+            assert {f"contrastive_kernels.backends.triton.{m}"
+                    for m in ("two_sided", "sigmoid", "aot_signatures")} <= hashed, job
 
 
 @pytest.mark.parametrize("probe", ["", "simclr"], ids=["heaviest", "no_bias_no_labels"])

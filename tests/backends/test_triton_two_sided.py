@@ -16,7 +16,7 @@ import torch
 
 from contrastive_kernels.backends.reference import two_sided_lse_reference
 from contrastive_kernels.core.contract import accumulate_dtype
-from contrastive_kernels.testing.core_cases import OPTIONS, make_inputs
+from contrastive_kernels.testing.core_cases import LAUNCHER_CASES, OPTIONS, launcher_args
 from contrastive_kernels.testing.core_check import strided_view
 from contrastive_kernels.testing.tolerance import assert_close
 
@@ -34,32 +34,14 @@ EPS = 1e-12
 OUTPUTS = ("row_lse", "col_lse", "dq", "dk", "dscale")
 F32, F64, F16, BF16 = torch.float32, torch.float64, torch.float16, torch.bfloat16
 
-# (N, M, d), dtype, option: every shape, dtype and option at least once; d = 130 takes
-# the chunked path of the interpreter's configs, N, M = 97 / 130 / 257 cross tile tails.
-CASES = [
-    ((1, 1, 1), F32, "plain"),
-    ((3, 3, 3), F64, "all"),
-    ((1, 5, 130), BF16, "normalize"),
-    ((97, 61, 3), F16, "labels"),
-    ((130, 257, 64), BF16, "all"),
-    ((97, 97, 130), F32, "self_shifted"),
-    ((61, 130, 64), F32, "bias"),
-    ((3, 130, 64), F16, "self"),
-    ((97, 97, 130), F16, "all"),
-    ((130, 1, 3), F64, "bias"),
-]
+CASES = LAUNCHER_CASES
 
 
 def _case(n, m, d, dtype, opt, seed=0):
-    """(args, g, h): the launchers' inputs (CPU, q / k in ``dtype``, float tensors in the
-    accumulation dtype) and the cotangents of row_lse and col_lse."""
-    q, k, gen = make_inputs(n, m, d, dtype, seed=seed)
-    acc = accumulate_dtype(dtype)
-    kw = opt.kwargs(n, m, "cpu", acc, gen)
-    args = dict(q=q, k=k, scale=torch.tensor(opt.scale, dtype=acc), bias=kw.get("bias"),
-                q_labels=kw.get("q_labels"), k_labels=kw.get("k_labels"),
-                self_offset=kw.get("self_offset"), normalize=kw.get("normalize", False),
-                eps=EPS, exclude_positives=kw.get("exclude_positives", False))
+    """(args, g, h): the launchers' inputs (``core_cases.launcher_args`` and
+    exclude_positives) and the cotangents of row_lse and col_lse."""
+    args, gen = launcher_args(n, m, d, dtype, opt, EPS, accumulate_dtype(dtype), seed)
+    args["exclude_positives"] = opt.labels
     g = torch.randn(n, generator=gen, dtype=torch.float64)
     h = torch.randn(m, generator=gen, dtype=torch.float64)
     return args, g, h

@@ -2,7 +2,7 @@
 
 - ``score_tile.py``: the masked logits tile of one (owned block, streamed tile) pair, one
   function for every kernel, and the REDUCTION constants (ROWS: lse; ROWS_AND_COLUMNS:
-  the two-sided lse).
+  the two-sided lse; SIGMOID: pairwise_sigmoid).
 - ``lse_forward.py``: row-block grid, online max / sum-exp over key tiles, fp32 lse and o;
   with ROWS_AND_COLUMNS also each row block's column partials.
 - ``lse_backward.py``: deterministic two-grid backward (dq on rows, dk on columns), each
@@ -10,8 +10,10 @@
 - ``key_split.py``: splitting the streamed side of small grids; the in-order merge that
   also merges the two-sided column partials.
 - ``launch.py``: the host side (configs, padding, label codes, splits, launches);
-  ``_ops.py``: the lse core ops (``triton_op``); ``two_sided.py``: the two-sided lse's
-  launchers.
+  ``_ops.py``: the core ops (``triton_op``); ``two_sided.py`` / ``sigmoid.py``: the
+  two-sided lse's and pairwise_sigmoid's launchers.
+- ``sigmoid_math.py``: softplus and the sigmoid weight of pairwise_sigmoid (REDUCTION
+  SIGMOID: the score tile flips the positives' sign instead of excluding them).
 - ``configs.py``: the fixed launch config per (kernel, d range, dtype, arch); autotuning
   is opt-in (``CONTRASTIVE_KERNELS_TRITON_AUTOTUNE=1``).
 - ``aot.py`` (with ``aot_signatures`` / ``aot_compile`` / ``aot_report``, ``perf_model``):
@@ -84,14 +86,15 @@ def _op_pair(op: str) -> OpPair:
         if _IMPORT_ERROR is not None:
             raise BackendError(f"backend 'triton' is unavailable: {_IMPORT_ERROR}")
         return {"lse": (_ops.lse_op, _ops.lse_backward_op),
-                "two_sided_lse": (_ops.two_sided_op, _ops.two_sided_backward_op)}[op]
+                "two_sided_lse": (_ops.two_sided_op, _ops.two_sided_backward_op),
+                "pairwise_sigmoid": (_ops.sigmoid_op, _ops.sigmoid_backward_op)}[op]
 
     return OpPair(lambda *args: ops()[0](*args), lambda *args: ops()[1](*args))
 
 
 BACKEND = Backend(
     name="triton",
-    ops={"lse": _op_pair("lse"), "two_sided_lse": _op_pair("two_sided_lse")},
+    ops={name: _op_pair(name) for name in ("lse", "two_sided_lse", "pairwise_sigmoid")},
     description="Triton kernels (CUDA; CPU under TRITON_INTERPRET=1)",
     devices=("cuda", "cpu"),
     auto_devices=("cuda",),

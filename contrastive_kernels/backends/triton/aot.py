@@ -13,7 +13,8 @@ fp16 / bf16 share a config but are compiled separately; fp32 is compiled both as
 and as IEEE fp32 (torch's default), each with its own configs. The main kernels are
 compiled unsplit (SPLIT = False: one range of key tiles, what the counts and the model
 measure; the split only adds per-program bookkeeping outside the tile loop). The
-two-sided lse's kernels are compiled on every config they run with. The small kernels of
+two-sided lse's and pairwise_sigmoid's kernels are compiled on every config they run
+with. The small kernels of
 the key split (``key_split.merge_kernel``, ``key_split.finish_kernel``) are compiled too
 (:func:`aux_jobs`, rows marked ``aux``: registers, spills, shared memory; no main-loop
 counts or model).
@@ -32,17 +33,19 @@ import sys
 
 from .aot_compile import CACHE_ENV, _cached, analyse, compile_one, tool  # noqa: F401
 from .aot_report import REG_LIMIT, SMEM_LIMIT, Row, report  # noqa: F401
-from .aot_signatures import AUX_KERNELS, DTYPES, TWO_SIDED, exps_per_logit  # noqa: F401
-from .perf_model import CEILING_FLOORS, RATES, SIMCLR_FLOORS, ex2_limit, loop_counts, predict  # noqa: F401
+from .aot_signatures import (AUX_KERNELS, DTYPES, SIGMOID, TWO_SIDED, exps_per_logit,  # noqa: F401
+                             mufu_per_logit)
+from .perf_model import (CEILING_FLOORS, RATES, SIMCLR_FLOORS, ex2_limit, loop_counts,  # noqa: F401
+                         mufu_limit, predict)
 
 
 def jobs(kernels=None, archs=None):
     """Every shipped config for every dtype of its class: the core op's kernels, then the
-    two-sided lse's (configs.shipped(two_sided=True))."""
+    two-sided lse's (configs.shipped(two_sided=True)), then pairwise_sigmoid's."""
     from . import configs
     out = []
-    for two_sided in (False, True):
-        for kernel, dclass, arch, d_max, cfg in configs.shipped(two_sided):
+    for variant in ({}, dict(two_sided=True), dict(sigmoid=True)):
+        for kernel, dclass, arch, d_max, cfg in configs.shipped(**variant):
             if (kernels and kernel not in kernels) or (archs and arch not in archs):
                 continue
             for dtype in DTYPES[dclass]:
@@ -71,10 +74,14 @@ def probe_jobs():
         if dclass == "16" and d_max == 128:
             out.append((kernel, "bf16", arch, d_max, cfg, "simclr"))
     # the same for the two-sided lse (CLIP's symmetric loss: normalization, no bias or
-    # labels)
-    for kernel, dclass, arch, d_max, cfg in configs.shipped(two_sided=True):
-        if dclass == "16" and d_max == 128:
-            out.append((kernel, "bf16", arch, d_max, cfg, "simclr"))
+    # labels) and pairwise_sigmoid (SigLIP without its bias and labels); the sigmoid's key
+    # split on sm_90 too
+    for variant in ("two_sided", "sigmoid"):
+        for kernel, dclass, arch, d_max, cfg in configs.shipped(**{variant: True}):
+            if dclass == "16" and d_max == 128:
+                out.append((kernel, "bf16", arch, d_max, cfg, "simclr"))
+                if variant == "sigmoid" and arch == 90:
+                    out.append((kernel, "bf16", arch, d_max, cfg, "split"))
     return out
 
 

@@ -39,7 +39,21 @@ _SMEM = re.compile(r"(\d+) bytes smem")
 
 
 CACHE_ENV = env.name("TRITON_AOT_CACHE")  # a directory, or "0" to recompile everything
-_CACHE_VERSION = 4  # bump when what _compile_one measures changes
+_CACHE_VERSION = 5  # bump when what _compile_one measures changes
+
+
+def hashed_modules(job) -> tuple:
+    """The modules whose source keys a job's cached result: every module that defines the
+    kernels or a helper they inline (lse_backward's epilogue, _common's, sigmoid_math's),
+    the launchers of the ops that run them (two_sided, sigmoid: a kernel variant is named
+    there) and what builds the job's specialization (aot_signatures). An edit to any of
+    them recompiles (once, two_sided.py and the sigmoid modules were missing: editing them
+    reused stale results)."""
+    from . import (_common, aot_signatures, key_split, lse_backward, lse_forward,
+                   score_tile, sigmoid, sigmoid_math, two_sided)
+
+    return (_common, score_tile, sigmoid_math, lse_forward, lse_backward, two_sided, sigmoid,
+            aot_signatures) + ((key_split,) if job[0] in AUX_KERNELS else ())
 
 
 def _cache_path(job):
@@ -55,13 +69,8 @@ def _cache_path(job):
         return None
     import inspect
 
-    from . import _common, key_split, lse_backward, lse_forward, score_tile
-
     h = hashlib.sha256(f"{_CACHE_VERSION}|{triton.__version__}|{job!r}|".encode())
-    # whole modules: the kernels inline their helpers (lse_backward's epilogue, _common's)
-    modules = (_common, score_tile, lse_forward, lse_backward) + (
-        (key_split,) if job[0] in AUX_KERNELS else ())
-    for module in modules:
+    for module in hashed_modules(job):
         h.update(inspect.getsource(module).encode())
     return os.path.join(where, h.hexdigest()[:32] + ".json")
 
@@ -177,14 +186,14 @@ def analyse(row: Row, job) -> Row:
     so that a change of the counting needs no recompile)."""
     kernel, dtype, arch, d_max, cfg = job[:5]
     if kernel in AUX_KERNELS:  # no streamed-tile loop: resources only
-        row.loop_instr = row.loop_ex2 = row.loop_mma = -1
+        row.loop_instr = row.loop_ex2 = row.loop_mma = row.loop_mufu = -1
         row.tile_elems, row.ceiling, row.bound = 0, -1.0, ""
         return row
     if row.sass:
         counts = loop_counts(row.sass)
         if counts:
-            row.loop_instr, row.loop_ex2, row.loop_mma = counts
-    model = predict(base_kernel(kernel), dtype, arch, cfg, row.loop_instr, row.loop_ex2,
+            row.loop_instr, row.loop_ex2, row.loop_mma, row.loop_mufu = counts
+    model = predict(base_kernel(kernel), dtype, arch, cfg, row.loop_instr, row.loop_mufu,
                     row.loop_mma)
     row.tile_elems, row.ceiling, row.bound = model
     return row

@@ -6,8 +6,8 @@ from __future__ import annotations
 import dataclasses
 import os
 
-from .aot_signatures import exps_per_logit
-from .perf_model import CEILING_FLOORS, SIMCLR_FLOORS, ex2_limit
+from .aot_signatures import exps_per_logit, mufu_per_logit
+from .perf_model import CEILING_FLOORS, SIMCLR_FLOORS, ex2_limit, mufu_limit
 
 # Max shared memory per block (bytes). The "80" family also runs on sm_86 / sm_89 (the
 # configs are picked by capability < 9.0), whose limit (99 KiB) is below A100's 163 KiB:
@@ -39,6 +39,7 @@ class Row:
     loop_instr: int = -1
     loop_ex2: int = -1
     loop_mma: int = -1
+    loop_mufu: int = -1  # every MUFU op (ex2, rcp, lg2)
     tile_elems: int = -1  # logits of one tile per thread (BLOCK_O BLOCK_I / threads)
     ceiling: float = -1.0  # predicted fraction of the arch's peak for the dtype
     bound: str = ""  # the resource that sets the ceiling
@@ -65,6 +66,11 @@ class Row:
             out.append(f"{self.loop_ex2} exp per thread per tile > {exps} (the tile's "
                        "logits per thread times its exps per logit): the tile is computed "
                        "more than once")
+        mufu = self.tile_elems * mufu_per_logit(self.kernel)
+        if self.loop_mufu > mufu_limit(self.tile_elems, mufu_per_logit(self.kernel)):
+            out.append(f"{self.loop_mufu} MUFU ops per thread per tile > {mufu} (the tile's "
+                       "logits per thread times its MUFU budget per logit, and a few per "
+                       "row): the tile is computed more than once")
         return out
 
 
@@ -104,6 +110,13 @@ def report(rows, path=None) -> str:
         "apply both softmaxes to each recomputed tile, so two exps per logit (the "
         "duplicated-tile check allows twice the logits per thread).",
         "",
+        "Rows `sigmoid_fwd` / `sigmoid_bwd_dq` / `sigmoid_bwd_dk`: pairwise_sigmoid "
+        "(`sigmoid.py`), the same kernels with REDUCTION = SIGMOID on the configs of `fwd` / "
+        "`bwd_dq` / `bwd_dk`: the score tile flips the positives' sign (no pair excluded), "
+        "the forward sums softplus per row (one exp per logit, log1p as a polynomial on the "
+        "FMA units: no lg2), the backward grids weigh each logit by its sigmoid (one exp "
+        "and one reciprocal: 2 MUFU ops per logit), the dk grid also sums dbias.",
+        "",
         "Heaviest specialization per config: bias, labels (int32, as the launcher passes "
         "them), self-exclusion and normalization on, masked tails everywhere, largest d "
         "tile of the range; rows marked (no bias, no labels) are the common call "
@@ -113,7 +126,8 @@ def report(rows, path=None) -> str:
         "loop over d), `w` warps, `s` pipeline stages.",
         "",
         "Main loop (SASS, `cuobjdump -sass`, per thread per streamed tile): `instr` all "
-        "instructions, `ex2` MUFU.EX2 (the exps), `mma` tensor-core instructions "
+        "instructions, `ex2` MUFU.EX2 (the exps), `mufu` every MUFU op (ex2, rcp, lg2), "
+        "`mma` tensor-core instructions "
         "(HMMA / HGMMA / DMMA), `logits` the tile's logits per thread (BLOCK_O BLOCK_I / "
         "threads: more exps than that, beyond a few per row, means the tile is computed "
         "twice). Chunked configs: the counts of the tile loop without its d loops, which "
@@ -122,7 +136,7 @@ def report(rows, path=None) -> str:
         "**Performance model.** One streamed tile of one program uses its SM's shared "
         "resources for: tensor time = the tile's MMA FLOPs (2 BLOCK_O BLOCK_I d per product: "
         "one for `fwd`, two for `fwd_o` and the backward grids) / the SM's tensor FLOP/clk; "
-        "MUFU time = ex2 x threads / 16 per clk; issue time = instr x warps / 4 per clk. "
+        "MUFU time = mufu x threads / 16 per clk; issue time = instr x warps / 4 per clk. "
         "With perfect overlap the tile takes the largest of the three, so "
         "`ceiling` = tensor time / max(tensor, MUFU, issue) is the best fraction of the "
         "dtype's peak the kernel can reach, and `bound` names the limiting resource. "
@@ -142,8 +156,8 @@ def report(rows, path=None) -> str:
                     for (k, dt, a, dr), v in SIMCLR_FLOORS.items()) + ".",
         "",
         "| kernel | dtype | arch | d range | config | registers | spill st/ld (B) | "
-        "shared (B) | wgmma | instr | ex2 | mma | logits | ceiling | bound |",
-        "|---|---|---|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---|",
+        "shared (B) | wgmma | instr | ex2 | mufu | mma | logits | ceiling | bound |",
+        "|---|---|---|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in rows:
         spill = f"{r.spill_stores}/{r.spill_loads}" + (f" +{r.local} local" if r.local else "")
@@ -151,7 +165,8 @@ def report(rows, path=None) -> str:
         lines.append(f"| {r.kernel} | {r.dtype} | sm_{r.arch} | {r.d_range}"
                      f"{_PROBES.get(r.probe, '')} | {r.config} | "
                      f"{r.registers} | {spill} | {r.shared} | {'yes' if r.wgmma else 'no'} | "
-                     f"{r.loop_instr} | {r.loop_ex2} | {r.loop_mma} | {r.tile_elems} | "
+                     f"{r.loop_instr} | {r.loop_ex2} | {r.loop_mufu} | {r.loop_mma} | "
+                     f"{r.tile_elems} | "
                      f"{ceiling} | {r.bound} |"
                      + (f" ERROR {r.error}" if r.error else ""))
     text = "\n".join(lines) + "\n"

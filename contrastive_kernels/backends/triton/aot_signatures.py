@@ -3,8 +3,9 @@
 A job is ``(kernel, dtype, arch, d_max, Config[, probe])``. Kernels: the core op's
 ``fwd`` / ``fwd_o`` / ``bwd_dq`` / ``bwd_dk``, the two-sided lse's ``two_sided_fwd`` /
 ``two_sided_bwd_dq`` / ``two_sided_bwd_dk`` (the same kernels with REDUCTION =
-ROWS_AND_COLUMNS, on the configs of ``fwd`` / ``bwd_dq`` / ``bwd_dk``) and the key split's
-``merge`` / ``finish`` (:data:`AUX_KERNELS`).
+ROWS_AND_COLUMNS, on the configs of ``fwd`` / ``bwd_dq`` / ``bwd_dk``), pairwise_sigmoid's
+``sigmoid_fwd`` / ``sigmoid_bwd_dq`` / ``sigmoid_bwd_dk`` (REDUCTION = SIGMOID; the dk
+grid with dbias) and the key split's ``merge`` / ``finish`` (:data:`AUX_KERNELS`).
 
 Each config is compiled in its heaviest specialization: every feature on (bias, labels,
 self-exclusion, normalization; o for ``fwd_o``; dx and dscale for the backward), no
@@ -29,17 +30,32 @@ AUX_KERNELS = ("merge", "finish")
 # two-sided kernel -> the main kernel it is a specialization of
 TWO_SIDED = {"two_sided_fwd": "fwd", "two_sided_bwd_dq": "bwd_dq",
              "two_sided_bwd_dk": "bwd_dk"}
+# pairwise_sigmoid's kernels likewise (REDUCTION = SIGMOID)
+SIGMOID = {"sigmoid_fwd": "fwd", "sigmoid_bwd_dq": "bwd_dq", "sigmoid_bwd_dk": "bwd_dk"}
 
 
 def base_kernel(kernel: str) -> str:
     """The configs.TABLE kernel a job's kernel runs with."""
-    return TWO_SIDED.get(kernel, kernel)
+    return TWO_SIDED.get(kernel, SIGMOID.get(kernel, kernel))
+
+
+def reduction_of(kernel: str) -> int:
+    """The REDUCTION constexpr of a main kernel (score_tile: ROWS, ROWS_AND_COLUMNS,
+    SIGMOID)."""
+    return 1 if kernel in TWO_SIDED else 2 if kernel in SIGMOID else 0
 
 
 def exps_per_logit(kernel: str) -> int:
     """MUFU.EX2 per logit of a main kernel: the two-sided sweeps exponentiate each logit
-    against its row's pivot and its column's (forward), or both saved lse (backward)."""
+    against its row's pivot and its column's (forward), or both saved lse (backward); the
+    sigmoid's e^{-|x|} is one."""
     return 2 if kernel in TWO_SIDED else 1
+
+
+def mufu_per_logit(kernel: str) -> int:
+    """Every MUFU op per logit (ex2, rcp, lg2): the exps, and the sigmoid backward's
+    reciprocal 1 / (1 + e) (its forward's log1p is a polynomial on the FMA units, no lg2)."""
+    return exps_per_logit(kernel) + (kernel in ("sigmoid_bwd_dq", "sigmoid_bwd_dk"))
 
 
 def _aux_signature(kernel: str, dtype: str, cfg, block_d: int):
@@ -73,7 +89,8 @@ def signature(kernel: str, dtype: str, cfg, block_d: int, int64: bool = False,
 
     if kernel in AUX_KERNELS:
         return _finish(*_aux_signature(kernel, dtype, cfg, block_d))
-    two_sided = kernel in TWO_SIDED
+    reduction = reduction_of(kernel)
+    dbias = kernel == "sigmoid_bwd_dk" and not simclr  # the dk grid sums the bias gradient
     kernel = base_kernel(kernel)
     acc = _ACC[dtype]
     tf32 = dtype == "tf32"
@@ -82,7 +99,7 @@ def signature(kernel: str, dtype: str, cfg, block_d: int, int64: bool = False,
                   BLOCK_O=cfg.block_o, BLOCK_I=cfg.block_i, BLOCK_D=block_d,
                   HAS_SELF=True, HAS_BIAS=not simclr, HAS_LABELS=not simclr, HAS_NORM=True,
                   EVEN_D=False, SINGLE_D=cfg.single, INT64=int64, SPLIT=split,
-                  REDUCTION=int(two_sided))
+                  REDUCTION=reduction)
     if kernel in ("fwd", "fwd_o"):
         fn = lse_forward.lse_fwd_kernel_py
         ptrs = dict(Q=dtype, K=dtype, SCALE=acc, BIAS=acc, QLAB="i32", KLAB="i32", INVQ=acc,
@@ -99,7 +116,7 @@ def signature(kernel: str, dtype: str, cfg, block_d: int, int64: bool = False,
         if kernel == "fwd":
             const["O"] = None
             del ptrs["O"]
-        if two_sided:
+        if reduction == 1:
             ptrs.update(COL_M=acc, COL_L=acc)
         else:
             const.update(COL_M=None, COL_L=None)
@@ -111,7 +128,14 @@ def signature(kernel: str, dtype: str, cfg, block_d: int, int64: bool = False,
         ints = dict(NX="i32", NY="i32", D="i32", SELF_OFFSET="i32", EPS="fp32",
                     stride_xn="i32", stride_yn="i32")
         const = dict(common, stride_xd=1, stride_yd=1, DK=kernel == "bwd_dk", NEED_DX=True,
-                     NEED_DS=True, EVEN_O=False, EVEN_I=False)
+                     NEED_DS=True, NEED_DB=dbias, EVEN_O=False, EVEN_I=False)
+        if dbias:
+            ptrs["DBIAS"] = acc
+        else:
+            const["DBIAS"] = None
+        if reduction == 2:  # no saved statistic
+            const["LSE"] = None
+            del ptrs["LSE"]
         if split:
             ints["SPLIT_KEYS"] = "i32"
         else:
@@ -119,7 +143,7 @@ def signature(kernel: str, dtype: str, cfg, block_d: int, int64: bool = False,
         if cfg.single and not split:  # the split writes its partial to ACC_BUF
             const["ACC_BUF"] = None
             del ptrs["ACC_BUF"]
-        if two_sided:
+        if reduction == 1:
             ptrs.update(COL_LSE=acc, COL_G=acc)
         else:
             const.update(COL_LSE=None, COL_G=None)

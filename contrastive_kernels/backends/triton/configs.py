@@ -10,7 +10,10 @@ One entry per (kernel, d range, dtype class, arch). Dtype classes: "16" (fp16 / 
 - ``bwd_dk`` backward on the column grid (dk);
 - ``two_sided_fwd`` / ``two_sided_bwd_dq`` / ``two_sided_bwd_dk``: the two-sided lse's
   sweeps (REDUCTION = ROWS_AND_COLUMNS), on the configs of ``fwd`` / ``bwd_dq`` /
-  ``bwd_dk`` except where :data:`TWO_SIDED_TILES` gives a smaller tile.
+  ``bwd_dk`` except where :data:`TWO_SIDED_TILES` gives a smaller tile;
+- ``sigmoid_fwd`` / ``sigmoid_bwd_dq`` / ``sigmoid_bwd_dk``: pairwise_sigmoid's sweeps
+  (REDUCTION = SIGMOID), likewise on the shared configs except where
+  :data:`SIGMOID_TILES` gives another.
 
 ``block_o`` rows (of q for fwd / bwd_dq, of k for bwd_dk) are owned by one program;
 ``block_i`` is the tile of the streamed side. When ``next_pow2(d) <= block_d`` the whole
@@ -154,6 +157,24 @@ TWO_SIDED_TILES = {
     ("fwd", "64", 90, INF): _c(32, 32, 16, 4, 2, False),  # 12 B at O64
     ("bwd_dq", "64", 90, 32): _c(32, 16, 32, 4, 2),  # 12 B at I32
 }
+# pairwise_sigmoid's kernels -> the kernels whose table entries they run with, and
+# (kernel, dtype class, arch, d_max) -> its own config where the shared one does not fit
+# (its backward keeps a dbias accumulator tile beside dscale's on the dk grid).
+SIGMOID = {"sigmoid_fwd": "fwd", "sigmoid_bwd_dq": "bwd_dq", "sigmoid_bwd_dk": "bwd_dk"}
+SIGMOID_TILES = {
+    ("bwd_dk", "16", 80, 128): _c(32, 32, 128, 4, 2),  # fp16: 16 B spilled at O64
+    ("bwd_dk", "16", 80, 256): _c(32, 32, 256, 4, 1),  # 72 B at O64 I64 w8, 8 B at s2
+    ("bwd_dk", "16", 80, INF): _c(128, 16, 64, 8, 2, False),  # 72 B at I32
+    # 64 rows spill at any warp count (220 B at I64 w8, 976 B at I32 w4, 160 B at s1):
+    # 16 rows on mma.sync, as the d <= 512 tiles
+    ("bwd_dq", "16", 90, 256): _c(16, 64, 256, 4, 3),
+    ("bwd_dk", "16", 90, 256): _c(16, 64, 256, 4, 3),
+    ("bwd_dk", "16", 90, INF): _c(128, 32, 64, 8, 3, False),  # 548 B at I64
+    ("bwd_dk", "fp32", 90, 32): _c(32, 16, 32, 4, 2),  # IEEE FFMA tiles: 12 B at I32
+}
+# the variants' (base kernel, own tiles)
+_VARIANTS = {**{k: (b, TWO_SIDED_TILES) for k, b in TWO_SIDED.items()},
+             **{k: (b, SIGMOID_TILES) for k, b in SIGMOID.items()}}
 # The launcher pads the streamed side's per-row vectors to a multiple of this (every
 # block_i divides it): the kernels load them a whole tile at a time without a mask.
 KEY_PAD = 128
@@ -233,15 +254,13 @@ def select(kernel: str, d: int, dtype: torch.dtype, arch: Optional[int],
     ``tf32``: whether fp32 operands run on tf32 tensor cores (else IEEE fp32)."""
     if _forced:
         return _forced[-1]
-    base = TWO_SIDED.get(kernel, kernel)
+    base, own = _VARIANTS.get(kernel, (kernel, {}))
     dclass = None if arch is None else dtype_class(dtype, tf32)
     entries = INTERPRET[base] if arch is None else TABLE[(dclass, arch)][base]
     for d_max, cfg in entries:
         if d_max is None or d <= d_max:
             break
-    if kernel in TWO_SIDED:
-        return TWO_SIDED_TILES.get((base, dclass, arch, d_max), cfg)
-    return cfg
+    return own.get((base, dclass, arch, d_max), cfg)
 
 
 def block_d_for(cfg: Config, d: int, dtype: torch.dtype) -> tuple:
@@ -251,15 +270,16 @@ def block_d_for(cfg: Config, d: int, dtype: torch.dtype) -> tuple:
     return cfg.block_d, False
 
 
-def shipped(two_sided: bool = False):
+def shipped(two_sided: bool = False, sigmoid: bool = False):
     """Every (kernel, dtype class, arch, d_max, Config) of the GPU tables (AOT report):
-    the core op's kernels, or (``two_sided``) the two-sided lse's."""
+    the core op's kernels, or (``two_sided``) the two-sided lse's, or (``sigmoid``)
+    pairwise_sigmoid's."""
     for (dclass, arch), table in TABLE.items():
-        if two_sided:
-            for kernel, base in TWO_SIDED.items():
+        if two_sided or sigmoid:
+            for kernel, base in (TWO_SIDED if two_sided else SIGMOID).items():
                 for d_max, cfg in table[base]:
                     yield (kernel, dclass, arch, d_max,
-                           TWO_SIDED_TILES.get((base, dclass, arch, d_max), cfg))
+                           _VARIANTS[kernel][1].get((base, dclass, arch, d_max), cfg))
         else:
             for kernel in KERNELS:
                 for d_max, cfg in table[kernel]:

@@ -29,7 +29,7 @@ from .lse_backward import HEURISTICS as BWD_HEURISTICS
 from .lse_backward import lse_bwd_kernel, lse_bwd_kernel_py
 from .lse_forward import HEURISTICS as FWD_HEURISTICS
 from .lse_forward import lse_fwd_kernel, lse_fwd_kernel_py
-from .score_tile import ROWS, ROWS_AND_COLUMNS
+from .score_tile import ROWS, ROWS_AND_COLUMNS, SIGMOID
 
 _FP32_TINY = 1.1754943508222875e-38  # eps is passed to the kernels as an fp32 scalar
 
@@ -214,10 +214,13 @@ def inv_norm_pair(q, k, normalize, eps, acc):
 
 
 
-def _pair_inputs(q, k, bias, q_labels, k_labels, normalize, eps, exclude_positives, acc):
+def _pair_inputs(q, k, bias, q_labels, k_labels, normalize, eps, exclude_positives, acc,
+                 reduction=ROWS):
     """(bias, q_labels, k_labels, inv_q, inv_k) as the kernels read them: labels only under
-    exclude_positives and as int32 codes, the key-side vectors padded to whole tiles."""
-    q_labels, k_labels = contract.active_labels(q_labels, k_labels, exclude_positives)
+    exclude_positives (the sigmoid: whenever both are given, they mark positives) and as
+    int32 codes, the key-side vectors padded to whole tiles."""
+    q_labels, k_labels = contract.active_labels(q_labels, k_labels,
+                                                exclude_positives or reduction == SIGMOID)
     bias, q_labels, k_labels = per_key_inputs(bias, q_labels, k_labels)
     inv_q, inv_k = inv_norm_pair(q, k, normalize, eps, acc)
     return bias_padded(bias, acc), padded(q_labels, 0), padded(k_labels, 0), inv_q, inv_k
@@ -240,9 +243,10 @@ def forward(q, k, scale, bias, q_labels, k_labels, self_offset, normalize, eps,
             exclude_positives, return_o=False, reduction=ROWS):
     """(lse [N], o [N, d] or an empty [0], col_lse [M] or None) of one sweep over the tiles.
 
-    ``reduction``: ROWS (the lse core op) or ROWS_AND_COLUMNS (the two-sided lse, no o):
+    ``reduction``: ROWS (the lse core op), ROWS_AND_COLUMNS (the two-sided lse, no o):
     each row block also writes a partial (max, sum) per column to [row blocks, M]
-    workspaces, merged per column in the order of the row blocks."""
+    workspaces, merged per column in the order of the row blocks; or SIGMOID (the first
+    result is then the row loss, the sum of softplus(-z s); key ranges summed in order)."""
     n, d = q.shape
     m = k.shape[0]
     acc = contract.accumulate_dtype(q.dtype)
@@ -257,8 +261,10 @@ def forward(q, k, scale, bias, q_labels, k_labels, self_offset, normalize, eps,
         return lse, o, col_lse
     scale = scale.to(acc)
     bias, q_labels, k_labels, inv_q, inv_k = _pair_inputs(q, k, bias, q_labels, k_labels,
-                                                          normalize, eps, exclude_positives, acc)
-    kernel = "two_sided_fwd" if two_sided else ("fwd_o" if return_o else "fwd")
+                                                          normalize, eps, exclude_positives, acc,
+                                                          reduction)
+    kernel = ("two_sided_fwd" if two_sided else "sigmoid_fwd" if reduction == SIGMOID
+              else "fwd_o" if return_o else "fwd")
     cfg = configs.select(kernel, d, q.dtype, arch_for(q.device), tf32=allow_tf32(q.dtype))
     block_d, single = configs.block_d_for(cfg, d, q.dtype)
     splits, per = splits_of(q.device, n, m, cfg)
@@ -270,7 +276,8 @@ def forward(q, k, scale, bias, q_labels, k_labels, self_offset, normalize, eps,
                                  padded(inv_k, 0.0, span))
         # partials: running max, sum and unnormalized o of each key range (o accumulates
         # in place when d is chunked: zero-initialized)
-        part_m = torch.empty((splits, n), dtype=acc, device=q.device)
+        part_m = None if reduction == SIGMOID else torch.empty((splits, n), dtype=acc,
+                                                               device=q.device)
         lse_out = torch.empty((splits, n), dtype=acc, device=q.device)
         if return_o:
             o_out = (torch.empty if single else torch.zeros)((splits, n, d), dtype=acc,
@@ -289,7 +296,9 @@ def forward(q, k, scale, bias, q_labels, k_labels, self_offset, normalize, eps,
         stride_kd=k.stride(1), HAS_SELF=self_offset is not None, BLOCK_D=block_d,
         REDUCTION=reduction, **flags(q.dtype)),
         reset=("O",) if return_o else (), splits=splits, tunable=not two_sided)
-    if splits > 1:
+    if splits > 1 and reduction == SIGMOID:
+        torch.sum(lse_out, dim=0, out=lse)  # the S ranges' row sums, in a fixed order
+    elif splits > 1:
         merge(part_m, lse_out, o_out, lse, o if return_o else None, n, d, splits)
     if two_sided:
         merge(col_m, col_l, None, col_lse, None, m, 0, row_blocks)
@@ -297,16 +306,19 @@ def forward(q, k, scale, bias, q_labels, k_labels, self_offset, normalize, eps,
 
 
 def _backward_grid(dk_side, grad_lse, q, k, scale, bias, q_labels, k_labels, self_offset, eps,
-                   lse, inv_q, inv_k, col_lse, grad_col, need_dx, need_ds):
-    """One backward grid; returns (dx or None, per-program dscale partials or None).
-    ``col_lse`` / ``grad_col`` (padded) given: the two-sided weights g P + h P'."""
+                   lse, inv_q, inv_k, col_lse, grad_col, need_dx, need_ds, reduction=ROWS,
+                   need_db=False):
+    """One backward grid; returns (dx or None, per-program dscale partials or None, dbias
+    or None). ``col_lse`` / ``grad_col`` (padded) given: the two-sided weights g P + h P';
+    SIGMOID: -z sigmoid(-z s) g (``lse`` unused), dbias from the dk grid (``need_db``)."""
     x, y = (k, q) if dk_side else (q, k)
     x_lab, y_lab = (k_labels, q_labels) if dk_side else (q_labels, k_labels)
     inv_x, inv_y = (inv_k, inv_q) if dk_side else (inv_q, inv_k)
     nx, d = x.shape
     ny = y.shape[0]
     acc = contract.accumulate_dtype(q.dtype)
-    kernel = ("two_sided_" if col_lse is not None else "") + ("bwd_dk" if dk_side else "bwd_dq")
+    kernel = ("two_sided_" if col_lse is not None else "sigmoid_" if reduction == SIGMOID
+              else "") + ("bwd_dk" if dk_side else "bwd_dq")
     cfg = configs.select(kernel, d, q.dtype, arch_for(q.device), tf32=allow_tf32(q.dtype))
     block_d, single = configs.block_d_for(cfg, d, q.dtype)
     fl = flags(q.dtype)
@@ -333,17 +345,20 @@ def _backward_grid(dk_side, grad_lse, q, k, scale, bias, q_labels, k_labels, sel
     # one partial per (program, range); sized for the smallest BLOCK_O the autotuner may pick
     ds_part = (torch.zeros(splits * triton.cdiv(nx, min(cfg.block_o, 64)), dtype=acc,
                            device=x.device) if need_ds else None)
+    # dbias of the owned keys, one part per range (summed in order below)
+    db = (torch.empty((splits, nx) if splits > 1 else (nx,), dtype=acc, device=x.device)
+          if need_db else None)
     eps32 = max(eps, _FP32_TINY)
     launch("bwd", nx, cfg, dict(
         X=x, Y=y, SCALE=scale, BIAS=bias, XLAB=x_lab, YLAB=y_lab, INVX=inv_x, INVY=inv_y,
         LSE=lse, G=grad_lse, COL_LSE=col_lse, COL_G=grad_col, DX=dx, ACC_BUF=acc_buf,
-        DS_PART=ds_part, NX=nx, NY=ny, D=d,
+        DS_PART=ds_part, DBIAS=db, NX=nx, NY=ny, D=d,
         SELF_OFFSET=0 if self_offset is None else int(self_offset),
         EPS=eps32, SPLIT_KEYS=per * cfg.block_i if splits > 1 else 0,
         stride_xn=x.stride(0), stride_xd=x.stride(1),
         stride_yn=y.stride(0), stride_yd=y.stride(1), DK=dk_side,
         HAS_SELF=self_offset is not None, BLOCK_D=block_d,
-        REDUCTION=ROWS if col_lse is None else ROWS_AND_COLUMNS, **fl),
+        REDUCTION=reduction if col_lse is None else ROWS_AND_COLUMNS, **fl),
         reset=tuple(name for name, buf in (("ACC_BUF", acc_buf), ("DS_PART", ds_part))
                     if buf is not None), splits=splits)
     if splits > 1 and need_dx:
@@ -357,42 +372,55 @@ def _backward_grid(dk_side, grad_lse, q, k, scale, bias, q_labels, k_labels, sel
             UPCAST=fl["UPCAST"], INT64=int64, num_warps=key_split.AUX_WARPS)
     if dx is not None and dx.dtype != x.dtype:
         dx = dx.to(x.dtype)
-    return dx, ds_part
+    if db is not None and splits > 1:
+        db = db.sum(dim=0)
+    return dx, ds_part, db
 
 
 def backward(grad_lse, q, k, scale, bias, q_labels, k_labels, self_offset, normalize, eps,
              exclude_positives, lse, need_dq, need_dk, need_dscale, grad_col=None,
-             col_lse=None):
-    """(dq or [0], dk or [0], dscale) from the saved lse (and, two-sided, the saved col_lse
-    with its cotangent grad_col): the dq grid and / or the dk grid, each recomputing the
-    logits once; dscale from whichever grid runs (the row grid when both do)."""
+             col_lse=None, reduction=ROWS, need_dbias=False):
+    """(dq or [0], dk or [0], dscale, dbias [M] or [0]) from the saved lse (and,
+    two-sided, the saved col_lse with its cotangent grad_col; SIGMOID: no statistic, lse
+    unused): the dq grid and / or the dk grid, each recomputing the logits once; dscale
+    from whichever grid runs (the row grid when both do), dbias from the dk grid."""
     acc = contract.accumulate_dtype(q.dtype)
     dq = q.new_empty((0,))
     dk = k.new_empty((0,))
+    dbias = torch.empty((0,), dtype=acc, device=q.device)
     if q.shape[0] == 0 or k.shape[0] == 0:
         # no pair (i, j): every gradient is zero
         dq = torch.zeros_like(q, memory_format=torch.contiguous_format) if need_dq else dq
         dk = torch.zeros_like(k, memory_format=torch.contiguous_format) if need_dk else dk
-        return dq, dk, torch.zeros((), dtype=scale.dtype, device=scale.device)
+        if need_dbias:
+            dbias = torch.zeros((k.shape[0],), dtype=acc, device=q.device)
+        return dq, dk, torch.zeros((), dtype=scale.dtype, device=scale.device), dbias
     scale_acc = scale.to(acc)
     bias, q_labels, k_labels, inv_q, inv_k = _pair_inputs(q, k, bias, q_labels, k_labels,
-                                                          normalize, eps, exclude_positives, acc)
+                                                          normalize, eps, exclude_positives, acc,
+                                                          reduction)
     if col_lse is not None:
         col_lse, grad_col = padded(col_lse, float("-inf")), padded(grad_col, 0.0)
+    lse = None if reduction == SIGMOID else padded(lse, float("-inf"))
     args = (padded(grad_lse, 0.0), q, k, scale_acc, bias, q_labels, k_labels, self_offset, eps,
-            padded(lse, float("-inf")), inv_q, inv_k, col_lse, grad_col)
+            lse, inv_q, inv_k, col_lse, grad_col)
+    dk_grid = need_dk or need_dbias
     ds_parts = []
-    if need_dq or (need_dscale and not need_dk):
-        dq_out, part = _backward_grid(False, *args, need_dx=need_dq, need_ds=need_dscale)
+    if need_dq or (need_dscale and not dk_grid):
+        dq_out, part, _ = _backward_grid(False, *args, need_dx=need_dq, need_ds=need_dscale,
+                                         reduction=reduction)
         dq = dq_out if need_dq else dq
         ds_parts.append(part)
-    if need_dk:
-        dk, part = _backward_grid(True, *args, need_dx=True,
-                                  need_ds=need_dscale and not ds_parts)
+    if dk_grid:
+        dk_out, part, db = _backward_grid(True, *args, need_dx=need_dk,
+                                          need_ds=need_dscale and not ds_parts,
+                                          reduction=reduction, need_db=need_dbias)
+        dk = dk_out if need_dk else dk
+        dbias = db if need_dbias else dbias
         ds_parts.append(part)
     ds_parts = [p for p in ds_parts if p is not None]
     if need_dscale and ds_parts:
         dscale = ds_parts[0].sum().to(scale.dtype)
     else:
         dscale = torch.zeros((), dtype=scale.dtype, device=scale.device)
-    return dq, dk, dscale
+    return dq, dk, dscale, dbias

@@ -22,6 +22,13 @@ h_j), so each weight is w_ij = g_i P_ij + h_j P'_ij with P'_ij = e^{s_ij - col_l
 column with col_lse = -inf adds nothing), applied inside the loop (no row factor g at the
 end); u, v, dscale and the epilogue are the same.
 
+REDUCTION = 2 (pairwise_sigmoid): no saved statistic; the tile is x = -z s (score_tile,
+SIGNED) and the weight w_ij = -z_ij sigmoid(x_ij) g_i (sigmoid_math: one exp, one
+reciprocal), applied inside the loop as for the two-sided lse. The dk grid also sums its
+owned keys' weights, dbias_j = sum_i w_ij (NEED_DB: elementwise in a [BLOCK_O, BLOCK_I]
+tile, reduced once at the end, written by exactly one program per key; split: one part
+per range to DBIAS[s], summed in order by the host).
+
 dscale = sum_ij g_i P_ij c^_ij with c^_ij = <q^_i, k^_j>, read off the logits tile
 (equal to sum_i <q^_i, u_i>, without dividing by the scale): accumulated elementwise in a
 [BLOCK_O, BLOCK_I] tile and reduced once at the end; each program writes its partial sum,
@@ -48,6 +55,7 @@ import triton.language as tl
 from ._common import (device_fn, exp_of, load_tile, mma, norm_finish, norm_update,
                       offsets_need_int64, rescale_rows, row_norm)
 from .score_tile import dot_tile, saved_stats, score_tile
+from .sigmoid_math import sigmoid_weight
 
 
 def _int64(a):
@@ -61,6 +69,7 @@ HEURISTICS = {
     "HAS_NORM": lambda a: a["INVX"] is not None,
     "NEED_DX": lambda a: a["DX"] is not None,
     "NEED_DS": lambda a: a["DS_PART"] is not None,
+    "NEED_DB": lambda a: a.get("DBIAS") is not None,
     "EVEN_O": lambda a: a["NX"] % a["BLOCK_O"] == 0,
     # split: every range whole (else the last one runs past NY, masked)
     "EVEN_I": lambda a: a["NY"] % max(a["BLOCK_I"], a.get("SPLIT_KEYS") or 0) == 0,
@@ -125,13 +134,14 @@ def store_dx_chunked(ACC_BUF, row_c, x_base, DX, own, own_ok, offs_d, D, EPS, st
 
 def lse_bwd_kernel_py(
     X, Y, SCALE, BIAS, XLAB, YLAB, INVX, INVY, LSE, G, COL_LSE, COL_G, DX, ACC_BUF, DS_PART,
-    NX, NY, D, SELF_OFFSET, EPS, SPLIT_KEYS,
+    DBIAS, NX, NY, D, SELF_OFFSET, EPS, SPLIT_KEYS,
     stride_xn, stride_xd, stride_yn, stride_yd,
     DK: tl.constexpr, HAS_SELF: tl.constexpr, TF32: tl.constexpr, UPCAST: tl.constexpr,
     RESCALE: tl.constexpr, BLOCK_O: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_D: tl.constexpr,
     REDUCTION: tl.constexpr,
     HAS_BIAS: tl.constexpr, HAS_LABELS: tl.constexpr, HAS_NORM: tl.constexpr,
-    NEED_DX: tl.constexpr, NEED_DS: tl.constexpr, EVEN_O: tl.constexpr, EVEN_I: tl.constexpr,
+    NEED_DX: tl.constexpr, NEED_DS: tl.constexpr, NEED_DB: tl.constexpr,
+    EVEN_O: tl.constexpr, EVEN_I: tl.constexpr,
     EVEN_D: tl.constexpr, SINGLE_D: tl.constexpr, INT64: tl.constexpr, SPLIT: tl.constexpr,
 ):
     pid = tl.program_id(0)
@@ -152,8 +162,11 @@ def lse_bwd_kernel_py(
             YLAB += inner_lo
         if DK:  # own == inner + offset
             SELF_OFFSET = SELF_OFFSET + inner_lo
-            LSE += inner_lo
+            if REDUCTION != 2:
+                LSE += inner_lo
             G += inner_lo
+            if NEED_DB:  # this range's part of dbias, in [S, NX]
+                DBIAS += split.to(tl.int64) * NX
         else:  # inner == own + offset
             SELF_OFFSET = SELF_OFFSET - inner_lo
             if HAS_BIAS:
@@ -193,8 +206,12 @@ def lse_bwd_kernel_py(
                 tl.load(COL_LSE + own, mask=own_ok, other=float("-inf")).to(ACC),
                 tl.load(COL_G + own, mask=own_ok, other=0.0).to(ACC))
     else:
-        lse_o, g_o = saved_stats(tl.load(LSE + own, mask=own_ok, other=float("-inf")).to(ACC),
-                                 tl.load(G + own, mask=own_ok, other=0.0).to(ACC))
+        if REDUCTION == 2:  # no saved statistic: the weights need only g
+            g_o = tl.load(G + own, mask=own_ok, other=0.0).to(ACC)
+        else:
+            lse_o, g_o = saved_stats(
+                tl.load(LSE + own, mask=own_ok, other=float("-inf")).to(ACC),
+                tl.load(G + own, mask=own_ok, other=0.0).to(ACC))
         rf_o = inv_x * lam
     x_base = X + own[:, None] * stride_xn
     if SINGLE_D:
@@ -205,6 +222,8 @@ def lse_bwd_kernel_py(
         xt = None  # chunked: dot_tile re-reads x chunk by chunk
     if NEED_DS:
         ds_acc = tl.zeros([BLOCK_O, BLOCK_I], ACC)
+    if NEED_DB:
+        db_acc = tl.zeros([BLOCK_O, BLOCK_I], ACC)
     w_scale = tl.zeros([BLOCK_O], ACC)  # fp16: the accumulator is kept in units of w_scale
     for i0 in range(0, i_end, BLOCK_I):
         inner = i0 + tl.arange(0, BLOCK_I)
@@ -226,19 +245,32 @@ def lse_bwd_kernel_py(
             y_lab = 0
         if DK:
             # rows of the tile are keys (own), columns are queries (inner)
-            lse_i, g_i = saved_stats(tl.load(LSE + inner).to(ACC), tl.load(G + inner).to(ACC))
+            if REDUCTION == 2:
+                lse_i = 0.0
+                g_i = tl.load(G + inner).to(ACC)
+            else:
+                lse_i, g_i = saved_stats(tl.load(LSE + inner).to(ACC),
+                                         tl.load(G + inner).to(ACC))
             col_f = tl.zeros([BLOCK_I], ACC) + lam
             if HAS_NORM:
                 col_f = col_f * inv_y
-                g_i = g_i * inv_y
+                if not NEED_DB:  # dbias sums the weights before the 1 / ||q_i||
+                    g_i = g_i * inv_y
             # ROWS: t = s - lse_i masked (the shift inside the score tile)
-            t, c_hat = score_tile(c, inv_x, col_f, b_own, x_lab, y_lab, own, own0, own_ok,
-                                  inner, i0, inner_ok, NX, NY, SELF_OFFSET, lse_i[None, :],
-                                  REDUCTION == 0, True, BLOCK_O, BLOCK_I, HAS_NORM, HAS_BIAS,
-                                  HAS_LABELS, HAS_SELF, EVEN_O, EVEN_I, False)
+            t, c_hat, s0 = score_tile(c, inv_x, col_f, b_own, x_lab, y_lab, own, own0,
+                                       own_ok, inner, i0, inner_ok, NX, NY, SELF_OFFSET,
+                                       lse_i, REDUCTION == 0, True, BLOCK_O, BLOCK_I,
+                                       HAS_NORM, HAS_BIAS, HAS_LABELS, HAS_SELF, EVEN_O,
+                                       EVEN_I, False, REDUCTION == 2)
             # w = g_i P_ij / ||q_i||; the dscale term adds <q^_i, k^_j> = c w / ||k_j||
             if REDUCTION == 0:
                 w = exp_of(t) * g_i[None, :]
+            elif REDUCTION == 2:  # -z_ij sigmoid(x_ij) g_i (/ ||q_i||)
+                w = sigmoid_weight(t, s0, g_i[None, :])
+                if NEED_DB:
+                    db_acc += w
+                    if HAS_NORM:
+                        w = w * inv_y[None, :]
             else:  # + h_j P'_ij / ||q_i|| (t = s, unshifted: both lse subtracted here)
                 w = exp_of(t - lse_i[None, :]) * g_i[None, :]
                 if HAS_NORM:
@@ -252,12 +284,19 @@ def lse_bwd_kernel_py(
                 bias = tl.load(BIAS + inner)
             else:
                 bias = 0.0
-            t, c_hat = score_tile(c, inv_y, rf_o, bias, x_lab, y_lab, own, own0, own_ok, inner,
-                                  i0, inner_ok, NX, NY, SELF_OFFSET, lse_o[:, None],
-                                  REDUCTION == 0, False, BLOCK_O, BLOCK_I, HAS_NORM, HAS_BIAS,
-                                  HAS_LABELS, HAS_SELF, EVEN_O, EVEN_I, False)
+            if REDUCTION == 2:
+                shift = 0.0
+            else:
+                shift = lse_o[:, None]
+            t, c_hat, s0 = score_tile(c, inv_y, rf_o, bias, x_lab, y_lab, own, own0, own_ok,
+                                       inner, i0, inner_ok, NX, NY, SELF_OFFSET, shift,
+                                       REDUCTION == 0, False, BLOCK_O, BLOCK_I, HAS_NORM,
+                                       HAS_BIAS, HAS_LABELS, HAS_SELF, EVEN_O, EVEN_I, False,
+                                       REDUCTION == 2)
             if REDUCTION == 0:  # g_i applied once at the end
                 p = exp_of(t)
+            elif REDUCTION == 2:  # -z_ij sigmoid(x_ij) g_i
+                p = sigmoid_weight(t, s0, g_o[:, None])
             else:  # g_i P_ij + h_j P'_ij (t = s, unshifted)
                 lse_c, g_c = saved_stats(tl.load(COL_LSE + inner).to(ACC),
                                          tl.load(COL_G + inner).to(ACC))
@@ -294,11 +333,13 @@ def lse_bwd_kernel_py(
             if REDUCTION == 0:
                 ds = ds * g_o
         tl.store(DS_PART + pid, tl.sum(tl.where(own_ok, ds, 0.0), axis=0))
+    if NEED_DB:  # dbias_j = sum_i w_ij of the owned keys (this range's part when SPLIT)
+        tl.store(DBIAS + own, tl.sum(db_acc, axis=1), mask=own_ok)
     if NEED_DX:
         if SPLIT:
             # the partial in plain fp32 units: times g (dq side) and fp16's w_scale; the
             # scale and the Jacobian are applied by key_split.finish_kernel
-            if DK or REDUCTION == 1:
+            if DK or REDUCTION != 0:
                 row_c = tl.zeros([BLOCK_O], ACC) + 1.0
             else:
                 row_c = g_o
@@ -307,7 +348,7 @@ def lse_bwd_kernel_py(
             if SINGLE_D:
                 tl.store(ACC_BUF + own[:, None] * D + offs_d[None, :], acc * row_c[:, None],
                          mask=own_ok[:, None] & (offs_d < D)[None, :])
-            elif RESCALE or not (DK or REDUCTION == 1):
+            elif RESCALE or not (DK or REDUCTION != 0):
                 for d0 in range(0, D, BLOCK_D):
                     dd = d0 + offs_d
                     a_ptrs = ACC_BUF + own[:, None] * D + dd[None, :]
@@ -316,7 +357,7 @@ def lse_bwd_kernel_py(
                     tl.store(a_ptrs, ac * row_c[:, None], mask=a_mask)
         else:
             # dx^ = lam * u (row factor g on the dq side)
-            if DK or REDUCTION == 1:
+            if DK or REDUCTION != 0:
                 row_c = tl.zeros([BLOCK_O], ACC) + lam
             else:
                 row_c = lam * g_o

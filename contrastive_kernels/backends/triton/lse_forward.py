@@ -1,5 +1,6 @@
 """Forward kernel: masked log-sum-exp (and o) on a row-block grid; with REDUCTION = 1 the
-two-sided lse (the same sweep also reduces each key's column).
+two-sided lse (the same sweep also reduces each key's column), with REDUCTION = 2 the
+pairwise sigmoid's row sums of softplus.
 
 Program ``pid`` owns rows [pid * BLOCK_O, (pid + 1) * BLOCK_O) of q and streams the keys
 in BLOCK_I tiles with an online max / sum-exp (flash-attention style):
@@ -21,6 +22,11 @@ key tile the row block's partial of each column, rows past N masked,
 written to COL_M / COL_L [row blocks, M] by exactly one program each;
 ``key_split.merge_kernel`` merges the row blocks of each column in order b = 0, 1, ...
 (the key split's merge along the other axis), so col_lse is bitwise deterministic.
+
+REDUCTION = 2 (score_tile.SIGMOID, pairwise_sigmoid): the tile is x = -z s (the positives'
+sign flipped, no pair excluded) and each row sums softplus(x) (sigmoid_math), no pivot:
+
+    row_loss_i = sum_j softplus(x_ij)    (split: each range's sum, added in order)
 
 SINGLE_D: the q tile is loaded once and o accumulates in registers. Otherwise q and k are
 re-read chunk by chunk per key tile and o accumulates in its (zero-initialized) fp32
@@ -45,6 +51,7 @@ import triton.language as tl
 from ._common import (LN2, exp_of, finite_or_zero, load_tile, mma, offsets_need_int64,
                       rescale_rows)
 from .score_tile import dot_tile, score_tile
+from .sigmoid_math import softplus
 
 
 def _int64(a):
@@ -104,7 +111,8 @@ def lse_fwd_kernel_py(
             COL_M += key_lo
             COL_L += key_lo
         LSE += split.to(tl.int64) * N
-        PART_M += split.to(tl.int64) * N
+        if REDUCTION != 2:  # the sigmoid's partial is its sum alone
+            PART_M += split.to(tl.int64) * N
         if RETURN_O:
             O += split.to(tl.int64) * N * D
     else:
@@ -158,48 +166,53 @@ def lse_fwd_kernel_py(
             k_lab = tl.load(KLAB + cols)
         else:
             k_lab = 0
-        s, c = score_tile(c, inv_k, row_f, bias, q_lab, k_lab, rows, row0, row_ok, cols, n0,
-                          col_ok, N, M, SELF_OFFSET, 0.0, False, False, BLOCK_O, BLOCK_I,
-                          HAS_NORM,
-                          HAS_BIAS, HAS_LABELS, HAS_SELF, EVEN_N, EVEN_M, REDUCTION)
-        if REDUCTION == 1:
-            # this row block's partial of each column, merged over the row blocks in order
-            # by key_split.merge_kernel: (max_i s_ij, sum_i e^{s_ij - finite(max)})
-            m_c = tl.max(s, axis=0)
-            l_c = tl.sum(exp_of(s - finite_or_zero(m_c)[None, :]), axis=0)
-            tl.store(COL_M + cols, m_c, mask=col_ok)
-            tl.store(COL_L + cols, l_c, mask=col_ok)
-        m_new = tl.maximum(m_i, tl.max(s, axis=1))
-        piv_new = finite_or_zero(m_new)
-        # <= 0 whenever l > 0 (the old pivot was a finite max); clamped so that a row that
-        # has seen nothing (l = 0, pivot 0) cannot form 0 * inf
-        alpha = exp_of(tl.minimum(piv - piv_new, 0.0))
-        p = exp_of(s - piv_new[:, None])
-        l_i = l_i * alpha + tl.sum(p, axis=1)
-        if RETURN_O:
-            w = p
-            if HAS_NORM:
-                w = w * inv_k[None, :]
-            if RESCALE:
-                w, ratio, w_scale = rescale_rows(w, w_scale)
-                alpha_o = alpha * ratio
-            else:
-                alpha_o = alpha
-            if SINGLE_D:
-                o_acc = mma(o_acc * alpha_o[:, None], w, kt, TF32)
-            else:
-                for d0 in range(0, D, BLOCK_D):
-                    dd = d0 + offs_d
-                    kc = load_tile(k_base, dd, stride_kd, col_ok, D, EVEN_M, EVEN_D, UPCAST)
-                    o_ptrs = O + rows[:, None] * D + dd[None, :]
-                    o_mask = row_ok[:, None] & (dd < D)[None, :]
-                    oc = tl.load(o_ptrs, mask=o_mask, other=0.0)
-                    oc = mma(oc * alpha_o[:, None], w, kc, TF32)
-                    tl.store(o_ptrs, oc, mask=o_mask)
-                tl.debug_barrier()
-        m_i = m_new
-        piv = piv_new
-    if SPLIT:
+        s, c, _ = score_tile(c, inv_k, row_f, bias, q_lab, k_lab, rows, row0, row_ok, cols,
+                             n0, col_ok, N, M, SELF_OFFSET, 0.0, False, False, BLOCK_O,
+                             BLOCK_I, HAS_NORM, HAS_BIAS, HAS_LABELS, HAS_SELF, EVEN_N, EVEN_M,
+                             REDUCTION == 1, REDUCTION == 2)
+        if REDUCTION == 2:  # s is x = -z s: the row sums of softplus(x), no pivot
+            l_i += tl.sum(softplus(s), axis=1)
+        else:
+            if REDUCTION == 1:
+                # this row block's partial of each column, merged over the row blocks in order
+                # by key_split.merge_kernel: (max_i s_ij, sum_i e^{s_ij - finite(max)})
+                m_c = tl.max(s, axis=0)
+                l_c = tl.sum(exp_of(s - finite_or_zero(m_c)[None, :]), axis=0)
+                tl.store(COL_M + cols, m_c, mask=col_ok)
+                tl.store(COL_L + cols, l_c, mask=col_ok)
+            m_new = tl.maximum(m_i, tl.max(s, axis=1))
+            piv_new = finite_or_zero(m_new)
+            # <= 0 whenever l > 0 (the old pivot was a finite max); clamped so that a row that
+            # has seen nothing (l = 0, pivot 0) cannot form 0 * inf
+            alpha = exp_of(tl.minimum(piv - piv_new, 0.0))
+            p = exp_of(s - piv_new[:, None])
+            l_i = l_i * alpha + tl.sum(p, axis=1)
+            if RETURN_O:
+                w = p
+                if HAS_NORM:
+                    w = w * inv_k[None, :]
+                if RESCALE:
+                    w, ratio, w_scale = rescale_rows(w, w_scale)
+                    alpha_o = alpha * ratio
+                else:
+                    alpha_o = alpha
+                if SINGLE_D:
+                    o_acc = mma(o_acc * alpha_o[:, None], w, kt, TF32)
+                else:
+                    for d0 in range(0, D, BLOCK_D):
+                        dd = d0 + offs_d
+                        kc = load_tile(k_base, dd, stride_kd, col_ok, D, EVEN_M, EVEN_D, UPCAST)
+                        o_ptrs = O + rows[:, None] * D + dd[None, :]
+                        o_mask = row_ok[:, None] & (dd < D)[None, :]
+                        oc = tl.load(o_ptrs, mask=o_mask, other=0.0)
+                        oc = mma(oc * alpha_o[:, None], w, kc, TF32)
+                        tl.store(o_ptrs, oc, mask=o_mask)
+                    tl.debug_barrier()
+            m_i = m_new
+            piv = piv_new
+    if REDUCTION == 2:  # the row loss, or (SPLIT) this key range's part of it
+        tl.store(LSE + rows, l_i, mask=row_ok)
+    elif SPLIT:
         # the partial of this key range, merged by key_split.merge_kernel
         tl.store(PART_M + rows, m_i, mask=row_ok)
         tl.store(LSE + rows, l_i, mask=row_ok)

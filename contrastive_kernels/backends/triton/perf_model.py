@@ -1,6 +1,7 @@
 """The performance model of a compiled Triton config, from its SASS (no GPU).
 
-Per streamed tile of one program: tensor-core instructions, MUFU.EX2 (exps) and all issued
+Per streamed tile of one program: tensor-core instructions, MUFU.EX2 (exps), every MUFU op
+(exps, reciprocals, logarithms: the sigmoid backward's 1 / (1 + e)) and all issued
 instructions of the main loop (:func:`loop_counts`); with the per-SM rates of
 :data:`RATES`, the predicted ceiling as a fraction of the dtype's tensor peak
 (:func:`predict`). The report of :mod:`.aot` lists both; its test enforces
@@ -23,6 +24,13 @@ def ex2_limit(tile_elems: int) -> int:
     return tile_elems + min(EX2_SLACK, tile_elems // 2)
 
 
+def mufu_limit(tile_elems: int, per_logit: int) -> int:
+    """Every MUFU op of a tile: the exps' limit for ``per_logit`` ops per logit, and as
+    many again per row (fp16's online rescale takes a reciprocal per row and tile, which
+    the compiler may also evaluate in two layouts). A tile computed twice still exceeds it."""
+    return ex2_limit(tile_elems * per_logit) + min(EX2_SLACK, tile_elems // 2)
+
+
 def _opcode(text: str) -> str:
     if text.startswith("@"):
         text = text.split(None, 1)[1]
@@ -30,7 +38,8 @@ def _opcode(text: str) -> str:
 
 
 def loop_counts(sass: str):
-    """(instructions, MUFU.EX2, tensor-core instructions) per thread per iteration of the
+    """(instructions, MUFU.EX2, tensor-core instructions, MUFU ops of any kind) per thread
+    per iteration of the
     main loop: the innermost loop (backward branch) holding the most MUFU.EX2 and tensor
     instructions, on its common path: blocks that a forward branch inside the loop skips
     (the self-exclusion mask of diagonal tiles, the bound mask of the last tile) are left
@@ -56,14 +65,15 @@ def loop_counts(sass: str):
     best = max(work(*lp) for lp in loops)
     lo, hi = min((lp for lp in loops if work(*lp) == best), key=lambda lp: lp[1] - lp[0])
     skipped = [(a, t) for a, op, t in ins if t is not None and lo <= a < t <= hi]
-    total = n_ex2 = n_mma = 0
+    total = n_ex2 = n_mma = n_mufu = 0
     for a, op, _ in ins:
         if not lo <= a <= hi or any(b < a < t for b, t in skipped):
             continue
         total += 1
         n_ex2 += op.startswith("MUFU.EX2")
         n_mma += op.startswith(_TENSOR_OPS)
-    return total, n_ex2, n_mma
+        n_mufu += op.startswith("MUFU.")
+    return total, n_ex2, n_mma, n_mufu
 
 
 # Per-SM, per-clock rates. Tensor / FMA FLOP: NVIDIA A100 (sm_80) and H100 (sm_90)
@@ -110,6 +120,16 @@ CEILING_FLOORS = {
     ("two_sided_fwd", "bf16", 80, "d <= 128"): 0.50,
     ("two_sided_bwd_dq", "bf16", 80, "d <= 128"): 0.85,
     ("two_sided_bwd_dk", "bf16", 80, "d <= 128"): 0.85,
+    # pairwise_sigmoid (first version, a few points under the model): issue-bound, its
+    # softplus costs ~8 more instructions per logit than the lse's exp (the log1p
+    # polynomial, the max), its weights ~6 (the reciprocal, the sign, the two branches of
+    # the sigmoid) and the dk grid's dbias tile one more
+    ("sigmoid_fwd", "bf16", 90, "d <= 128"): 0.36,
+    ("sigmoid_bwd_dq", "bf16", 90, "d <= 128"): 0.64,
+    ("sigmoid_bwd_dk", "bf16", 90, "d <= 128"): 0.60,
+    ("sigmoid_fwd", "bf16", 80, "d <= 128"): 0.64,
+    ("sigmoid_bwd_dq", "bf16", 80, "d <= 128"): 0.87,
+    ("sigmoid_bwd_dk", "bf16", 80, "d <= 128"): 0.84,
 }
 # The same for the common call (normalization and self-exclusion, no bias or labels:
 # SimCLR / NT-Xent, CLIP), the report's "(no bias, no labels)" rows: the issue's aims
@@ -123,15 +143,23 @@ SIMCLR_FLOORS = {
     ("fwd_o", "bf16", 80, "d <= 128"): 0.95,
     ("bwd_dq", "bf16", 80, "d <= 128"): 0.95,
     ("bwd_dk", "bf16", 80, "d <= 128"): 0.95,
+    # pairwise_sigmoid without bias and labels (the model's figures less a few points)
+    ("sigmoid_fwd", "bf16", 90, "d <= 128"): 0.42,
+    ("sigmoid_bwd_dq", "bf16", 90, "d <= 128"): 0.70,
+    ("sigmoid_bwd_dk", "bf16", 90, "d <= 128"): 0.68,
+    ("sigmoid_fwd", "bf16", 80, "d <= 128"): 0.72,
+    ("sigmoid_bwd_dq", "bf16", 80, "d <= 128"): 0.95,
+    ("sigmoid_bwd_dk", "bf16", 80, "d <= 128"): 0.95,
 }
 
 
-def predict(kernel, dtype, arch, cfg, instr, ex2, mma):
+def predict(kernel, dtype, arch, cfg, instr, mufu, mma):
     """(logits per thread per tile, predicted ceiling, bound) of one streamed tile of a
     single-tile config (d = its BLOCK_D).
 
     A program's tile costs, on its SM's shared resources: tensor (or FFMA) time
-    flops / rate, MUFU time ex2 x threads / 16, issue time instr x warps / 4. Perfect
+    flops / rate, MUFU time (every MUFU op: ex2, rcp, lg2) x threads / 16, issue time
+    instr x warps / 4. Perfect
     overlap gives the ceiling tensor / max(tensor, MUFU, issue). Chunked configs are not
     modelled: ptxas lays their inner d loops outside the tile loop's address range."""
     threads = 32 * cfg.num_warps
@@ -141,7 +169,7 @@ def predict(kernel, dtype, arch, cfg, instr, ex2, mma):
     n_mm = 1 if kernel == "fwd" else 2  # logits; + o (fwd_o) or + dx (backward)
     flops = 2 * n_mm * cfg.block_o * cfg.block_i * cfg.block_d
     rate = RATES[arch]
-    t = dict(tensor=flops / rate["flop"][dtype], mufu=ex2 * threads / rate["mufu"],
+    t = dict(tensor=flops / rate["flop"][dtype], mufu=mufu * threads / rate["mufu"],
              issue=instr * cfg.num_warps / rate["issue"])
     bound = max(t, key=t.get)
     return elems, round(t["tensor"] / t[bound], 3), bound

@@ -56,4 +56,4 @@ def two_sided_lse_backward(grad_row_lse: torch.Tensor, grad_col_lse: torch.Tenso
     """(dq [N, d] or an empty [0], dk likewise, dscale 0-dim in scale's dtype)."""
     return launch.backward(grad_row_lse, q, k, scale, bias, q_labels, k_labels, self_offset,
                            normalize, eps, exclude_positives, row_lse, need_dq, need_dk,
-                           need_dscale, grad_col=grad_col_lse, col_lse=col_lse)
+                           need_dscale, grad_col=grad_col_lse, col_lse=col_lse)[:3]
