@@ -1,6 +1,7 @@
 // The backward: the tile loop of the row grid (dq) and the key grid (dk), templated on the
 // reduction whose weights it applies (reductions.cuh), its kernels (lse, two_sided_lse,
-// pairwise_sigmoid), the per-row epilogue (scale and the normalization Jacobian) and the fixed-order dscale sum.
+// pairwise_sigmoid), the per-row epilogue (scale and the normalization Jacobian) and the
+// fixed-order dscale sum.
 #pragma once
 
 #include "cuda/reductions.cuh"

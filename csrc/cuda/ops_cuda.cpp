@@ -1,6 +1,6 @@
-// The CUDA kernels of the core ops contrastive_kernels::lse_native / lse_native_backward and
-// two_sided_lse_native / _backward, pairwise_sigmoid_native / _backward (declared once, for every device, in csrc/register.cpp
-// from common/contract.h kOps): a device guard on q's device,
+// The CUDA kernels of the core ops contrastive_kernels::lse_native / lse_native_backward,
+// two_sided_lse_native / _backward and pairwise_sigmoid_native / _backward (declared once, for
+// every device, in csrc/register.cpp from common/contract.h kOps): a device guard on q's device,
 // the current stream, the shared entry checks (ops_impl.h), the kernels of lse_cuda.cu
 // with a launch check after each.
 #include <c10/cuda/CUDAStream.h>

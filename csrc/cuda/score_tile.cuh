@@ -22,11 +22,18 @@ struct KeepLogit {
   CK_DEVICE Acc operator()(int, int64_t, int64_t, Acc, Acc logit, bool) const { return logit; }
 };
 
-// What a pair's value is, from its logit (computed for every pair inside the matrix).
-template <bool kSigned, class Acc>
-CK_DEVICE Acc marked_value(bool in, bool marked, Acc logit) {
-  if constexpr (kSigned) return in ? (marked ? -logit : logit) : neg_inf<Acc>();
-  else return (in && !marked) ? logit : neg_inf<Acc>();
+// What a pair holds: -inf outside the matrix; inside, logit() (its sign flipped on a marked
+// pair when kSigned, -inf on a marked pair otherwise). logit() is only evaluated where it is
+// kept, so the lse ops' code is what it was before the sign-flip mode.
+template <bool kSigned, class Acc, class Logit>
+CK_DEVICE Acc marked_value(bool in, bool marked, Logit logit) {
+  if constexpr (kSigned) {
+    if (!in) return neg_inf<Acc>();
+    const Acc s = logit();
+    return marked ? -s : s;
+  } else {
+    return (in && !marked) ? logit() : neg_inf<Acc>();
+  }
 }
 
 template <class Tag, bool kT = false, bool kSigned = false, class Fin = KeepLogit>
@@ -71,8 +78,9 @@ CK_UNROLL
           const bool marked = in && ((p.has_self && col - row == p.self_offset) ||
                                      (p.q_labels != nullptr && p.q_labels[row] == label));
           Acc& v = s[nt][2 * h + e2];
-          const Acc logit = in ? v * (scale * rq[row]) * rkc + bc : Acc(0);
-          v = fin(h, row, col, v, marked_value<kSigned>(in, marked, logit), kSigned && marked);
+          const auto logit = [&] { return v * (scale * rq[row]) * rkc + bc; };
+          v = fin(h, row, col, v, marked_value<kSigned, Acc>(in, marked, logit),
+                  kSigned && marked);
         }
     }
   } else {
@@ -91,8 +99,9 @@ CK_UNROLL
           const bool marked = in && ((p.has_self && col - row == p.self_offset) ||
                                      (p.q_labels != nullptr && p.k_labels[col] == label));
           Acc& v = s[nt][2 * h + e2];
-          const Acc logit = in ? v * a * rk[col] + (bias != nullptr ? bias[col] : Acc(0)) : Acc(0);
-          v = fin(h, row, col, v, marked_value<kSigned>(in, marked, logit), kSigned && marked);
+          const auto logit = [&] { return v * a * rk[col] + (bias != nullptr ? bias[col] : Acc(0)); };
+          v = fin(h, row, col, v, marked_value<kSigned, Acc>(in, marked, logit),
+                  kSigned && marked);
         }
     }
   }
