@@ -286,7 +286,11 @@ def render(report: dict, logits: dict) -> str:
         "residue); the exp of the online log-sum-exp is 32 MUFU per thread per tile. "
         "`two_sided_*` are the kernels of two_sided_lse (policy LseRowsCols, "
         "`reductions.cuh`): its forward adds the column partials of each tile (32 more exps "
-        "per thread, 3 barriers, no shuffles), its backward grids the two-sided weights.",
+        "per thread, 3 barriers, no shuffles), its backward grids the two-sided weights. "
+        "`sigmoid_*` are the kernels of pairwise_sigmoid (policy SigmoidRows): its forward sums "
+        "softplus per row (one exp per logit; the log1p on the FMA pipe), its backward grids "
+        "the sigmoid weights (one exp and one reciprocal per logit) and, on the key grid, the "
+        "dbias partials; `sum_splits_kernel` adds its split partials in range order.",
         "",
     ]
     head = ("| kernel | dtype | regs | spill st/ld | stack | smem static | smem dynamic | "
