@@ -30,11 +30,16 @@ $(VENV)/.built: $(EXT_SOURCES) | $(VENV)/.installed
 demo: install
 	$(PY) -m contrastive_kernels.demo
 
+# One pytest-xdist worker per core (torch single-threaded in each: tests/conftest.py);
+# modules whose fixture compiles or spawns once are one xdist_group each (--dist loadgroup).
+TEST_WORKERS ?= $(shell nproc 2>/dev/null || echo 2)
+TEST_ARGS = -q -ra -n $(TEST_WORKERS) --dist loadgroup
+
 test: install
-	$(PY) -m pytest -q -ra tests
+	$(PY) -m pytest $(TEST_ARGS) tests
 
 test-fast: install
-	$(PY) -m pytest -q -ra -m "not slow" tests
+	$(PY) -m pytest $(TEST_ARGS) -m "not slow" tests
 
 # BENCH_SIZES=512x64,1024x128 replaces the (N, d) grid for a quick check; its results go to
 # the git-ignored bench/results/quick.tmp/ so that the committed full-grid ones stay.

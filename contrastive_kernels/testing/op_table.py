@@ -26,7 +26,8 @@ from ..core.ops import SPECS
 from .core_cases import OPTIONS, make_inputs
 
 EPS = 1e-12
-GRADS = ("dq", "dk", "dscale")
+# the prefix keywords every op takes (the flat prefix's q, k, scale aside)
+PREFIX_KEYWORDS = ("bias", "q_labels", "k_labels", "self_offset", "normalize", "eps")
 
 # The kernel set of each backend's raw op pair on CPU tensors: <op>_<set> / <op>_<set>_backward
 # (the cuda backend runs its kernel source through the emulation on CPU tensors).
@@ -61,7 +62,8 @@ def _from_spec(name: str) -> dict:
         name=name,
         outputs=tuple(Output(o.name, _SHAPES[o.shape], o.differentiable, o.when)
                       for o in spec.outputs),
-        takes=tuple(n for n in spec.option_names if n not in spec.backward_options),
+        takes=spec.option_names, backward_takes=spec.backward_options,
+        gradients=spec.gradients,
         schemas=lambda: (spec.forward_schema(), spec.backward_schema()))
 
 
@@ -75,7 +77,10 @@ class CoreOp:
     float64 inputs and ``compute_dtype=float64`` make it the oracle, the inputs' dtype the
     baseline whose error sets the tolerance (:mod:`.tolerance`).
     ``options``: the rows of the shared option table (:data:`.core_cases.OPTIONS`) that
-    mean something for this op; ``takes``: the op's own keyword options beyond the prefix.
+    mean something for this op; ``takes``: the op's own keyword options beyond the prefix
+    (in schema order), ``backward_takes`` those its backward takes too; ``gradients``:
+    what its backward returns (dbias too for an op whose bias is differentiable).
+    ``empty_sets``: whether a row or key can be left with no pair (-inf, no gradient).
     ``available()``: None, or why the op cannot be called in this build.
     """
 
@@ -84,7 +89,10 @@ class CoreOp:
     call: Callable
     oracle: Callable
     takes: tuple = ()
+    backward_takes: tuple = ()
+    gradients: tuple = ("dq", "dk", "dscale")
     options: tuple = tuple(OPTIONS)
+    empty_sets: bool = True
     schemas: Callable = None          # () -> (forward schema, backward schema)
     available: Callable = lambda: None
 
@@ -92,30 +100,41 @@ class CoreOp:
     def differentiable(self) -> tuple:
         return tuple(o for o in self.outputs if o.differentiable)
 
+    @property
+    def wrt(self) -> tuple:
+        """The inputs gradients are taken for: q, k, scale (and bias, where it has one)."""
+        return ("q", "k", "scale") + (("bias",) if "dbias" in self.gradients else ())
+
     # ------------------------------------------------------------------ arguments
 
     def keywords(self, kw: dict) -> dict:
         """kw restricted to what this op takes (the option table also sets return_o)."""
-        prefix = ("bias", "q_labels", "k_labels", "self_offset", "normalize", "eps",
-                  "exclude_positives")
-        return {name: v for name, v in kw.items() if name in prefix + self.takes}
+        return {name: v for name, v in kw.items() if name in PREFIX_KEYWORDS + self.takes}
 
     def forward_args(self, q, k, scale, kw) -> tuple:
         """The positional arguments of the raw forward op (its schema's order)."""
         return ((q, k, scale, kw.get("bias"), kw.get("q_labels"), kw.get("k_labels"),
-                 kw.get("self_offset"), bool(kw.get("normalize", False)), kw.get("eps", EPS),
-                 bool(kw.get("exclude_positives", False)))
+                 kw.get("self_offset"), bool(kw.get("normalize", False)), kw.get("eps", EPS))
                 + tuple(bool(kw.get(name, False)) for name in self.takes))
 
     def backward_args(self, cotangents, forward_args, outputs, needs) -> tuple:
         """The raw backward op's arguments: one cotangent per differentiable output, the
-        prefix (the forward's arguments without the op's own flags), the saved outputs,
-        then need_dq / need_dk / need_dscale."""
+        prefix, the op's backward options, the saved outputs, then one need_* flag per
+        gradient (``needs`` gives dq, dk, dscale's; dbias's follows dscale's)."""
         prefix = forward_args[:len(forward_args) - len(self.takes)]
+        own = dict(zip(self.takes, forward_args[len(prefix):]))
         saved = tuple(out for spec, out in zip(self.outputs, outputs) if spec.differentiable)
-        return tuple(cotangents) + prefix + saved + tuple(needs)
+        needs = tuple(needs) + (needs[2],) * (len(self.gradients) - len(needs))
+        if "dbias" in self.gradients and forward_args[3] is None:
+            needs = needs[:3] + (False,)
+        return (tuple(cotangents) + prefix + tuple(own[n] for n in self.backward_takes) + saved
+                + needs)
 
     # ------------------------------------------------------------------ the raw ops
+
+    def returned(self, outs) -> tuple:
+        """A raw forward's outputs as a tuple (a one-output schema returns the tensor)."""
+        return tuple(outs) if isinstance(outs, (tuple, list)) else (outs,)
 
     def kernel_ops(self, backend: str):
         """(forward, backward) OpOverloads of ``backend``'s raw op pair for this op, or
@@ -152,22 +171,26 @@ def cotangents(op: CoreOp, n: int, m: int, gen: torch.Generator) -> dict:
             for o in op.differentiable}
 
 
-def evaluate(op: CoreOp, fn: Callable, q, k, scale, kw, weights: dict,
-             wrt=("q", "k", "scale")) -> dict:
-    """{output: value, "dq" / "dk" / "dscale": gradient} of ``fn(q, k, scale, kw)``, the
-    gradients of sum <weights[out] * finite(out), out> over the differentiable outputs.
-    ``scale`` may be a float (then there is no dscale). Outputs not asked for are None."""
+def evaluate(op: CoreOp, fn: Callable, q, k, scale, kw, weights: dict, wrt=None) -> dict:
+    """{output: value, "dq" / "dk" / "dscale" / "dbias": gradient} of ``fn(q, k, scale,
+    kw)``, the gradients of sum <weights[out] * finite(out), out> over the differentiable
+    outputs, for the inputs ``wrt`` (default: :attr:`CoreOp.wrt`). ``scale`` may be a
+    float (then there is no dscale). Outputs not asked for are None."""
+    wrt = op.wrt if wrt is None else wrt
     inputs = {"q": q.detach().requires_grad_("q" in wrt),
               "k": k.detach().requires_grad_("k" in wrt)}
     if isinstance(scale, torch.Tensor):
         inputs["scale"] = scale.detach().requires_grad_("scale" in wrt)
+    if "bias" in wrt and kw.get("bias") is not None:
+        inputs["bias"] = kw["bias"].detach().requires_grad_()
+        kw = dict(kw, bias=inputs["bias"])
     outs = fn(inputs["q"], inputs["k"], inputs.get("scale", scale), kw)
     result = {spec.name: (None if out is None else out.detach())
               for spec, out in zip(op.outputs, outs)}
     terms = [(out, weights[spec.name].to(device=out.device, dtype=out.dtype)
               * torch.isfinite(out))
              for spec, out in zip(op.outputs, outs) if spec.differentiable]
-    want = [name for name in ("q", "k", "scale") if name in inputs and name in wrt]
+    want = [name for name in ("q", "k", "scale", "bias") if name in inputs and name in wrt]
     if not want:
         return result
     grads = torch.autograd.grad([t for t, _ in terms], [inputs[name] for name in want],
@@ -204,7 +227,7 @@ def table_case(op: CoreOp, n, m, d, dtype, opt, seed=0):
     return q, k, torch.tensor(opt.scale, dtype=acc), kw, weights
 
 
-def oracle_and_baseline(op: CoreOp, q, k, scale, kw, weights, wrt=("q", "k", "scale")):
+def oracle_and_baseline(op: CoreOp, q, k, scale, kw, weights, wrt=None):
     """The float64 oracle's results on the same values, and the naive formulation's in
     the inputs' dtype (the tolerance baseline)."""
     scale64 = scale.double() if isinstance(scale, torch.Tensor) else scale
@@ -253,7 +276,26 @@ TWO_SIDED_LSE = CoreOp(call=_two_sided_call, oracle=_two_sided_oracle,
                        options=tuple(o for o in OPTIONS if not o.return_o or o.id == "all"),
                        **_from_spec("two_sided_lse"))
 
-ALL_OPS = (LSE, TWO_SIDED_LSE)
+def _sigmoid_call(backend, q, k, scale, kw):
+    from .. import ops
+    kw = dict(kw)
+    return (ops.pairwise_sigmoid(q, k, scale, kw.pop("bias", None), backend=backend, **kw),)
+
+
+def _sigmoid_oracle(q, k, scale, kw, compute_dtype):
+    scale = scale if isinstance(scale, torch.Tensor) else torch.tensor(scale, dtype=q.dtype)
+    return (reference.pairwise_sigmoid_reference(
+        q, k, scale, kw.get("bias"), kw.get("q_labels"), kw.get("k_labels"),
+        kw.get("self_offset"), kw.get("normalize", False), kw.get("eps", EPS),
+        compute_dtype=compute_dtype),)
+
+
+# the labels rows of the option table mark positives here (no pair is excluded)
+PAIRWISE_SIGMOID = CoreOp(call=_sigmoid_call, oracle=_sigmoid_oracle, empty_sets=False,
+                          options=tuple(o for o in OPTIONS if not o.return_o or o.id == "all"),
+                          **_from_spec("pairwise_sigmoid"))
+
+ALL_OPS = (LSE, TWO_SIDED_LSE, PAIRWISE_SIGMOID)
 # the ops this build can call: what the suite is parametrized over
 OPS = tuple(op for op in ALL_OPS if op.available() is None)
 
@@ -285,7 +327,7 @@ def assert_matches_oracle(op: CoreOp, ours, oracle, baseline, q, k, scale, kw) -
         assert got.dtype == acc and got.shape == spec.size(n, m, d), (
             f"{spec.name}: {got.dtype} {tuple(got.shape)}, want {acc} {spec.size(n, m, d)}")
         assert_close(spec.name, got, oracle[spec.name], baseline[spec.name], q.dtype)
-    for name, x in (("dq", q), ("dk", k), ("dscale", scale)):
+    for name, x in (("dq", q), ("dk", k), ("dscale", scale), ("dbias", kw.get("bias"))):
         if name not in ours:
             continue
         assert ours[name].dtype == x.dtype and ours[name].shape == x.shape, (

@@ -186,6 +186,22 @@ def clip_loss_reference(image_features, text_features, logit_scale, logit_bias=N
             + torch.nn.functional.cross_entropy(logits_per_text, labels)) / 2
 
 
+def siglip_loss_reference(image_features, text_features, logit_scale, logit_bias=None, *,
+                          labels=None, text_labels=None):
+    """open_clip ``SigLipLoss.forward`` with world_size = 1; ``labels``: the multi-positive
+    form (a pair is positive when the group ids are equal)."""
+    logits = logit_scale * image_features @ text_features.T
+    if logit_bias is not None:
+        logits = logits + logit_bias
+    n = image_features.shape[0]
+    if labels is None:
+        signs = 2 * torch.eye(n, dtype=logits.dtype) - 1
+    else:
+        text_labels = labels if text_labels is None else text_labels
+        signs = torch.where(labels[:, None] == text_labels[None, :], 1.0, -1.0).to(logits.dtype)
+    return -torch.nn.functional.logsigmoid(signs * logits).sum() / n
+
+
 def info_nce_reference(query, positive_key, negative_keys=None, temperature=0.1,
                        reduction="mean", symmetric=False):
     """info-nce-pytorch ``info_nce`` ('unpaired' negatives), plus a symmetric in-batch mode

@@ -129,5 +129,17 @@ void check_two_sided_backward_inputs(const Site& site, const at::Tensor& grad_ro
                      "M");
 }
 
+void check_sigmoid_backward_inputs(const Site& site, const at::Tensor& grad_row_loss,
+                                   const at::Tensor& q, const at::Tensor& k,
+                                   const at::Tensor& scale, const std::optional<at::Tensor>& bias,
+                                   const std::optional<at::Tensor>& q_labels,
+                                   const std::optional<at::Tensor>& k_labels, double eps,
+                                   const at::Tensor& row_loss) {
+  check_inputs(site, q, k, scale, bias, q_labels, k_labels, eps,
+               sigmoid_labels_active(q_labels, k_labels));
+  check_line_vectors(site, {{"grad_row_loss", &grad_row_loss}, {"row_loss", &row_loss}}, q,
+                     q.size(0), "N");
+}
+
 }  // namespace contract
 }  // namespace ck

@@ -65,6 +65,8 @@ inline constexpr char kForwardOp[] = "lse_native";
 inline constexpr char kBackwardOp[] = "lse_native_backward";
 inline constexpr char kTwoSidedForwardOp[] = "two_sided_lse_native";
 inline constexpr char kTwoSidedBackwardOp[] = "two_sided_lse_native_backward";
+inline constexpr char kPairwiseSigmoidForwardOp[] = "pairwise_sigmoid_native";
+inline constexpr char kPairwiseSigmoidBackwardOp[] = "pairwise_sigmoid_native_backward";
 
 // <op>_<kernel_set> and <op>_<kernel_set>_backward.
 std::string op_name(const OpDecl& op, const char* kernel_set, bool backward);
@@ -125,6 +127,22 @@ void check_two_sided_backward_inputs(const Site& site, const at::Tensor& grad_ro
                                      const std::optional<at::Tensor>& k_labels, double eps,
                                      bool exclude_positives, const at::Tensor& row_lse,
                                      const at::Tensor& col_lse);
+
+// pairwise_sigmoid compares the labels whenever both are given (it has no
+// exclude_positives): the flag that check_inputs and active_labels take for it.
+inline bool sigmoid_labels_active(const std::optional<at::Tensor>& q_labels,
+                                  const std::optional<at::Tensor>& k_labels) {
+  return q_labels.has_value() && k_labels.has_value();
+}
+
+// Everything the pairwise sigmoid backward op checks: check_inputs (labels whenever both
+// are given), then grad_row_loss and row_loss of shape [N], floating point.
+void check_sigmoid_backward_inputs(const Site& site, const at::Tensor& grad_row_loss,
+                                   const at::Tensor& q, const at::Tensor& k,
+                                   const at::Tensor& scale, const std::optional<at::Tensor>& bias,
+                                   const std::optional<at::Tensor>& q_labels,
+                                   const std::optional<at::Tensor>& k_labels, double eps,
+                                   const at::Tensor& row_loss);
 
 }  // namespace contract
 }  // namespace ck

@@ -76,8 +76,12 @@ inline void lse_range(const T* lse, int64_t first, int64_t count, double& hi, do
 // u~ [n, dp] and v~ [m, dp] (either null when not needed) from every tile of the general
 // tiling. weights(r0, nr, c0, nc, x, ld, coef) fills X of the tile (stride ld) and may use
 // coef, per-thread scratch of at least nr + ncp entries (per-line factors).
+// weights_own_keys: the weights also write per-key outputs of the tile's key block (the
+// sigmoid's dbias), so the tiles always run in the Latin-square order, which hands each
+// key block to one tile at a time and, whichever products are needed, in the same order.
 template <class T, class TileWeights>
-void backward_sweep(const Operands<T>& op, T* u, T* v, int64_t threads, TileWeights&& weights) {
+void backward_sweep(const Operands<T>& op, T* u, T* v, int64_t threads, TileWeights&& weights,
+                    bool weights_own_keys = false) {
   constexpr int64_t NR = panel_width<T>();
   const int64_t n = op.n, m = op.m, dp = op.dp;
   const TileSizes ts = general_tile_sizes(n, m);
@@ -107,13 +111,14 @@ void backward_sweep(const Operands<T>& op, T* u, T* v, int64_t threads, TileWeig
   };
 
   // both sides: Latin-square order, each tile waiting only for its two blocks
-  TileSchedule schedule(u != nullptr && v != nullptr ? latin_square_tiles(nbr, nbc)
-                                                     : std::vector<std::pair<int64_t, int64_t>>{},
+  const bool both = (u != nullptr && v != nullptr) || weights_own_keys;
+  TileSchedule schedule(both ? latin_square_tiles(nbr, nbc)
+                             : std::vector<std::pair<int64_t, int64_t>>{},
                         nbr, nbc, /*shared_blocks=*/false);
 #pragma omp parallel num_threads(threads)
   {
     T* x = scratch_p + thread_index() * per_thread;
-    if (u != nullptr && v != nullptr) {
+    if (both) {
       schedule.run([&](int64_t ib, int64_t jb) { tile(x, ib, jb); });
     } else if (u != nullptr) {  // rows only: each row block walks the key blocks
 #pragma omp for schedule(dynamic, 1)

@@ -1,5 +1,5 @@
 // The entry points of one build of the CPU kernels (cpu/isa.h), as a KernelSet: output
-// allocation per the op contract (lse and the two-sided lse) and dispatch to the float /
+// allocation per the op contract (lse, the two-sided lse, the pairwise sigmoid) and dispatch to the float /
 // double kernels; one gradient epilogue (gradients) behind both backwards. The checks
 // and the choice of the kernel set are in ops_cpu.cpp and dispatch.cpp, compiled once.
 #include "cpu/isa.h"  // first: the library headers, then the ISA switch
@@ -8,6 +8,7 @@
 #include "kernels.h"
 #include "lse_cpu.h"
 #include "operands.h"
+#include "sigmoid_cpu.h"
 #include "two_sided_cpu.h"
 
 CK_CPU_NAMESPACE_BEGIN
@@ -148,10 +149,58 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> two_sided_backward(
                                         need_dq, need_dk, need_dscale);
 }
 
+// The sigmoid's operands: its labels (active whenever both are given) and self pair are
+// positives that flip a sign, not exclusions.
+template <class T>
+Operands<T> sigmoid_operands(const CallArgs& a) {
+  Operands<T> op = operands<T>(a);
+  op.signed_pairs = true;
+  return op;
+}
+
+template <class T>
+at::Tensor sigmoid_forward_impl(const CallArgs& a) {
+  const Operands<T> op = sigmoid_operands<T>(a);
+  at::Tensor row_loss = at::empty({op.n}, a.q.options().dtype(c10::CppTypeToScalarType<T>::value));
+  sigmoid_forward_kernel<T>(op, row_loss.data_ptr<T>());
+  return row_loss;
+}
+
+at::Tensor sigmoid_forward(const CallArgs& a) {
+  if (accumulate_type(a.q.scalar_type()) == at::kDouble) return sigmoid_forward_impl<double>(a);
+  return sigmoid_forward_impl<float>(a);
+}
+
+template <class T>
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sigmoid_backward_impl(
+    const CallArgs& a, const at::Tensor& grad_row_loss, const at::Tensor& scale, bool need_dq,
+    bool need_dk, bool need_dscale, bool need_dbias) {
+  const Operands<T> op = sigmoid_operands<T>(a);
+  at::Tensor g = line_vector<T>(grad_row_loss);
+  const at::TensorOptions opts = a.q.options().dtype(c10::CppTypeToScalarType<T>::value);
+  at::Tensor dbias = need_dbias ? at::zeros({op.m}, opts) : at::empty({0}, opts);
+  auto [dq, dk, ds] = gradients<T>(op, a, scale, need_dq, need_dk, need_dscale, [&](T* u, T* v) {
+    sigmoid_backward_kernel<T>(op, g.data_ptr<T>(), u, v,
+                               need_dbias ? dbias.data_ptr<T>() : nullptr);
+  });
+  return {dq, dk, ds, dbias};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sigmoid_backward(
+    const CallArgs& a, const at::Tensor& grad_row_loss, const at::Tensor& scale, bool need_dq,
+    bool need_dk, bool need_dscale, bool need_dbias) {
+  if (accumulate_type(a.q.scalar_type()) == at::kDouble)
+    return sigmoid_backward_impl<double>(a, grad_row_loss, scale, need_dq, need_dk, need_dscale,
+                                         need_dbias);
+  return sigmoid_backward_impl<float>(a, grad_row_loss, scale, need_dq, need_dk, need_dscale,
+                                      need_dbias);
+}
+
 }  // namespace
 
 extern const KernelSet kKernelSet;
 const KernelSet kKernelSet{CK_CPU_AVX2 ? kAvx2Name : kBaselineName, &forward, &backward,
-                           &two_sided_forward, &two_sided_backward};
+                           &two_sided_forward, &two_sided_backward, &sigmoid_forward,
+                           &sigmoid_backward};
 
 CK_CPU_NAMESPACE_END

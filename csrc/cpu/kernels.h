@@ -24,8 +24,8 @@
 namespace ck {
 namespace cpu {
 
-// The arguments of one core-op call as the kernels take them: checked, labels only under
-// exclude_positives (contract::active_labels), scale as a double.
+// The arguments of one core-op call as the kernels take them: checked, labels only when
+// the op compares them (contract::active_labels), scale as a double.
 struct CallArgs {
   const at::Tensor& q;
   const at::Tensor& k;
@@ -54,6 +54,12 @@ struct KernelSet {
       const CallArgs& args, const at::Tensor& grad_row_lse, const at::Tensor& grad_col_lse,
       const at::Tensor& scale, const at::Tensor& row_lse, const at::Tensor& col_lse,
       bool need_dq, bool need_dk, bool need_dscale);
+  // pairwise_sigmoid: row_loss per the op contract (labels in args whenever both are given).
+  at::Tensor (*sigmoid_forward)(const CallArgs& args);
+  // (dq, dk, dscale, dbias); dbias [M] in the accumulation dtype, or [0] when not needed.
+  std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> (*sigmoid_backward)(
+      const CallArgs& args, const at::Tensor& grad_row_loss, const at::Tensor& scale,
+      bool need_dq, bool need_dk, bool need_dscale, bool need_dbias);
 };
 
 namespace baseline {

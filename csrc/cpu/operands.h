@@ -43,6 +43,9 @@ struct Operands {
   const double* k_grad_factor = nullptr;
   const int64_t* ql = nullptr;  // [n] labels when exclude_positives, else null
   const int64_t* kl = nullptr;  // [m]
+  // pairwise_sigmoid: the pairs of E (self pair, equal labels) are its positives, which
+  // flip the logit's sign (score_tile.h: sign_tile) instead of being excluded.
+  bool signed_pairs = false;
   bool has_self = false;
   int64_t self_offset = 0;
   bool normalize = false;

@@ -1,5 +1,5 @@
-// The CPU kernels of the core ops contrastive_kernels::lse_native / lse_native_backward
-// and two_sided_lse_native / two_sided_lse_native_backward (declared once, for every device, in csrc/register.cpp from common/contract.h): the
+// The CPU kernels of the core ops contrastive_kernels::lse_native / lse_native_backward,
+// two_sided_lse_native / _backward and pairwise_sigmoid_native / _backward (declared once, for every device, in csrc/register.cpp from common/contract.h): the
 // shared argument checks, then the kernel set this CPU runs (kernels.h, dispatch.cpp).
 // Python (contrastive_kernels/_extension.py) attaches the fake implementations and
 // autograd. Compiled once, for the baseline: no kernel code here.
@@ -85,6 +85,48 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> two_sided_lse_native_cpu_backward
                                          col_lse, need_dq, need_dk, need_dscale);
 }
 
+constexpr contract::Site kSigmoidForwardSite{contract::kPairwiseSigmoidForwardOp,
+                                             c10::DeviceType::CPU};
+constexpr contract::Site kSigmoidBackwardSite{contract::kPairwiseSigmoidBackwardOp,
+                                              c10::DeviceType::CPU};
+
+// The sigmoid's call arguments: labels whenever both are given.
+CallArgs sigmoid_args(const at::Tensor& q, const at::Tensor& k, const at::Tensor& scale,
+                      const std::optional<at::Tensor>& bias,
+                      const std::optional<at::Tensor>& q_labels,
+                      const std::optional<at::Tensor>& k_labels,
+                      std::optional<int64_t> self_offset, bool normalize, double eps) {
+  const bool labels = contract::sigmoid_labels_active(q_labels, k_labels);
+  return CallArgs{q, k, scale.item<double>(), bias, labels ? q_labels : std::nullopt,
+                  labels ? k_labels : std::nullopt, self_offset, normalize, eps, labels};
+}
+
+at::Tensor pairwise_sigmoid_native_cpu(const at::Tensor& q, const at::Tensor& k,
+                                       const at::Tensor& scale,
+                                       const std::optional<at::Tensor>& bias,
+                                       const std::optional<at::Tensor>& q_labels,
+                                       const std::optional<at::Tensor>& k_labels,
+                                       std::optional<int64_t> self_offset, bool normalize,
+                                       double eps) {
+  contract::check_inputs(kSigmoidForwardSite, q, k, scale, bias, q_labels, k_labels, eps,
+                         contract::sigmoid_labels_active(q_labels, k_labels));
+  return kernel_set().sigmoid_forward(
+      sigmoid_args(q, k, scale, bias, q_labels, k_labels, self_offset, normalize, eps));
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> pairwise_sigmoid_native_cpu_backward(
+    const at::Tensor& grad_row_loss, const at::Tensor& q, const at::Tensor& k,
+    const at::Tensor& scale, const std::optional<at::Tensor>& bias,
+    const std::optional<at::Tensor>& q_labels, const std::optional<at::Tensor>& k_labels,
+    std::optional<int64_t> self_offset, bool normalize, double eps, const at::Tensor& row_loss,
+    bool need_dq, bool need_dk, bool need_dscale, bool need_dbias) {
+  contract::check_sigmoid_backward_inputs(kSigmoidBackwardSite, grad_row_loss, q, k, scale, bias,
+                                          q_labels, k_labels, eps, row_loss);
+  return kernel_set().sigmoid_backward(
+      sigmoid_args(q, k, scale, bias, q_labels, k_labels, self_offset, normalize, eps),
+      grad_row_loss, scale, need_dq, need_dk, need_dscale, need_dbias);
+}
+
 }  // namespace
 }  // namespace cpu
 }  // namespace ck
@@ -96,4 +138,6 @@ TORCH_LIBRARY_IMPL(contrastive_kernels, CPU, m) {
   m.impl(ck::contract::kBackwardOp, &ck::cpu::lse_native_cpu_backward);
   m.impl(ck::contract::kTwoSidedForwardOp, &ck::cpu::two_sided_lse_native_cpu);
   m.impl(ck::contract::kTwoSidedBackwardOp, &ck::cpu::two_sided_lse_native_cpu_backward);
+  m.impl(ck::contract::kPairwiseSigmoidForwardOp, &ck::cpu::pairwise_sigmoid_native_cpu);
+  m.impl(ck::contract::kPairwiseSigmoidBackwardOp, &ck::cpu::pairwise_sigmoid_native_cpu_backward);
 }

@@ -10,6 +10,9 @@
 //                         with ONE exponential per entry at the tile's max when the tile's
 //                         range allows it (shared_pivot_update).
 //
+//     SigmoidReduction    rows only, no running max (pairwise_sigmoid): for each tile
+//                         row i, loss_i += sum_j softplus(z'_ij s_ij).
+//
 // A line's result depends only on the order in which its tiles arrive, which the sweeps
 // fix from the shapes alone (schedule.h), so the statistics are bitwise the same for any
 // thread count. finish_lines turns (m, l) into lse = m + log l (-inf for an empty line,
@@ -79,6 +82,41 @@ struct TwoSidedReduction {
     column_update(s, ld, nr, ncp, nc, cols.max, cols.sum, static_cast<const T*>(nullptr),
                   static_cast<T*>(nullptr), rescale, colmax, colsum);
     RowReduction<T>{}(s, ld, nr, ncp, rows);
+  }
+};
+
+// Row sums of softplus(x), x = z' s (z' the tile's signs, sign_tile; null when all +1),
+//
+//     softplus(x) = max(x, 0) + log1p(e),   e = exp(-|x|) in [0, 1]
+//
+// one exp and one log1p (vec.h: the polynomial, never log(1 + e)) per logit, every term
+// >= 0 so the sum has no cancellation. Padding keys (s = -inf) add exactly 0; x = +inf
+// gives +inf, a NaN logit NaN (max keeps its data operand).
+template <class T>
+struct SigmoidReduction {
+  template <bool Signed>
+  static CK_INLINE T row_sum(const T* s, const T* z, int64_t ncp) {
+    using VT = Vec<T>;
+    using V = typename VT::V;
+    constexpr int W = VT::W;
+    V acc0 = VT::zero(), acc1 = VT::zero();
+    for (int64_t j = 0; j < ncp; j += 2 * W) {  // ncp: whole panels of 2 W
+      V x0 = VT::load(s + j), x1 = VT::load(s + j + W);
+      if (Signed) {
+        x0 = VT::mul(x0, VT::load(z + j));
+        x1 = VT::mul(x1, VT::load(z + j + W));
+      }
+      acc0 = VT::add(acc0, VT::add(VT::max(VT::zero(), x0), VT::log1p(VT::exp(VT::neg_abs(x0)))));
+      acc1 = VT::add(acc1, VT::add(VT::max(VT::zero(), x1), VT::log1p(VT::exp(VT::neg_abs(x1)))));
+    }
+    return VT::hsum(VT::add(acc0, acc1));
+  }
+  // s, z [nr x ncp] (stride ld); loss: the running sums of the tile's rows.
+  CK_INLINE void operator()(const T* s, const T* z, int64_t ld, int64_t nr, int64_t ncp,
+                            double* loss) const {
+    for (int64_t i = 0; i < nr; ++i)
+      loss[i] += double(z != nullptr ? row_sum<true>(s + i * ld, z + i * ld, ncp)
+                                     : row_sum<false>(s + i * ld, nullptr, ncp));
   }
 };
 

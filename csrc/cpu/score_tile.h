@@ -6,7 +6,9 @@
 // with rq, rk the inverse norms (1 without normalize), cb the key bias (0 without one,
 // -inf for padding keys beyond M in the last key panel), and the excluded pairs E (key
 // i + self_offset of row i where it exists; with exclude_positives every key sharing row
-// i's label) masked afterwards: -inf in a forward tile, weight 0 in a backward one.
+// i's label) masked afterwards: -inf in a forward tile, weight 0 in a backward one. For
+// pairwise_sigmoid the same pairs are the positives: never masked, they flip the sign of
+// the softplus argument, read from a sign tile (sign_tile) beside the logits.
 //
 // The forward stores s itself (score_tile) for a reduction policy (reduction.h); the
 // backward never stores s: a weight policy turns each register of logits into dL/ds
@@ -39,11 +41,11 @@ CK_INLINE typename Vec<T>::V logit(typename Vec<T>::V dot, typename Vec<T>::V ro
   return VT::fma(VT::mul(dot, row_factor), VT::load(rk), VT::load(cb));
 }
 
-// Sets the excluded pairs of tile x (rows r0 .. r0 + nr, keys c0 .. c0 + nc, row stride
-// ld) to `fill`: key i + self_offset of row i, and keys sharing row i's label.
+// Sets the pairs of E in tile x (rows r0 .. r0 + nr, keys c0 .. c0 + nc, row stride ld)
+// to `fill`: key i + self_offset of row i, and keys sharing row i's label.
 template <class T>
-inline void mask_tile(const Operands<T>& op, T* x, int64_t ld, int64_t r0, int64_t nr, int64_t c0,
-                      int64_t nc, T fill) {
+inline void mark_pairs(const Operands<T>& op, T* x, int64_t ld, int64_t r0, int64_t nr, int64_t c0,
+                       int64_t nc, T fill) {
   if (op.has_self) {
     const int64_t first = std::max(r0, c0 - op.self_offset);
     const int64_t last = std::min(r0 + nr, c0 + nc - op.self_offset);
@@ -57,6 +59,31 @@ inline void mask_tile(const Operands<T>& op, T* x, int64_t ld, int64_t r0, int64
       for (int64_t j = 0; j < nc; ++j) row[j] = (kl[j] == li) ? fill : row[j];
     }
   }
+}
+
+// Masks the excluded pairs of tile x with `fill`; pairs that only flip a sign
+// (signed_pairs) are left to sign_tile.
+template <class T>
+inline void mask_tile(const Operands<T>& op, T* x, int64_t ld, int64_t r0, int64_t nr, int64_t c0,
+                      int64_t nc, T fill) {
+  if (!op.signed_pairs) mark_pairs(op, x, ld, r0, nr, c0, nc, fill);
+}
+
+// The signs of a signed_pairs tile: z'_ij = -z_ij, -1 on the positives (E), +1 elsewhere,
+// into z [nr x ncp] (stride ld), so that x = z' s is the softplus argument and
+// dL/ds = z' sigmoid(x) g. Returns false, leaving z untouched, when the tile holds no
+// positive (every tile of a problem without labels but the self pairs' diagonal band):
+// its signs are all +1 and the kernels skip the multiply.
+template <class T>
+inline bool sign_tile(const Operands<T>& op, int64_t r0, int64_t nr, int64_t c0, int64_t nc, T* z,
+                      int64_t ld) {
+  const bool diagonal = op.has_self && std::max(r0, c0 - op.self_offset) <
+                                           std::min(r0 + nr, c0 + nc - op.self_offset);
+  if (!diagonal && op.ql == nullptr) return false;
+  const int64_t ncp = round_up(nc, panel_width<T>());
+  for (int64_t i = 0; i < nr; ++i) std::fill(z + i * ld, z + i * ld + ncp, T(1));
+  mark_pairs(op, z, ld, r0, nr, c0, nc, T(-1));
+  return true;
 }
 
 // Calls epi(mr, i0, p, s) for every micro-tile of the tile's logits, still in registers:

@@ -1,6 +1,6 @@
 // SIMD helpers for the CPU kernels: one 256-bit register type per accumulation dtype
 // (8 floats / 4 doubles), the handful of operations the kernels use, and a vectorized
-// exp for float.
+// exp and log1p for float.
 //
 // In the AVX2 + FMA build of the kernels (cpu/isa.h: CK_CPU_AVX2) these are intrinsics;
 // in the baseline build a plain array fallback keeps the same code compiling and correct
@@ -82,6 +82,31 @@ struct Vec<float> {
     const V y = _mm256_castsi256_ps(_mm256_add_epi32(_mm256_castps_si256(p), e));
     return _mm256_andnot_ps(_mm256_cmp_ps(x, lo, _CMP_LT_OQ), y);  // x < lo: exactly 0
   }
+  static CK_INLINE V div(V a, V b) { return _mm256_div_ps(a, b); }
+  // -|x|: the sign bit set (NaN stays NaN)
+  static CK_INLINE V neg_abs(V x) { return _mm256_or_ps(x, _mm256_set1_ps(-0.0f)); }
+  // where x has its sign bit set (x < 0, -0, negative NaN): b, else a
+  static CK_INLINE V select_neg(V x, V a, V b) { return _mm256_blendv_ps(a, b, x); }
+
+  // log1p(e) for e in [0, 1] (softplus's e = exp(-|x|)) as e P(e), P a degree-8
+  // polynomial (relative-error least squares on [0, 1], iteratively reweighted towards
+  // minimax) in Horner form: 8 FMAs and a multiply, no range reduction and no division.
+  // Measured over 3e6 e (uniform on [0, 1] and e^-U(0, 87)) against float64: at most
+  // 2.1 ulp, 0.64 ulp on average; relative accuracy holds as e -> 0 (no 1 + e is ever
+  // formed, so trained SigLIP's e ~ 5e-5 keeps every bit). log1p(0) = 0 exactly; NaN
+  // propagates.
+  static CK_INLINE V log1p(V e) {
+    V p = _mm256_set1_ps(5.232738796621561e-03f);
+    p = _mm256_fmadd_ps(p, e, _mm256_set1_ps(-2.9505418613553047e-02f));
+    p = _mm256_fmadd_ps(p, e, _mm256_set1_ps(7.822624593973160e-02f));
+    p = _mm256_fmadd_ps(p, e, _mm256_set1_ps(-1.3663271069526672e-01f));
+    p = _mm256_fmadd_ps(p, e, _mm256_set1_ps(1.9106018543243408e-01f));
+    p = _mm256_fmadd_ps(p, e, _mm256_set1_ps(-2.4842984974384308e-01f));
+    p = _mm256_fmadd_ps(p, e, _mm256_set1_ps(3.331909775733948e-01f));
+    p = _mm256_fmadd_ps(p, e, _mm256_set1_ps(-4.999949336051941e-01f));
+    p = _mm256_fmadd_ps(p, e, _mm256_set1_ps(9.999999403953552e-01f));
+    return _mm256_mul_ps(p, e);
+  }
 };
 
 template <>
@@ -114,6 +139,15 @@ struct Vec<double> {
     for (int i = 0; i < 4; ++i) t[i] = std::exp(t[i]);
     return _mm256_load_pd(t);
   }
+  static CK_INLINE V log1p(V x) {
+    alignas(32) double t[4];
+    _mm256_store_pd(t, x);
+    for (int i = 0; i < 4; ++i) t[i] = std::log1p(t[i]);
+    return _mm256_load_pd(t);
+  }
+  static CK_INLINE V div(V a, V b) { return _mm256_div_pd(a, b); }
+  static CK_INLINE V neg_abs(V x) { return _mm256_or_pd(x, _mm256_set1_pd(-0.0)); }
+  static CK_INLINE V select_neg(V x, V a, V b) { return _mm256_blendv_pd(a, b, x); }
 };
 
 #else  // portable fallback: same interface over a small array
@@ -143,6 +177,13 @@ struct VecFallback {
   static T hsum(V a) { T s = 0; for (int i = 0; i < W; ++i) s += a.v[i]; return s; }
   static T hmax(V a) { T s = a.v[0]; for (int i = 1; i < W; ++i) s = std::fmax(s, a.v[i]); return s; }
   static V exp(V a) { for (int i = 0; i < W; ++i) a.v[i] = std::exp(a.v[i]); return a; }
+  static V log1p(V a) { for (int i = 0; i < W; ++i) a.v[i] = std::log1p(a.v[i]); return a; }
+  static V div(V a, V b) { for (int i = 0; i < W; ++i) a.v[i] /= b.v[i]; return a; }
+  static V neg_abs(V a) { for (int i = 0; i < W; ++i) a.v[i] = -std::fabs(a.v[i]); return a; }
+  static V select_neg(V x, V a, V b) {
+    for (int i = 0; i < W; ++i) a.v[i] = std::signbit(x.v[i]) ? b.v[i] : a.v[i];
+    return a;
+  }
 };
 
 template <>

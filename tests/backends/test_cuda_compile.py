@@ -26,6 +26,7 @@ def _load_script():
 report_script = _load_script()
 
 pytestmark = [
+    pytest.mark.xdist_group("cuda_compile"),  # one worker compiles once
     pytest.mark.slow,
     pytest.mark.skipif(not (report_script.cuda_home() / "bin" / "nvcc").exists(),
                        reason="nvcc not found (set CUDA_HOME)"),

@@ -40,7 +40,8 @@ def _ptxas():
     return None
 
 
-pytestmark = [pytest.mark.slow,
+pytestmark = [pytest.mark.xdist_group("triton_aot"),  # one worker compiles once
+              pytest.mark.slow,
               pytest.mark.skipif(_ptxas() is None, reason="no ptxas (Triton's or CUDA's)")]
 
 

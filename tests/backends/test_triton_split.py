@@ -14,7 +14,7 @@ import torch
 
 import contrastive_kernels as ck
 from contrastive_kernels import reference
-from contrastive_kernels.testing.core_cases import OPTIONS, make_inputs
+from contrastive_kernels.testing.core_cases import OPTIONS, covering, make_inputs
 from contrastive_kernels.testing.core_check import (acc_dtype, check_against_oracle, fused,
                                                     lse_and_grads)
 
@@ -127,15 +127,20 @@ def test_split_dk_grid(monkeypatch, dtype, d):
     check_against_oracle("triton", 150, 37, d, dtype, OPT["all"])
 
 
+# the covering design of splits x dtypes x options (core_cases.covering: fp32 every option at
+# both splits, every other dtype "all" at both and each other option at one): every
+# (dtype, option), (splits, option) and (splits, dtype) pair, not the 64-case factorial
+SPLIT_TABLE = covering(tuple(OPTIONS), shapes=(2, 3), dtypes=tuple(ALL_DTYPES))
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("opt", [o.id for o in OPTIONS])
-@pytest.mark.parametrize("dtype", ALL_DTYPES, ids=str)
-@pytest.mark.parametrize("splits", [2, 3])
+@pytest.mark.parametrize("splits,dtype,opt", SPLIT_TABLE,
+                         ids=[f"{s}-{str(d)[6:]}-{o.id}" for s, d, o in SPLIT_TABLE])
 def test_split_option_table(monkeypatch, splits, dtype, opt):
     """Every option of the shared table, both grids split (N = M = 150: 3 tiles each)."""
     monkeypatch.setenv(ENV, str(splits))
-    check_against_oracle("triton", 150, 150, 24, dtype, OPT[opt])
-    check_against_oracle("triton", 37, 150, 130, dtype, OPT[opt])
+    check_against_oracle("triton", 150, 150, 24, dtype, opt)
+    check_against_oracle("triton", 37, 150, 130, dtype, opt)
 
 
 @pytest.mark.parametrize("shape", [(37, 150, 40), (150, 37, 130)], ids=["dq_fwd", "dk"])

@@ -1,12 +1,13 @@
 """Our modules against the installed anchor libraries themselves: lightly (NT-Xent with
-and without a memory bank, DCL, DCLW) and open_clip (ClipLoss), float64, loss and grads.
+and without a memory bank, DCL, DCLW) and open_clip (ClipLoss, SigLipLoss), float64, loss
+and grads.
 pytorch-metric-learning parity is in test_pml_parity.py and test_supcon.py."""
 
 import pytest
 import torch
 
 import contrastive_kernels as ck
-from contrastive_kernels.testing import fused_backends
+from contrastive_kernels.testing import emulated_backends, fused_backends
 
 BACKENDS = [b for b in fused_backends() if b != "triton"]
 TOL = dict(rtol=1e-10, atol=1e-12)
@@ -63,3 +64,17 @@ def test_open_clip(backend):
     theirs = _loss_and_grads(open_clip_loss.ClipLoss(), img, txt, scale)
     ours = _loss_and_grads(ck.ClipLoss(backend=backend), img, txt, scale)
     _assert_same(ours, theirs)
+
+
+@pytest.mark.parametrize("backend", fused_backends() + emulated_backends())
+def test_open_clip_siglip(backend):
+    """Every backend (triton interpreted, cuda emulated): loss and the gradients of both
+    features, logit_scale and logit_bias, at SigLIP's initialization and at a trained-like
+    scale (logits far from 0, where log1p and the sigmoid's tails matter)."""
+    open_clip_loss = pytest.importorskip("open_clip.loss")
+    img, txt = (torch.nn.functional.normalize(x, dim=1) for x in _pair(batch=7, dim=5))
+    for scale, bias in ((10.0, -10.0), (100.0, -5.0)):
+        scalars = (torch.tensor(scale, dtype=torch.float64), torch.tensor(bias, dtype=torch.float64))
+        theirs = _loss_and_grads(open_clip_loss.SigLipLoss(), img, txt, *scalars)
+        ours = _loss_and_grads(ck.SigLipLoss(backend=backend), img, txt, *scalars)
+        _assert_same(ours, theirs)

@@ -37,6 +37,8 @@ def _loss_calls(batch, d=8, backend="torch", gen=None):
     sup = r(batch, 5)
     prior = fn.class_prior([5, 4, 3, 2, 1], 5)
     scale = torch.tensor(3.0, requires_grad=True)
+    bias = torch.tensor(-2.0, requires_grad=True)
+    u0, u1 = u(batch, d), u(batch, d)
     be = dict(backend=backend)
     return [
         ("supcon", lambda: fn.supcon_loss(feats3, labels, **be), (feats3,)),
@@ -51,6 +53,7 @@ def _loss_calls(batch, d=8, backend="torch", gen=None):
         ("bingo", lambda: fn.bingo_loss(x0, pos, queue, (0.5, 0.5), **be), (x0, pos, queue)),
         ("dclw", lambda: fn.dclw_loss(x0, x1, **be), (x0, x1)),
         ("hcl", lambda: fn.hcl_loss(x0, x1, **be), (x0, x1)),
+        ("siglip", lambda: fn.siglip_loss(u0, u1, scale, bias, **be), (u0, u1, scale, bias)),
     ]
 
 

@@ -20,6 +20,7 @@ import textwrap
 from . import core_op  # noqa: F401,E402
 from . import supcon_paco  # noqa: F401,E402
 from . import pairs  # noqa: F401,E402
+from . import siglip  # noqa: F401,E402
 from . import queue_dcl_hcl  # noqa: F401,E402
 from . import devices  # noqa: F401,E402
 from .table import CASES, FAMILIES, TOPICS, BadInput  # noqa: F401
