@@ -18,11 +18,10 @@ constexpr contract::Site kBackwardSite{contract::kBackwardOp, c10::DeviceType::C
 constexpr contract::Site kTwoSidedForwardSite{contract::kTwoSidedForwardOp, c10::DeviceType::CUDA};
 constexpr contract::Site kTwoSidedBackwardSite{contract::kTwoSidedBackwardOp,
                                                c10::DeviceType::CUDA};
-// <op>_native of common/contract.h kPairwiseSigmoid
-constexpr char kSigmoidForwardOp[] = "pairwise_sigmoid_native";
-constexpr char kSigmoidBackwardOp[] = "pairwise_sigmoid_native_backward";
-constexpr contract::Site kSigmoidForwardSite{kSigmoidForwardOp, c10::DeviceType::CUDA};
-constexpr contract::Site kSigmoidBackwardSite{kSigmoidBackwardOp, c10::DeviceType::CUDA};
+constexpr contract::Site kSigmoidForwardSite{contract::kPairwiseSigmoidForwardOp,
+                                             c10::DeviceType::CUDA};
+constexpr contract::Site kSigmoidBackwardSite{contract::kPairwiseSigmoidBackwardOp,
+                                              c10::DeviceType::CUDA};
 
 // Before the device guard, which needs a CUDA device.
 void check_cuda(const contract::Site& site, const at::Tensor& q) {
@@ -122,6 +121,7 @@ TORCH_LIBRARY_IMPL(contrastive_kernels, CUDA, m) {
   m.impl(ck::contract::kBackwardOp, &ck::cuda_ops::lse_native_cuda_backward);
   m.impl(ck::contract::kTwoSidedForwardOp, &ck::cuda_ops::two_sided_lse_native_cuda);
   m.impl(ck::contract::kTwoSidedBackwardOp, &ck::cuda_ops::two_sided_lse_native_cuda_backward);
-  m.impl(ck::cuda_ops::kSigmoidForwardOp, &ck::cuda_ops::pairwise_sigmoid_native_cuda);
-  m.impl(ck::cuda_ops::kSigmoidBackwardOp, &ck::cuda_ops::pairwise_sigmoid_native_cuda_backward);
+  m.impl(ck::contract::kPairwiseSigmoidForwardOp, &ck::cuda_ops::pairwise_sigmoid_native_cuda);
+  m.impl(ck::contract::kPairwiseSigmoidBackwardOp,
+         &ck::cuda_ops::pairwise_sigmoid_native_cuda_backward);
 }

@@ -301,13 +301,6 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor> two_sided_backward(
   return call.run(run, site, p, scale);
 }
 
-// pairwise_sigmoid compares the labels whenever both are given (no pair is excluded: the
-// marked pairs are its positives), so the checks and the problem see them as active.
-inline bool sigmoid_labels(const std::optional<at::Tensor>& q_labels,
-                           const std::optional<at::Tensor>& k_labels) {
-  return q_labels.has_value() && k_labels.has_value();
-}
-
 // pairwise_sigmoid: row_loss [n] = sum_j softplus(-z_ij s_ij), the key ranges' partial sums
 // added in range order.
 inline at::Tensor sigmoid_forward(ForwardRunner run, const contract::Site& site, void* stream,
@@ -316,7 +309,8 @@ inline at::Tensor sigmoid_forward(ForwardRunner run, const contract::Site& site,
                                   const std::optional<at::Tensor>& q_labels,
                                   const std::optional<at::Tensor>& k_labels,
                                   std::optional<int64_t> self_offset, bool normalize, double eps) {
-  const bool labels = sigmoid_labels(q_labels, k_labels);
+  // the labels are compared whenever both are given: the marked pairs are the positives
+  const bool labels = contract::sigmoid_labels_active(q_labels, k_labels);
   contract::check_inputs(site, q, k, scale, bias, q_labels, k_labels, eps, labels);
   Prepared prep = prepare(site, q, k, scale, bias, q_labels, k_labels, self_offset, normalize,
                           eps, labels, stream);
@@ -336,10 +330,9 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sigmoid_backwa
     const std::optional<at::Tensor>& k_labels, std::optional<int64_t> self_offset,
     bool normalize, double eps, const at::Tensor& row_loss, bool need_dq, bool need_dk,
     bool need_dscale, bool need_dbias) {
-  const bool labels = sigmoid_labels(q_labels, k_labels);
-  contract::check_inputs(site, q, k, scale, bias, q_labels, k_labels, eps, labels);
-  check_statistic(site, "grad_row_loss", grad_row_loss, q, q.size(0), "N");
-  check_statistic(site, "row_loss", row_loss, q, q.size(0), "N");
+  contract::check_sigmoid_backward_inputs(site, grad_row_loss, q, k, scale, bias, q_labels,
+                                          k_labels, eps, row_loss);
+  const bool labels = contract::sigmoid_labels_active(q_labels, k_labels);
   TORCH_CHECK(!need_dbias || bias.has_value(), site.op, ": need_dbias without a bias");
   Prepared prep = prepare(site, q, k, scale, bias, q_labels, k_labels, self_offset, normalize,
                           eps, labels, stream);
