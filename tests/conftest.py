@@ -32,6 +32,14 @@ def cuda_device():
     return torch.device("cuda")
 
 
+@pytest.fixture
+def set_matmul_precision():
+    """torch.set_float32_matmul_precision, restored after the test (the tf32 tests)."""
+    prev = torch.get_float32_matmul_precision()
+    yield torch.set_float32_matmul_precision
+    torch.set_float32_matmul_precision(prev)
+
+
 @pytest.fixture(autouse=True)
 def _emulate_cuda_for_cuda_cases(request, monkeypatch):
     """A case parametrized with backend="cuda" on CPU tensors runs the CUDA kernel source

@@ -1,6 +1,7 @@
 // The backward: the tile loop of the row grid (dq) and the key grid (dk), templated on the
-// reduction whose weights it applies (reductions.cuh), its kernels (lse, two_sided_lse), the
-// per-row epilogue (scale and the normalization Jacobian) and the fixed-order dscale sum.
+// reduction whose weights it applies (reductions.cuh), its kernels (lse, two_sided_lse,
+// pairwise_sigmoid), the per-row epilogue (scale and the normalization Jacobian) and the
+// fixed-order dscale sum.
 #pragma once
 
 #include "cuda/reductions.cuh"
@@ -20,7 +21,8 @@ namespace CK_KERNEL_NAMESPACE {
 // Range r of S writes its partial sums into slice r of the workspace [S, rows, d];
 // row_epilogue_kernel adds the S slices in order. The dq grid also sums, when b.rowdot is
 // set, rowdot[r][i] = sum_j x_ij <q_i, k_j> (fp32 products of the unrounded weights and the
-// raw dot products; dscale = their fixed-order sum).
+// raw dot products; dscale = their fixed-order sum). The dk grid runs without v (b.v null,
+// no second product) when only the Reduction's dbias partials are wanted (kBiasGrad).
 template <class Tag, class Reduction, bool kKeys>
 CK_DEVICE void backward_tiles(const KernelProblem& p, const BackwardBuffers& b) {
   using S = typename Tag::S;
@@ -36,7 +38,8 @@ CK_DEVICE void backward_tiles(const KernelProblem& p, const BackwardBuffers& b) 
   const int64_t per_split = ((other_count + 63) / 64 + splits - 1) / splits * 64;
   const int64_t begin = split * per_split;
   const int64_t end = other_count < begin + per_split ? other_count : begin + per_split;
-  Acc* out = static_cast<Acc*>(kKeys ? b.v : b.u) + split * own_count * p.d;
+  Acc* const base = static_cast<Acc*>(kKeys ? b.v : b.u);
+  Acc* const out = base == nullptr ? nullptr : base + split * own_count * p.d;
   const Acc scale = *static_cast<const Acc*>(p.scale);
   const S* other = static_cast<const S*>(kKeys ? p.q : p.k);
   const int64_t o_s0 = kKeys ? p.q_s0 : p.k_s0, o_s1 = kKeys ? p.q_s1 : p.k_s1;
@@ -44,7 +47,7 @@ CK_DEVICE void backward_tiles(const KernelProblem& p, const BackwardBuffers& b) 
   // The weights (reductions.cuh) and the own rows' factor. On tensor cores (bf16 / fp16,
   // fp32 with tf32) the own factor multiplies the fp32 products instead of the weights,
   // which are rounded to the operand type: only what varies along the reduction is rounded.
-  const typename Reduction::template Backward<Tag, kKeys> weights(p, b, own0);
+  typename Reduction::template Backward<Tag, kKeys> weights(p, b, own0);
   const Acc f_own[2] = {weights.own_factor(0), weights.own_factor(1)};
   Acc ds[2] = {0, 0};
   const bool want_ds = !kKeys && b.rowdot != nullptr;
@@ -55,14 +58,15 @@ CK_DEVICE void backward_tiles(const KernelProblem& p, const BackwardBuffers& b) 
   for (int64_t other0 = begin; other0 < end; other0 += 64) {
     const int64_t row0 = kKeys ? other0 : own0, col0 = kKeys ? own0 : other0;
     Acc s[8][4];
-    logits_tile<Tag, kKeys>(
+    logits_tile<Tag, kKeys, Reduction::kSigned>(
         p, sm, rq, rk, scale, row0, col0, s,
-        [&](int h, int64_t row, int64_t col, Acc dot, Acc logit) {
+        [&](int h, int64_t row, int64_t col, Acc dot, Acc logit, bool marked) {
           if (logit == neg_inf<Acc>() || col >= p.m) return Acc(0);
-          const Acc w = weights.weight(h, row, col, logit);
+          const Acc w = weights.weight(h, row, col, logit, marked);
           if (want_ds) ds[h] = ck_fma(w, dot, ds[h]);
           return row_factor_on_products ? w : f_own[h] * w;
         });
+    if (out == nullptr) continue;  // dbias only (uniform over the block)
     // the other side's chunks into the K stage buffers (Q's, for the key grid)
     const auto stage = [&](int i, int64_t k0) {
       stage_chunk<Tag>(sm.k_stage(i), other, other0, other_count, o_s0, o_s1, k0, p.d, o_vec);
@@ -97,6 +101,7 @@ CK_DEVICE void backward_tiles(const KernelProblem& p, const BackwardBuffers& b) 
       });
     }
   }
+  if constexpr (Reduction::kBiasGrad) weights.finish(p, b, own0, split);
   if (want_ds) {
 CK_UNROLL
     for (int h = 0; h < 2; ++h) {
@@ -133,6 +138,21 @@ template <class Tag>
 CK_GLOBAL void CK_LAUNCH_BOUNDS(kThreads)
     two_sided_backward_keys_kernel(KernelProblem p, BackwardBuffers b) {
   backward_tiles<Tag, LseRowsCols, true>(p, b);
+}
+
+// pairwise_sigmoid, row grid: u~_i = sum_j x_ij k_j, x_ij = rq_i rk_j (-z_ij) sigmoid(x_ij) g_i.
+template <class Tag>
+CK_GLOBAL void CK_LAUNCH_BOUNDS(kThreads)
+    sigmoid_backward_rows_kernel(KernelProblem p, BackwardBuffers b) {
+  backward_tiles<Tag, SigmoidRows, false>(p, b);
+}
+
+// pairwise_sigmoid, key grid: v~_j = sum_i x_ij q_i on the transposed tiles, and the dbias
+// partials of the row range.
+template <class Tag>
+CK_GLOBAL void CK_LAUNCH_BOUNDS(kThreads)
+    sigmoid_backward_keys_kernel(KernelProblem p, BackwardBuffers b) {
+  backward_tiles<Tag, SigmoidRows, true>(p, b);
 }
 
 // Per-row epilogue, one warp per row: dx_i = scale (w_i - c_i x_i) with

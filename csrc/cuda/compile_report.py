@@ -39,7 +39,18 @@ DTYPES = {"TagF16": "fp16", "TagBF16": "bf16", "TagF32": "fp32", "TagF64": "fp64
 _CHUNK = {"fp16": (32, 2, 4), "bf16": (32, 2, 4), "fp32": (32, 4, 4), "fp64": (16, 8, 8)}
 TILE_KERNELS = ("lse_forward_kernel", "lse_forward_kernel+o", "lse_backward_rows_kernel",
                 "lse_backward_keys_kernel", "two_sided_forward_kernel",
-                "two_sided_backward_rows_kernel", "two_sided_backward_keys_kernel")
+                "two_sided_backward_rows_kernel", "two_sided_backward_keys_kernel",
+                "sigmoid_forward_kernel", "sigmoid_backward_rows_kernel",
+                "sigmoid_backward_keys_kernel")
+# The per-logit tile math of each reduction, compiled alone (a probe kernel: 32 logits per
+# thread, fully unrolled, summed), minus the same probe summing the raw logits: the SASS the
+# policy adds per logit on top of the score tile, which every op shares.
+PROBE_TERMS = {
+    "lse: exp(s - m)": "tile_exp<Tag>(x - pivot)",
+    "sigmoid forward: softplus(x)": "tile_softplus<Tag>(x)",
+    "sigmoid backward: sigmoid(x)": "tile_sigmoid<Tag>(x)",
+}
+PROBE_TAGS = {"TagBF16": "bf16", "TagF32": "fp32", "TagF64": "fp64"}
 SASS_CLASSES = {
     "HMMA": r"HMMA", "LDSM": r"LDSM", "LDGSTS": r"LDGSTS", "MUFU": r"MUFU",
     "FFMA": r"FFMA", "DFMA": r"DFMA", "SHFL": r"SHFL", "BAR": r"BAR",
@@ -170,6 +181,66 @@ def sass_mix(cubin: Path) -> dict:
     return mixes
 
 
+def probe_source() -> str:
+    kernels = []
+    for i, term in enumerate(["x", *PROBE_TERMS.values()]):
+        kernels.append(f"""
+template <class Tag>
+__global__ void probe{i}(const typename Tag::Acc* in, typename Tag::Acc* out) {{
+  using Acc = typename Tag::Acc;
+  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  const Acc pivot = in[0];
+  Acc acc = 0;
+#pragma unroll
+  for (int j = 0; j < 32; ++j) {{
+    const Acc x = in[i * 32 + j];
+    acc += {term};
+  }}
+  out[i] = acc + pivot;
+}}""")
+    inst = [f"template __global__ void probe{i}<{tag}>(const {tag}::Acc*, {tag}::Acc*);"
+            for i in range(len(PROBE_TERMS) + 1) for tag in PROBE_TAGS]
+    return ("#define CK_KERNEL_NAMESPACE probe_kernels\n#include \"cuda/lse_kernels.cuh\"\n"
+            "namespace ck {\nnamespace probe_kernels {\n" + "\n".join(kernels) + "\n" +
+            "\n".join(inst) + "\n}  // namespace probe_kernels\n}  // namespace ck\n")
+
+
+def per_logit(arch: str, workdir: Path) -> list:
+    """[(term, dtype, SASS, MUFU, FMA-pipe ops)] per logit, from the probe kernels."""
+    src = workdir / f"probe_sm{arch}.cu"
+    src.write_text(probe_source())
+    cubin = workdir / f"probe_sm{arch}.cubin"
+    cmd = [str(cuda_home() / "bin" / "nvcc"), *NVCC_FLAGS, "-I", str(ROOT / "csrc"), "-cubin",
+           f"-gencode=arch=compute_{arch},code=sm_{arch}", str(src), "-o", str(cubin)]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    if res.returncode != 0:
+        raise RuntimeError(f"nvcc failed for the sm_{arch} probe:\n{res.stderr}")
+    fma_pipe = re.compile(r"(?:FFMA|FMUL|FADD|DFMA|DMUL|DADD|FSEL|FMNMX|FSETP|DSETP)")
+    counts = {}
+    out = subprocess.run([cuobjdump(), "-sass", str(cubin)], capture_output=True, text=True,
+                         check=True).stdout
+    current = None
+    for line in out.splitlines():
+        m = re.match(r"\s*Function : (\w+)", line)
+        if m:
+            i = int(re.search(r"probe(\d+)", m[1])[1])
+            tag = re.search(r"Tag\w+?(?=E)", m[1])[0]
+            current = counts.setdefault((i, tag), [0, 0, 0])
+            continue
+        m = re.match(r"\s*/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)", line)
+        if m and current is not None and m[1].split(".")[0] not in ("NOP", "BRA", "EXIT"):
+            op = m[1].split(".")[0]
+            current[0] += 1
+            current[1] += op == "MUFU"
+            current[2] += bool(fma_pipe.fullmatch(op))
+    rows = []
+    for i, name in enumerate(PROBE_TERMS, start=1):
+        for tag, dtype in PROBE_TAGS.items():
+            base, term = counts[(0, tag)], counts[(i, tag)]
+            rows.append((name, dtype, *[(t - b) / 32 for t, b in zip(term, base)]))
+    return rows
+
+
 def collect(workdir: Path) -> dict:
     report = {}
     for arch in ARCHES:
@@ -186,7 +257,11 @@ def collect(workdir: Path) -> dict:
     return report
 
 
-def render(report: dict) -> str:
+def collect_per_logit(workdir: Path) -> dict:
+    return {arch: per_logit(arch, workdir) for arch in ARCHES}
+
+
+def render(report: dict, logits: dict) -> str:
     nvcc = cuda_home() / "bin" / "nvcc"
     lines = [
         "# CUDA kernels: compile report",
@@ -211,7 +286,11 @@ def render(report: dict) -> str:
         "residue); the exp of the online log-sum-exp is 32 MUFU per thread per tile. "
         "`two_sided_*` are the kernels of two_sided_lse (policy LseRowsCols, "
         "`reductions.cuh`): its forward adds the column partials of each tile (32 more exps "
-        "per thread, 3 barriers, no shuffles), its backward grids the two-sided weights.",
+        "per thread, 3 barriers, no shuffles), its backward grids the two-sided weights. "
+        "`sigmoid_*` are the kernels of pairwise_sigmoid (policy SigmoidRows): its forward sums "
+        "softplus per row (one exp per logit; the log1p on the FMA pipe), its backward grids "
+        "the sigmoid weights (one exp and one reciprocal per logit) and, on the key grid, the "
+        "dbias partials; `sum_splits_kernel` adds its split partials in range order.",
         "",
     ]
     head = ("| kernel | dtype | regs | spill st/ld | stack | smem static | smem dynamic | "
@@ -230,6 +309,26 @@ def render(report: dict) -> str:
                 f"{r.get('SHFL', '?')} | {r.get('BAR', '?')} | {r.get('LDL/STL', '?')} | "
                 f"{r.get('fast_math', '?')} |")
         lines.append("")
+    lines += [
+        "## Per logit: the tile math of each reduction",
+        "",
+        "What a policy adds per logit to the shared score tile, from probe kernels (32 logits "
+        "per thread, unrolled, summed; the same probe summing the raw logits subtracted), per "
+        "arch: SASS instructions, MUFU (SFU: ex2 / rcp / lg2) and FMA-pipe ops (FFMA, FMUL, "
+        "FADD, FSEL, FMNMX, FSETP and their fp64 forms). The 16-bit kernels use bf16's row "
+        "(fp16 is the same code). The main loop of the logits adds, per logit and chunk of 32 "
+        "features, 16 / 32 HMMA, 10 / 32 LDSM and 4 / 32 LDGSTS per thread (bf16 / fp16; "
+        "the kernels' rows above): at d = 128 (4 chunks), 2 HMMA, 1.25 LDSM and 0.5 LDGSTS "
+        "per logit; d streams in chunks of kBK = 32 (16 for fp64), the one d tile, so at "
+        "d = 256 those double while the tile math stays.",
+        "",
+        "| arch | term | dtype | SASS / logit | MUFU / logit | FMA-pipe / logit |",
+        "|---|---|---|---|---|---|",
+    ]
+    for arch, rows in logits.items():
+        for term, dtype, sass, mufu, fma in rows:
+            lines.append(f"| sm_{arch} | {term} | {dtype} | {sass:.2f} | {mufu:.2f} | {fma:.2f} |")
+    lines.append("")
     return "\n".join(lines)
 
 
@@ -238,7 +337,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=None, help="write the markdown here (default: stdout)")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
-        text = render(collect(Path(tmp)))
+        text = render(collect(Path(tmp)), collect_per_logit(Path(tmp)))
     if args.out:
         Path(args.out).write_text(text)
     else:

@@ -18,6 +18,7 @@
 //   ck_cp_async_commit             cp.async.commit_group
 //   ck_cp_async_wait<N> / _wait_all cp.async.wait_group N / 0
 //   ck_exp / ck_log / ck_sqrt      math in the accumulation type (accurate, IEEE subnormals)
+//   ck_log1p (fp64), ck_rcp        log(1 + x); 1 / x correctly rounded
 //   ck_exp_approx                  the SFU's approximate exp (fp32; host: std::exp)
 //   ck_half_to_float / ck_bf16_to_float, ck_float_to_half / ck_float_to_bf16  (raw bits)
 #pragma once
@@ -143,6 +144,10 @@ CK_DEVICE double ck_exp(double x) { return ::exp(x); }
 CK_DEVICE float ck_exp_approx(float x) { return __expf(x); }
 CK_DEVICE float ck_log(float x) { return ::logf(x); }
 CK_DEVICE double ck_log(double x) { return ::log(x); }
+CK_DEVICE double ck_log1p(double x) { return ::log1p(x); }
+// rcp.rn.f32: MUFU.RCP plus one Newton step, correctly rounded (not the fast-math rcp.approx)
+CK_DEVICE float ck_rcp(float x) { return __frcp_rn(x); }
+CK_DEVICE double ck_rcp(double x) { return 1.0 / x; }
 CK_DEVICE float ck_sqrt(float x) { return ::sqrtf(x); }
 CK_DEVICE double ck_sqrt(double x) { return ::sqrt(x); }
 CK_DEVICE float ck_fma(float a, float b, float c) { return __fmaf_rn(a, b, c); }
@@ -225,6 +230,9 @@ inline double ck_exp(double x) { return std::exp(x); }
 inline float ck_exp_approx(float x) { return std::exp(x); }
 inline float ck_log(float x) { return std::log(x); }
 inline double ck_log(double x) { return std::log(x); }
+inline double ck_log1p(double x) { return std::log1p(x); }
+inline float ck_rcp(float x) { return 1.f / x; }
+inline double ck_rcp(double x) { return 1.0 / x; }
 inline float ck_sqrt(float x) { return std::sqrt(x); }
 inline double ck_sqrt(double x) { return std::sqrt(x); }
 // a * b + c: the host build targets baseline x86-64, where std::fma is a library call

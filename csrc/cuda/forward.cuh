@@ -1,5 +1,5 @@
 // The forward tile loop, templated on the reduction (reductions.cuh), its kernels (lse,
-// two_sided_lse) and the fixed-order merge of split partials.
+// two_sided_lse, pairwise_sigmoid) and the fixed-order merges of split partials.
 #pragma once
 
 #include "cuda/reductions.cuh"
@@ -10,7 +10,7 @@ namespace ck {
 namespace CK_KERNEL_NAMESPACE {
 
 // The forward's tile loop for rows blockIdx.x * 64 .., online over the key tiles of range
-// blockIdx.y: the row statistics (lse, or the range's partial (max, sum)), what else the
+// blockIdx.y: the row statistics (lse or row_loss, or the range's partials), what else the
 // Reduction keeps of each tile (LseRowsCols: the column partials), and o = P K^ when kO.
 template <class Tag, class Reduction, bool kO>
 CK_DEVICE void forward_tiles(const KernelProblem& p, const ForwardBuffers& b) {
@@ -33,10 +33,10 @@ CK_DEVICE void forward_tiles(const KernelProblem& p, const ForwardBuffers& b) {
   const int g = lane / 4, t = lane % 4;
   const Acc scale = *static_cast<const Acc*>(p.scale);
   typename Reduction::template Forward<Tag> red;
-  const OnlineRows<Tag>& rows = red.rows;
+  const auto& rows = red.rows;
   for (int64_t col0 = col_begin; col0 < col_end; col0 += kBN) {
     Acc s[8][4];
-    logits_tile<Tag>(p, sm, rq, rk, scale, row0, col0, s);
+    logits_tile<Tag, false, Reduction::kSigned>(p, sm, rq, rk, scale, row0, col0, s);
     Acc alpha[2];
     red.update(p, b, sm, col0, s, alpha, [&](int h, Acc a) {
       if (kO && !Tag::kMma && t == 0) sm.rowv[warp * 16 + g + 8 * h] = a;
@@ -104,14 +104,11 @@ CK_UNROLL
       }
     }
   }
-  if (partial) {  // merge_splits_kernel finishes lse and o
+  if (partial) {  // merge_splits_kernel (sum_splits_kernel) finishes lse and o (row_loss)
 CK_UNROLL
     for (int h = 0; h < 2; ++h) {
       const int64_t row = row0 + warp * 16 + g + 8 * h;
-      if (t == 0 && row < p.n) {
-        static_cast<Acc*>(b.part_m)[split * p.n + row] = rows.m[h];
-        static_cast<Acc*>(b.part_l)[split * p.n + row] = rows.l[h];
-      }
+      if (t == 0 && row < p.n) rows.store_partial(b, split, p.n, row, h);
     }
     return;
   }
@@ -120,7 +117,7 @@ CK_UNROLL
   for (int h = 0; h < 2; ++h) {
     const int64_t row = row0 + warp * 16 + g + 8 * h;
     const Acc l = rows.l[h];
-    if (t == 0 && row < p.n) lse[row] = rows.lse(h);
+    if (t == 0 && row < p.n) lse[row] = rows.result(h);
     if (kO && t == 0) sm.rowv[warp * 16 + g + 8 * h] = l == Acc(0) ? Acc(0) : Acc(1) / l;
   }
   if constexpr (kO) {
@@ -147,6 +144,26 @@ template <class Tag>
 CK_GLOBAL void CK_LAUNCH_BOUNDS(kThreads)
     two_sided_forward_kernel(KernelProblem p, ForwardBuffers b) {
   forward_tiles<Tag, LseRowsCols, false>(p, b);
+}
+
+// Forward of pairwise_sigmoid: row_loss of rows blockIdx.x * 64 .. (or the key range's
+// partial sums; sum_splits_kernel adds them in range order).
+template <class Tag>
+CK_GLOBAL void CK_LAUNCH_BOUNDS(kThreads)
+    sigmoid_forward_kernel(KernelProblem p, ForwardBuffers b) {
+  forward_tiles<Tag, SigmoidRows, false>(p, b);
+}
+
+// out_i = sum_s part[s][i] over the splits in order (deterministic): the row_loss partials of
+// the key ranges, and the dbias partials of the key grid's row ranges. A thread per element.
+template <class Acc>
+CK_GLOBAL void CK_LAUNCH_BOUNDS(kThreads)
+    sum_splits_kernel(int64_t n, int64_t splits, const Acc* part, Acc* out) {
+  const int64_t i = int64_t(blockIdx.x) * kThreads + threadIdx.x;
+  if (i >= n) return;
+  Acc sum = part[i];
+  for (int64_t s = 1; s < splits; ++s) sum += part[s * n + i];
+  out[i] = sum;
 }
 
 // Merges the partial (max, sum, o) of the key ranges per row, in range order (fixed), or

@@ -69,6 +69,15 @@ struct TileKernels {
   static constexpr const char* kKeys = "two_sided_backward_keys_kernel";
 };
 template <class Tag>
+struct TileKernels<Tag, SigmoidRows> {
+  static constexpr auto forward = &sigmoid_forward_kernel<Tag>;
+  static constexpr auto rows = &sigmoid_backward_rows_kernel<Tag>;
+  static constexpr auto keys = &sigmoid_backward_keys_kernel<Tag>;
+  static constexpr const char* kForward = "sigmoid_forward_kernel";
+  static constexpr const char* kRows = "sigmoid_backward_rows_kernel";
+  static constexpr const char* kKeys = "sigmoid_backward_keys_kernel";
+};
+template <class Tag>
 struct TileKernels<Tag, LseRows> {
   static constexpr auto rows = &lse_backward_rows_kernel<Tag>;
   static constexpr auto keys = &lse_backward_keys_kernel<Tag>;
@@ -85,7 +94,7 @@ const char* forward_t(const KernelProblem& p, const ForwardBuffers& b) {
   if (const char* err = inverse_norms<Tag>(p, b.rq, b.rk)) return err;
   constexpr int smem = smem_bytes<Tag>();
   const ck_dev::dim3 grid(blocks_for(p.n, kBM), unsigned(b.splits));
-  if constexpr (Reduction::kCols) {
+  if constexpr (!std::is_same_v<Reduction, LseRows>) {
     CK_ALLOW_SMEM(K::forward, smem);
     CK_LAUNCH(K::forward, grid, ck_dev::dim3(kThreads), smem, p.stream, p, b);
   } else if (b.o != nullptr && p.d > 0) {
@@ -97,7 +106,12 @@ const char* forward_t(const KernelProblem& p, const ForwardBuffers& b) {
     CK_LAUNCH((lse_forward_kernel<Tag, false>), grid, ck_dev::dim3(kThreads), smem, p.stream, p, b);
   }
   CK_CHECK_LAUNCH(K::kForward);
-  if (b.splits > 1) {
+  if (Reduction::kRowSums && b.splits > 1) {
+    CK_LAUNCH(sum_splits_kernel<Acc>, ck_dev::dim3(blocks_for(p.n, kThreads)),
+              ck_dev::dim3(kThreads), 0, p.stream, p.n, b.splits,
+              static_cast<const Acc*>(b.part_l), static_cast<Acc*>(b.lse));
+    CK_CHECK_LAUNCH("sum_splits_kernel");
+  } else if (b.splits > 1) {
     CK_LAUNCH(merge_splits_kernel<Acc>, ck_dev::dim3(blocks_for(p.n, kWarps)),
               ck_dev::dim3(kThreads), 0, p.stream, p.n, p.d, b.splits,
               static_cast<const Acc*>(b.part_m), static_cast<const Acc*>(b.part_l),
@@ -144,11 +158,19 @@ const char* backward_t(const KernelProblem& p, const BackwardBuffers& b) {
               static_cast<const Acc*>(b.rowdot), p.n * b.u_splits, static_cast<Acc*>(b.dscale));
     CK_CHECK_LAUNCH("fixed_order_sum_kernel");
   }
-  if (b.v != nullptr && p.m > 0) {
+  if ((b.v != nullptr || b.dbias_part != nullptr) && p.m > 0) {  // dk and / or dbias
     CK_ALLOW_SMEM(K::keys, smem);
     CK_LAUNCH(K::keys, ck_dev::dim3(blocks_for(p.m, kBN), unsigned(b.v_splits)), block, smem,
               p.stream, p, b);
     CK_CHECK_LAUNCH(K::kKeys);
+  }
+  if (b.dbias != nullptr && p.m > 0) {
+    CK_LAUNCH(sum_splits_kernel<Acc>, ck_dev::dim3(blocks_for(p.m, kThreads)),
+              ck_dev::dim3(kThreads), 0, p.stream, p.m, b.v_splits,
+              static_cast<const Acc*>(b.dbias_part), static_cast<Acc*>(b.dbias));
+    CK_CHECK_LAUNCH("sum_splits_kernel(dbias)");
+  }
+  if (b.v != nullptr && p.m > 0) {
     CK_LAUNCH(row_epilogue_kernel<Tag>, ck_dev::dim3(blocks_for(p.m, kWarps)), block, 0, p.stream,
               static_cast<const S*>(p.k), p.m, p.d, p.k_s0, p.k_s1, static_cast<const Acc*>(b.rk),
               static_cast<const Acc*>(b.v), b.v_splits, scale, p.normalize, p.eps,
@@ -185,6 +207,14 @@ const char* by_dtype(KernelDType dtype, Fn fn) {
   const char* two_sided_backward(const KernelProblem& p, const BackwardBuffers& b) {        \
     return by_dtype(p.dtype,                                                                \
                     [&](auto tag) { return backward_t<decltype(tag), LseRowsCols>(p, b); }); \
+  }                                                                                         \
+  const char* sigmoid_forward(const KernelProblem& p, const ForwardBuffers& b) {            \
+    return by_dtype(p.dtype,                                                                \
+                    [&](auto tag) { return forward_t<decltype(tag), SigmoidRows>(p, b); }); \
+  }                                                                                         \
+  const char* sigmoid_backward(const KernelProblem& p, const BackwardBuffers& b) {          \
+    return by_dtype(p.dtype,                                                                \
+                    [&](auto tag) { return backward_t<decltype(tag), SigmoidRows>(p, b); }); \
   }
 
 }  // namespace CK_KERNEL_NAMESPACE

@@ -1,5 +1,5 @@
-// The CUDA kernels of the core ops lse and two_sided_lse (docs/design.md section 1,
-// docs/cuda.md), written against device.cuh so that the same source compiles with nvcc
+// The CUDA kernels of the core ops lse, two_sided_lse and pairwise_sigmoid (docs/design.md
+// section 1, docs/cuda.md), written against device.cuh so that the same source compiles with nvcc
 // (lse_cuda.cu) and with the host compiler through the emulation layer
 // (csrc/emulation/lse_emulated.cpp). This header is the overview and includes the parts:
 //
@@ -7,7 +7,8 @@
 //   mainloop.cuh         the cp.async pipeline over chunks of d, the chunk's MMA / FMA
 //   score_tile.cuh       the logits tile (scale, inverse norms, bias, masks)
 //   second_products.cuh  o = P K, u = X K, v = X^T Q from a weight tile
-//   reductions.cuh       the policies: LseRows (lse), LseRowsCols (two_sided_lse)
+//   reductions.cuh       the policies: LseRows (lse), LseRowsCols (two_sided_lse),
+//                        SigmoidRows (pairwise_sigmoid)
 //   row_norms.cuh        inverse norms
 //   forward.cuh          the forward tile loop and kernels, the merge of partials
 //   backward.cuh         the backward tile loops, kernels, epilogues
@@ -70,6 +71,12 @@
 // partial (max, sum) over the block's 64 rows, written to [row_blocks, M] and merged per key
 // in block order by merge_splits_kernel (deterministic); its backward runs the same two
 // grids with x_ij = rq_i rk_j (g_i exp(s_ij - row_lse_i) + h_j exp(s_ij - col_lse_j)).
+//
+// pairwise_sigmoid (SigmoidRows): the score tile flips the sign of the marked pairs (the
+// positives) instead of excluding them, x_ij = -z_ij s_ij; the forward sums softplus(x) per
+// row (partial sums of key ranges added in range order), the backward runs the same two grids
+// with w_ij = -z_ij sigmoid(x_ij) g_i, and its key grid also sums dbias_j = sum_i w_ij per
+// (row range, key), added in range order.
 #pragma once
 
 #include "cuda/launch.cuh"

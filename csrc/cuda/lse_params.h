@@ -20,7 +20,8 @@ struct KernelProblem {
   int64_t k_s0 = 0, k_s1 = 0;
   const void* scale = nullptr;       // acc, one element, read on the device
   const void* bias = nullptr;        // acc [m] or null
-  const int64_t* q_labels = nullptr;  // [n] when exclude_positives, else null
+  const int64_t* q_labels = nullptr;  // [n] when compared (exclude_positives; pairwise_sigmoid:
+                                      // whenever both are given), else null
   const int64_t* k_labels = nullptr;  // [m]
   bool has_self = false;
   int64_t self_offset = 0;
@@ -75,7 +76,8 @@ inline int64_t forced_splits(int64_t rule, int64_t forced, int64_t other) {
 }
 
 struct BackwardBuffers {
-  const void* grad_lse = nullptr;  // acc [n], contiguous (two_sided_lse: grad_row_lse)
+  const void* grad_lse = nullptr;  // acc [n], contiguous (two_sided_lse: grad_row_lse;
+                                   // pairwise_sigmoid: grad_row_loss)
   const void* lse = nullptr;       // acc [n], contiguous (two_sided_lse: row_lse)
   const void* grad_col = nullptr;  // two_sided_lse: acc [m] grad_col_lse, contiguous
   const void* col_lse = nullptr;   // two_sided_lse: acc [m], contiguous
@@ -89,15 +91,21 @@ struct BackwardBuffers {
   void* dk = nullptr;      // input dtype [m, d] contiguous, or null
   void* rowdot = nullptr;  // acc [u_splits, n] workspace, when dscale is needed
   void* dscale = nullptr;  // acc scalar, or null
+  // pairwise_sigmoid: dbias partials of the dk grid's row ranges, summed in range order
+  void* dbias_part = nullptr;  // acc [v_splits, m], when dbias is needed
+  void* dbias = nullptr;       // acc [m], or null
 };
 
 // Each launches its kernels on problem.stream and returns null, or a message naming the
-// kernel whose launch failed. forward / backward: lse; two_sided_*: two_sided_lse.
+// kernel whose launch failed. forward / backward: lse; two_sided_*: two_sided_lse; sigmoid_*:
+// pairwise_sigmoid (ForwardBuffers::lse holds row_loss).
 #define CK_DECLARE_RUNNERS                                                                 \
   const char* forward(const KernelProblem& problem, const ForwardBuffers& out);            \
   const char* backward(const KernelProblem& problem, const BackwardBuffers& out);          \
   const char* two_sided_forward(const KernelProblem& problem, const ForwardBuffers& out);  \
-  const char* two_sided_backward(const KernelProblem& problem, const BackwardBuffers& out);
+  const char* two_sided_backward(const KernelProblem& problem, const BackwardBuffers& out); \
+  const char* sigmoid_forward(const KernelProblem& problem, const ForwardBuffers& out);    \
+  const char* sigmoid_backward(const KernelProblem& problem, const BackwardBuffers& out);
 
 namespace cuda_kernels {
 CK_DECLARE_RUNNERS

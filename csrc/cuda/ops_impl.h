@@ -2,7 +2,8 @@
 // emulated instantiation (csrc/emulation/ops_emulated.cpp, dispatch key CPU): entry
 // checks in the flash-attention style (the contract's checks, then dtype, sizes and
 // strides), the outputs and workspaces, and the problem description for the runners of
-// lse_params.h. Host code only; the runner functions are passed in.
+// lse_params.h, for lse, two_sided_lse and pairwise_sigmoid. Host code only; the runner
+// functions are passed in.
 #pragma once
 
 #include <ATen/Context.h>
@@ -212,7 +213,8 @@ struct BackwardCall {
     dq = need_dq ? at::empty({p.n, p.d}, q.options()) : at::empty({0}, q.options());
     dk = need_dk ? at::empty({p.m, p.d}, k.options()) : at::empty({0}, k.options());
     // the dscale partial of every (key range, row) of the dq grid, summed in a fixed order
-    if (need_dscale) rowdot = at::empty({u_splits, p.n}, acc);
+    // zeros: with d = 0 the dq grid does not run (u is empty) and dscale is 0
+    if (need_dscale) rowdot = at::zeros({u_splits, p.n}, acc);
     dscale = at::zeros({}, acc);
     b.rq = rq.data_ptr();
     b.rk = rk.data_ptr();
@@ -297,6 +299,56 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor> two_sided_backward(
   call.b.grad_col = h.data_ptr();
   call.b.col_lse = col_lse.data_ptr();
   return call.run(run, site, p, scale);
+}
+
+// pairwise_sigmoid: row_loss [n] = sum_j softplus(-z_ij s_ij), the key ranges' partial sums
+// added in range order.
+inline at::Tensor sigmoid_forward(ForwardRunner run, const contract::Site& site, void* stream,
+                                  const at::Tensor& q, const at::Tensor& k,
+                                  const at::Tensor& scale, const std::optional<at::Tensor>& bias,
+                                  const std::optional<at::Tensor>& q_labels,
+                                  const std::optional<at::Tensor>& k_labels,
+                                  std::optional<int64_t> self_offset, bool normalize, double eps) {
+  // the labels are compared whenever both are given: the marked pairs are the positives
+  const bool labels = contract::sigmoid_labels_active(q_labels, k_labels);
+  contract::check_inputs(site, q, k, scale, bias, q_labels, k_labels, eps, labels);
+  Prepared prep = prepare(site, q, k, scale, bias, q_labels, k_labels, self_offset, normalize,
+                          eps, labels, stream);
+  const KernelProblem& p = prep.problem;
+  ForwardCall call(p, acc_options(q), /*return_o=*/false);
+  const char* err = run(p, call.b);
+  TORCH_CHECK(err == nullptr, site.op, ": kernel launch failed: ", err);
+  return call.lse;
+}
+
+// pairwise_sigmoid's backward: both grids with w_ij = -z_ij sigmoid(-z_ij s_ij) g_i, and
+// dbias [m] (acc dtype; empty [0] when not needed) from the dk grid's partials.
+inline std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sigmoid_backward(
+    BackwardRunner run, const contract::Site& site, void* stream, const at::Tensor& grad_row_loss,
+    const at::Tensor& q, const at::Tensor& k, const at::Tensor& scale,
+    const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& q_labels,
+    const std::optional<at::Tensor>& k_labels, std::optional<int64_t> self_offset,
+    bool normalize, double eps, const at::Tensor& row_loss, bool need_dq, bool need_dk,
+    bool need_dscale, bool need_dbias) {
+  contract::check_sigmoid_backward_inputs(site, grad_row_loss, q, k, scale, bias, q_labels,
+                                          k_labels, eps, row_loss);
+  const bool labels = contract::sigmoid_labels_active(q_labels, k_labels);
+  TORCH_CHECK(!need_dbias || bias.has_value(), site.op, ": need_dbias without a bias");
+  Prepared prep = prepare(site, q, k, scale, bias, q_labels, k_labels, self_offset, normalize,
+                          eps, labels, stream);
+  const KernelProblem& p = prep.problem;
+  const at::TensorOptions acc = acc_options(q);
+  const at::Tensor g = grad_row_loss.to(acc.dtype()).contiguous();
+  BackwardCall call(p, q, k, need_dq, need_dk, need_dscale);
+  call.b.grad_lse = g.data_ptr();
+  at::Tensor dbias = at::empty({need_dbias ? p.m : 0}, acc), dbias_part;
+  if (need_dbias) {
+    dbias_part = at::zeros({call.b.v_splits, p.m}, acc);
+    call.b.dbias_part = dbias_part.data_ptr();
+    call.b.dbias = dbias.data_ptr();
+  }
+  auto [dq, dk, dscale] = call.run(run, site, p, scale);
+  return {dq, dk, dscale, dbias};
 }
 
 }  // namespace cuda_ops

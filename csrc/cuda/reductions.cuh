@@ -7,19 +7,26 @@
 //                backward weight  x_ij = g_i exp(s_ij - lse_i)
 //   LseRowsCols  row_lse_i as above and col_lse_j = log sum_i exp(s_ij) (two_sided_lse)
 //                backward weight  x_ij = g_i exp(s_ij - row_lse_i) + h_j exp(s_ij - col_lse_j)
+//   SigmoidRows  row_loss_i = sum_j softplus(x_ij), x_ij = -z_ij s_ij  (pairwise_sigmoid)
+//                backward weight  w_ij = -z_ij sigmoid(x_ij) g_i, and dbias_j = sum_i w_ij
+//
+// Traits: kCols (column statistics), kSigned (the score tile flips the sign of the marked
+// pairs instead of excluding them), kRowSums (the row statistic is a plain sum: split
+// partials are added, not merged as log-sum-exps), kBiasGrad (the key grid sums dbias).
 //
 // Forward state (Reduction::Forward<Tag>): constructed once per block (init), update(...,
 // keep) once per score tile (before the tile is turned into probabilities in place), the row
-// statistics in `rows` (the forward loop finishes them: lse or split partials).
+// statistics in `rows` (the forward loop finishes them: result(h), or the split partials by
+// store_partial).
 // Column statistics of LseRowsCols: the block's 64 rows are one partial (max, sum) per
 // column, written to [row_blocks, M]; merge_splits_kernel adds the row blocks per column in
 // block order (bitwise deterministic).
 //
 // Backward state (Reduction::Backward<Tag, kKeys>): per own row of the block (kKeys: own
 // keys) the factor that multiplies the fp32 products (own_factor), and weight(h, row, col,
-// logit): the rest of x_ij rq_i rk_j, the part that varies along the reduction, for a pair
-// inside the matrix and outside the excluded set. A statistic of -inf (an empty row or
-// column) contributes no term.
+// logit, marked): the rest of x_ij rq_i rk_j, the part that varies along the reduction, for
+// a pair inside the matrix and outside the excluded set. A statistic of -inf (an empty row
+// or column) contributes no term.
 #pragma once
 
 #include "cuda/tile_traits.cuh"
@@ -69,9 +76,42 @@ CK_UNROLL
   }
 
   // only an empty key set (l = 0) gives -inf; a NaN logit makes l, hence lse, NaN
-  CK_DEVICE Acc lse(int h) const {
+  CK_DEVICE Acc result(int h) const {
     const Acc piv = ck_isfinite(m[h]) ? m[h] : Acc(0);
     return l[h] == Acc(0) ? neg_inf<Acc>() : piv + ck_log(l[h]);
+  }
+  // a key range's (max, sum), merged per row by merge_splits_kernel
+  CK_DEVICE void store_partial(const ForwardBuffers& b, int64_t split, int64_t n, int64_t row,
+                               int h) const {
+    static_cast<Acc*>(b.part_m)[split * n + row] = m[h];
+    static_cast<Acc*>(b.part_l)[split * n + row] = l[h];
+  }
+};
+
+// Row sums of the lane's two rows over key tiles (each tile: the lane's 16 terms in order,
+// then the quad's butterfly): a fixed order, bitwise deterministic.
+template <class Tag>
+struct RowSums {
+  using Acc = typename Tag::Acc;
+  Acc l[2] = {0, 0};
+
+  template <class Term>
+  CK_DEVICE void add(const Acc (&s)[8][4], Term term) {
+CK_UNROLL
+    for (int h = 0; h < 2; ++h) {
+      Acc sum = 0;
+CK_UNROLL
+      for (int nt = 0; nt < 8; ++nt)
+CK_UNROLL
+        for (int e2 = 0; e2 < 2; ++e2) sum += term(s[nt][2 * h + e2]);
+      l[h] += quad_sum(sum);
+    }
+  }
+  CK_DEVICE Acc result(int h) const { return l[h]; }
+  // a key range's sum, added per row in range order by sum_splits_kernel
+  CK_DEVICE void store_partial(const ForwardBuffers& b, int64_t split, int64_t n, int64_t row,
+                               int h) const {
+    static_cast<Acc*>(b.part_l)[split * n + row] = l[h];
   }
 };
 
@@ -129,7 +169,7 @@ CK_UNROLL
 
 // lse: the row statistics only.
 struct LseRows {
-  static constexpr bool kCols = false;
+  static constexpr bool kCols = false, kSigned = false, kRowSums = false, kBiasGrad = false;
 
   template <class Tag>
   struct Forward {
@@ -172,7 +212,7 @@ CK_UNROLL
       }
     }
     CK_DEVICE Acc own_factor(int h) const { return f_own[h]; }
-    CK_DEVICE Acc weight(int h, int64_t row, int64_t col, Acc logit) const {
+    CK_DEVICE Acc weight(int h, int64_t row, int64_t col, Acc logit, bool) const {
       if constexpr (kKeys) {
         Acc l = Acc(INFINITY), gq = 0;
         if (row < p.n && lse[row] != neg_inf<Acc>()) {
@@ -189,7 +229,7 @@ CK_UNROLL
 
 // two_sided_lse: row statistics as lse, and column statistics of the same tiles.
 struct LseRowsCols {
-  static constexpr bool kCols = true;
+  static constexpr bool kCols = true, kSigned = false, kRowSums = false, kBiasGrad = false;
 
   template <class Tag>
   struct Forward {
@@ -241,7 +281,7 @@ CK_UNROLL
       }
     }
     CK_DEVICE Acc own_factor(int h) const { return f_own[h]; }
-    CK_DEVICE Acc weight(int h, int64_t row, int64_t col, Acc logit) const {
+    CK_DEVICE Acc weight(int h, int64_t row, int64_t col, Acc logit, bool) const {
       const int64_t other = kKeys ? row : col;
       const Acc* other_lse = kKeys ? row_lse : col_lse;
       const Acc* other_grad = kKeys ? grad_row : grad_col;
@@ -252,6 +292,73 @@ CK_UNROLL
       }
       const Acc w = g_own[h] * tile_exp<Tag>(logit - l_own[h]) + go * tile_exp<Tag>(logit - l);
       return w * (kKeys ? rq[row] : rk[col]);
+    }
+  };
+};
+
+// pairwise_sigmoid: the score tile holds x_ij = -z_ij s_ij (kSigned: the marked pairs are the
+// positives, their sign flipped; nothing is excluded, out-of-matrix pairs are -inf, whose
+// softplus and sigmoid are 0). Forward: row sums of softplus(x) (tile_softplus: one exp and
+// a polynomial per logit). Backward: w_ij = dL/ds_ij = -z_ij sigmoid(x_ij) g_i (tile_sigmoid:
+// one exp and one reciprocal), -z_ij = -1 on the marked pairs, +1 elsewhere.
+struct SigmoidRows {
+  static constexpr bool kCols = false, kSigned = true, kRowSums = true, kBiasGrad = true;
+
+  template <class Tag>
+  struct Forward {
+    using Acc = typename Tag::Acc;
+    RowSums<Tag> rows;
+    template <class Keep>
+    CK_DEVICE void update(const KernelProblem&, const ForwardBuffers&, const Smem<Tag>&, int64_t,
+                          Acc (&s)[8][4], Acc (&)[2], Keep) {
+      rows.add(s, [](Acc x) { return tile_softplus<Tag>(x); });
+    }
+  };
+
+  // x_ij rq_i rk_j = (g_i rq_i) * (rk_j w'_ij) on the row grid, (rk_j) * (rq_i g_i w'_ij) on
+  // the key grid, w'_ij = -z_ij sigmoid(x_ij). The key grid also sums dbias_j = sum_i g_i
+  // w'_ij over its row range, per lane in tile order and then over the quad (the lanes of
+  // one key): one partial per (row range, key), added in range order (sum_splits_kernel).
+  template <class Tag, bool kKeys>
+  struct Backward {
+    using Acc = typename Tag::Acc;
+    const Acc *rq, *rk, *grad;
+    Acc f_own[2] = {0, 0}, db[2] = {0, 0};
+
+    CK_DEVICE Backward(const KernelProblem& p, const BackwardBuffers& b, int64_t own0)
+        : rq(static_cast<const Acc*>(b.rq)),
+          rk(static_cast<const Acc*>(b.rk)),
+          grad(static_cast<const Acc*>(b.grad_lse)) {
+      const int warp = threadIdx.x / 32, g = (threadIdx.x % 32) / 4;
+CK_UNROLL
+      for (int h = 0; h < 2; ++h) {
+        const int64_t own = own0 + warp * 16 + g + 8 * h;
+        if (own < (kKeys ? p.m : p.n)) f_own[h] = kKeys ? rk[own] : grad[own] * rq[own];
+      }
+    }
+    CK_DEVICE Acc own_factor(int h) const { return f_own[h]; }
+    CK_DEVICE Acc weight(int h, int64_t row, int64_t col, Acc x, bool marked) {
+      const Acc sig = tile_sigmoid<Tag>(x);
+      const Acc w = marked ? -sig : sig;
+      if constexpr (kKeys) {
+        const Acc dlds = w * grad[row];
+        db[h] += dlds;
+        return dlds * rq[row];
+      } else {
+        return w * rk[col];
+      }
+    }
+    // the key grid's dbias partials [splits, m] (every lane: the quad sums shuffle)
+    CK_DEVICE void finish(const KernelProblem& p, const BackwardBuffers& b, int64_t own0,
+                          int64_t split) const {
+      if (!kKeys || b.dbias_part == nullptr) return;
+      const int warp = threadIdx.x / 32, g = (threadIdx.x % 32) / 4, t = threadIdx.x % 4;
+CK_UNROLL
+      for (int h = 0; h < 2; ++h) {
+        const Acc v = quad_sum(db[h]);
+        const int64_t own = own0 + warp * 16 + g + 8 * h;
+        if (t == 0 && own < p.m) static_cast<Acc*>(b.dbias_part)[split * p.m + own] = v;
+      }
     }
   };
 };

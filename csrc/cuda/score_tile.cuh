@@ -1,5 +1,6 @@
 // The score (logits) tile of 64 rows and 64 keys, in registers: the dot products of the
-// main loop, then scale, inverse norms, bias and the masks of the excluded pairs.
+// main loop, then scale, inverse norms, bias and the marked pairs (self_offset, equal
+// labels): excluded (-inf) for the lse ops, sign-flipped for pairwise_sigmoid.
 #pragma once
 
 #include "cuda/mainloop.cuh"
@@ -8,17 +9,34 @@ namespace ck {
 namespace CK_KERNEL_NAMESPACE {
 
 // The logits tile of rows row0.., keys col0..: dot products over every chunk of d, then
-// s = dot (scale rq_i) rk_j + bias_j, -inf outside A(i) (and outside the matrix).
-// kT: the transposed tile S^T (the warps' rows are the 64 keys, the columns the 64 rows of
-// q), for the key grid of the backward, whose second product v = X^T Q then takes its A
-// operand from registers like the row grid's. fin(h, row, col, dot, logit) gives the value
-// kept (the backward's weights), element by element; h: which of the lane's two rows.
+// s = dot (scale rq_i) rk_j + bias_j, and -inf outside the matrix. A marked pair (i, j) (j =
+// i + self_offset, or equal labels when labels are given) is -inf (excluded from A(i)) when
+// not kSigned, and holds x = -s with marked = true when kSigned (pairwise_sigmoid: the tile
+// holds x = -z s, z = +1 on the positives, and the weights need z). kT: the transposed tile
+// S^T (the warps' rows are the 64 keys, the columns the 64 rows of q), for the key grid of
+// the backward, whose second product v = X^T Q then takes its A operand from registers like
+// the row grid's. fin(h, row, col, dot, logit, marked) gives the value kept (the backward's
+// weights), element by element; h: which of the lane's two rows.
 struct KeepLogit {
   template <class Acc>
-  CK_DEVICE Acc operator()(int, int64_t, int64_t, Acc, Acc logit) const { return logit; }
+  CK_DEVICE Acc operator()(int, int64_t, int64_t, Acc, Acc logit, bool) const { return logit; }
 };
 
-template <class Tag, bool kT = false, class Fin = KeepLogit>
+// What a pair holds: -inf outside the matrix; inside, logit() (its sign flipped on a marked
+// pair when kSigned, -inf on a marked pair otherwise). logit() is only evaluated where it is
+// kept, so the lse ops' code is what it was before the sign-flip mode.
+template <bool kSigned, class Acc, class Logit>
+CK_DEVICE Acc marked_value(bool in, bool marked, Logit logit) {
+  if constexpr (kSigned) {
+    if (!in) return neg_inf<Acc>();
+    const Acc s = logit();
+    return marked ? -s : s;
+  } else {
+    return (in && !marked) ? logit() : neg_inf<Acc>();
+  }
+}
+
+template <class Tag, bool kT = false, bool kSigned = false, class Fin = KeepLogit>
 CK_DEVICE void logits_tile(const KernelProblem& p, const Smem<Tag>& sm, const typename Tag::Acc* rq,
                            const typename Tag::Acc* rk, typename Tag::Acc scale, int64_t row0,
                            int64_t col0, typename Tag::Acc (&s)[8][4], Fin fin = Fin()) {
@@ -56,11 +74,13 @@ CK_UNROLL
 CK_UNROLL
         for (int e2 = 0; e2 < 2; ++e2) {
           const int64_t row = row0 + 8 * nt + 2 * t + e2;
-          bool ok = col_ok && row < p.n;
-          if (ok && p.has_self && col - row == p.self_offset) ok = false;
-          if (ok && p.q_labels != nullptr && p.q_labels[row] == label) ok = false;
+          const bool in = col_ok && row < p.n;
+          const bool marked = in && ((p.has_self && col - row == p.self_offset) ||
+                                     (p.q_labels != nullptr && p.q_labels[row] == label));
           Acc& v = s[nt][2 * h + e2];
-          v = fin(h, row, col, v, ok ? v * (scale * rq[row]) * rkc + bc : neg_inf<Acc>());
+          const auto logit = [&] { return v * (scale * rq[row]) * rkc + bc; };
+          v = fin(h, row, col, v, marked_value<kSigned, Acc>(in, marked, logit),
+                  kSigned && marked);
         }
     }
   } else {
@@ -75,12 +95,13 @@ CK_UNROLL
 CK_UNROLL
         for (int e2 = 0; e2 < 2; ++e2) {
           const int64_t col = col0 + 8 * nt + 2 * t + e2;
-          bool ok = row_ok && col < p.m;
-          if (ok && p.has_self && col - row == p.self_offset) ok = false;
-          if (ok && p.q_labels != nullptr && p.k_labels[col] == label) ok = false;
+          const bool in = row_ok && col < p.m;
+          const bool marked = in && ((p.has_self && col - row == p.self_offset) ||
+                                     (p.q_labels != nullptr && p.k_labels[col] == label));
           Acc& v = s[nt][2 * h + e2];
-          v = fin(h, row, col, v,
-                  ok ? v * a * rk[col] + (bias != nullptr ? bias[col] : Acc(0)) : neg_inf<Acc>());
+          const auto logit = [&] { return v * a * rk[col] + (bias != nullptr ? bias[col] : Acc(0)); };
+          v = fin(h, row, col, v, marked_value<kSigned, Acc>(in, marked, logit),
+                  kSigned && marked);
         }
     }
   }

@@ -1,6 +1,7 @@
 // The tile configuration shared by every kernel of lse_kernels.cuh: the dtype tags, the
 // block and tile sizes, the shared-memory carve, conversions to and from the accumulation
-// type, the tile exp and the quad reductions of the mma.sync accumulator layout.
+// type, the tile math (exp, softplus, sigmoid) and the quad reductions of the mma.sync
+// accumulator layout.
 //
 // The includer defines CK_KERNEL_NAMESPACE (cuda_kernels or emulated_kernels): the two
 // instantiations link into one library and must not share a symbol.
@@ -89,6 +90,46 @@ template <class Tag>
 CK_DEVICE typename Tag::Acc tile_exp(typename Tag::Acc x) {
   if constexpr (Tag::kMma) return ck_exp_approx(x);
   else return ck_exp(x);
+}
+
+// softplus(x) = max(x, 0) + log1p(e), e = exp(-|x|) in (0, 1], the forward of
+// pairwise_sigmoid: one exp (tile_exp) per logit, then log1p(e) = e q(e) by Horner, q of
+// degree 9 fitted for relative error on [0, 1] (9 FMA + 1 MUL on the FMA pipe). Why not
+// logf(1 + e): the rounding of 1 + e loses all relative accuracy for small e (trained logits
+// sit at |x| ~ 10, e ~ 5e-5), and log1pf or lg2 with a correction is a second MUFU plus as
+// many FMAs, while at d = 128 the per-logit tile math, not the matmul, bounds the kernel.
+// Error of log1p(e) in fp32 (fused Horner, measured against a 40-digit log1p over 2e5 points
+// of [0, 1] and e = 2^-k): at most 1.5 ulp, i.e. 1.3e-7 relative; the host build's unfused
+// Horner (ck_fma) adds at most another ulp. fp64: libm log1p. NaN stays NaN (through e);
+// x = +inf gives inf, x = -inf gives 0.
+template <class Tag>
+CK_DEVICE typename Tag::Acc tile_softplus(typename Tag::Acc x) {
+  using Acc = typename Tag::Acc;
+  const Acc e = tile_exp<Tag>(x < Acc(0) ? x : -x);
+  const Acc pos = x > Acc(0) ? x : Acc(0);
+  if constexpr (std::is_same_v<Acc, double>) {
+    return pos + ck_log1p(e);
+  } else {
+    constexpr float c[10] = {1.0f,          -0.49999901652f, 0.33329963684f, -0.24954132735f,
+                             0.19675931334f, -0.15305569768f, 0.10603617132f, -0.05695915967f,
+                             0.01985126175f, -0.00324398070f};
+    float q = c[9];
+CK_UNROLL
+    for (int i = 8; i >= 0; --i) q = ck_fma(q, e, c[i]);
+    return pos + e * q;
+  }
+}
+
+// sigmoid(x) = 1 / (1 + e) for x >= 0, e / (1 + e) for x < 0, e = exp(-|x|): one exp and
+// one correctly rounded reciprocal of 1 + e in [1, 2] (rcp.rn: MUFU.RCP and a Newton step,
+// not a division's slow path), the backward of pairwise_sigmoid; error: the exp's plus
+// 1.5 ulp. x = +inf gives 1, x = -inf gives 0, NaN stays NaN.
+template <class Tag>
+CK_DEVICE typename Tag::Acc tile_sigmoid(typename Tag::Acc x) {
+  using Acc = typename Tag::Acc;
+  const Acc e = tile_exp<Tag>(x < Acc(0) ? x : -x);
+  const Acc r = ck_rcp(Acc(1) + e);
+  return x < Acc(0) ? e * r : r;
 }
 
 template <class Acc>

@@ -1,5 +1,6 @@
-// contrastive_kernels::lse_cuda_emulated / lse_cuda_emulated_backward and
-// two_sided_lse_cuda_emulated / _backward: the CUDA kernels (csrc/cuda/lse_kernels.cuh)
+// contrastive_kernels::lse_cuda_emulated / lse_cuda_emulated_backward,
+// two_sided_lse_cuda_emulated / _backward and pairwise_sigmoid_cuda_emulated / _backward:
+// the CUDA kernels (csrc/cuda/lse_kernels.cuh)
 // instantiated for the host through the emulation layer and run on CPU tensors, with the
 // schemas of the core ops (common/contract.h kOps) and the same wrappers as the CUDA kernels
 // (csrc/cuda/ops_impl.h). Backend "cuda" calls them when CONTRASTIVE_KERNELS_CUDA_EMULATE=1
@@ -27,6 +28,10 @@ constexpr contract::Site kForwardSite{kEmulatedForward, c10::DeviceType::CPU};
 constexpr contract::Site kBackwardSite{kEmulatedBackward, c10::DeviceType::CPU};
 constexpr contract::Site kTwoSidedForwardSite{kTwoSidedForward, c10::DeviceType::CPU};
 constexpr contract::Site kTwoSidedBackwardSite{kTwoSidedBackward, c10::DeviceType::CPU};
+constexpr char kSigmoidForward[] = "pairwise_sigmoid_cuda_emulated";
+constexpr char kSigmoidBackward[] = "pairwise_sigmoid_cuda_emulated_backward";
+constexpr contract::Site kSigmoidForwardSite{kSigmoidForward, c10::DeviceType::CPU};
+constexpr contract::Site kSigmoidBackwardSite{kSigmoidBackward, c10::DeviceType::CPU};
 
 std::tuple<at::Tensor, at::Tensor> lse_emulated(
     const at::Tensor& q, const at::Tensor& k, const at::Tensor& scale,
@@ -69,6 +74,28 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> two_sided_lse_emulated_backward(
                             nullptr, grad_row_lse, grad_col_lse, q, k, scale, bias, q_labels,
                             k_labels, self_offset, normalize, eps, exclude_positives, row_lse,
                             col_lse, need_dq, need_dk, need_dscale);
+}
+
+at::Tensor pairwise_sigmoid_emulated(const at::Tensor& q, const at::Tensor& k,
+                                     const at::Tensor& scale,
+                                     const std::optional<at::Tensor>& bias,
+                                     const std::optional<at::Tensor>& q_labels,
+                                     const std::optional<at::Tensor>& k_labels,
+                                     std::optional<int64_t> self_offset, bool normalize,
+                                     double eps) {
+  return sigmoid_forward(&emulated_kernels::sigmoid_forward, kSigmoidForwardSite, nullptr, q, k,
+                         scale, bias, q_labels, k_labels, self_offset, normalize, eps);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> pairwise_sigmoid_emulated_backward(
+    const at::Tensor& grad_row_loss, const at::Tensor& q, const at::Tensor& k,
+    const at::Tensor& scale, const std::optional<at::Tensor>& bias,
+    const std::optional<at::Tensor>& q_labels, const std::optional<at::Tensor>& k_labels,
+    std::optional<int64_t> self_offset, bool normalize, double eps, const at::Tensor& row_loss,
+    bool need_dq, bool need_dk, bool need_dscale, bool need_dbias) {
+  return sigmoid_backward(&emulated_kernels::sigmoid_backward, kSigmoidBackwardSite, nullptr,
+                          grad_row_loss, q, k, scale, bias, q_labels, k_labels, self_offset,
+                          normalize, eps, row_loss, need_dq, need_dk, need_dscale, need_dbias);
 }
 
 // The emulation layer's own tests (selftest.h), as ops without a dispatch key.
@@ -158,4 +185,6 @@ TORCH_LIBRARY_IMPL(contrastive_kernels, CPU, m) {
   m.impl(ck::cuda_ops::kEmulatedBackward, &ck::cuda_ops::lse_emulated_backward);
   m.impl(ck::cuda_ops::kTwoSidedForward, &ck::cuda_ops::two_sided_lse_emulated);
   m.impl(ck::cuda_ops::kTwoSidedBackward, &ck::cuda_ops::two_sided_lse_emulated_backward);
+  m.impl(ck::cuda_ops::kSigmoidForward, &ck::cuda_ops::pairwise_sigmoid_emulated);
+  m.impl(ck::cuda_ops::kSigmoidBackward, &ck::cuda_ops::pairwise_sigmoid_emulated_backward);
 }

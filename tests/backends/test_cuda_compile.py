@@ -1,6 +1,8 @@
 """The CUDA kernels compile for sm_80 and sm_90 without a GPU: 0 spill bytes for every
 kernel instantiation (-Xptxas -v, parsed), tensor-core MMAs (HMMA) in the bf16 / fp16
-tile kernels, no local-memory traffic (LDL / STL) anywhere, and the committed report
+tile kernels, no local-memory traffic (LDL / STL) anywhere, the per-logit tile math of each
+reduction within its MUFU budget (pairwise_sigmoid: one exp per logit forward, one exp and
+one reciprocal backward), and the committed report
 docs/cuda_compile_report.md is what csrc/cuda/compile_report.py writes today (regenerated
 into a temporary file; nothing here writes into docs/)."""
 
@@ -35,12 +37,14 @@ pytestmark = [
 @pytest.fixture(scope="module")
 def compiled(tmp_path_factory):
     """(parsed report, rendered markdown), compiled once for the module."""
-    report = report_script.collect(tmp_path_factory.mktemp("cuda_cubins"))
-    return report, report_script.render(report)
+    workdir = tmp_path_factory.mktemp("cuda_cubins")
+    report = report_script.collect(workdir)
+    logits = report_script.collect_per_logit(workdir)
+    return report, report_script.render(report, logits), logits
 
 
 def test_every_instantiation_compiles_for_both_arches(compiled):
-    report, _ = compiled
+    report, _, _ = compiled
     assert set(report) == {"80", "90"}
     for arch, rows in report.items():
         kernels = {(r["kernel"], r["dtype"]) for r in rows}
@@ -50,7 +54,7 @@ def test_every_instantiation_compiles_for_both_arches(compiled):
 
 
 def test_no_spills(compiled):
-    report, _ = compiled
+    report, _, _ = compiled
     for arch, rows in report.items():
         for r in rows:
             assert r["spill_stores"] == 0 and r["spill_loads"] == 0, (arch, r)
@@ -60,11 +64,12 @@ def test_no_spills(compiled):
 # the tile kernels with a second product (o = P K, u = X K, v = X^T Q)
 SECOND_PRODUCT_KERNELS = ("lse_forward_kernel+o", "lse_backward_rows_kernel",
                           "lse_backward_keys_kernel", "two_sided_backward_rows_kernel",
-                          "two_sided_backward_keys_kernel")
+                          "two_sided_backward_keys_kernel", "sigmoid_backward_rows_kernel",
+                          "sigmoid_backward_keys_kernel")
 
 
 def test_sass_tensor_cores_and_no_local_memory(compiled):
-    report, _ = compiled
+    report, _, _ = compiled
     for arch, rows in report.items():
         for r in rows:
             assert r["LDL/STL"] == 0, (arch, r["kernel"], r["dtype"])
@@ -91,7 +96,7 @@ def test_sass_tensor_cores_and_no_local_memory(compiled):
 
 
 def test_committed_report_is_current(compiled, tmp_path):
-    _, text = compiled
+    _, text, _ = compiled
     fresh = tmp_path / "cuda_compile_report.md"
     fresh.write_text(text)
     assert REPORT.exists(), "run: python csrc/cuda/compile_report.py --out docs/cuda_compile_report.md"
@@ -110,7 +115,7 @@ def test_no_fast_math(compiled):
                  "-prec-div=false", "--prec-div=false", "-prec-sqrt=false",
                  "--prec-sqrt=false", "-fmad=false"):
         assert flag not in flags, flag
-    report, _ = compiled
+    report, _, _ = compiled
     for arch, rows in report.items():
         for r in rows:
             assert r["fast_math"] == 0, (arch, r["kernel"], r["dtype"], r["fast_math"])
@@ -124,3 +129,19 @@ def test_fast_math_detector_sees_fast_math():
     for op in ("add.f32", "fma.rn.f32", "div.rn.f32", "sqrt.rn.f32", "ex2.approx.f32",
                "rcp.approx.ftz.f64"):
         assert not report_script.FAST_MATH_PTX.search(f"\t{op} \t%f1, %f2;"), op
+
+
+def test_per_logit_tile_math(compiled):
+    """The per-logit cost of the reductions' tile math (probe kernels): softplus is one MUFU
+    (the exp; log1p by a polynomial on the FMA pipe) and the sigmoid weight one exp plus one
+    reciprocal (the static count also holds rcp.rn's slow path, never taken for 1 + e in
+    [1, 2]), in the 16-bit and fp32 kernels of both arches."""
+    _, _, logits = compiled
+    for arch, rows in logits.items():
+        cost = {(term, dtype): (sass, mufu) for term, dtype, sass, mufu, _ in rows}
+        for dtype in ("bf16", "fp32"):
+            sass, mufu = cost[("sigmoid forward: softplus(x)", dtype)]
+            assert mufu == 1 and sass <= 24, (arch, dtype, sass, mufu)
+            sass, mufu = cost[("sigmoid backward: sigmoid(x)", dtype)]
+            assert 2 <= mufu < 2.5 and sass <= 30, (arch, dtype, sass, mufu)
+            assert cost[("lse: exp(s - m)", dtype)][1] == 1, (arch, dtype)

@@ -185,13 +185,6 @@ def test_forced_splits_ignore_invalid_values(monkeypatch):
         torch.testing.assert_close(ck.ops.lse(q, k, 2.0, backend="cuda")[0], ref)
 
 
-@pytest.fixture
-def set_matmul_precision():
-    prev = torch.get_float32_matmul_precision()
-    yield torch.set_float32_matmul_precision
-    torch.set_float32_matmul_precision(prev)
-
-
 @pytest.mark.parametrize("opt", [OPTIONS[0], OPTIONS[-1]], ids=lambda o: o.id)
 def test_tf32_logits_follow_matmul_precision(set_matmul_precision, opt):
     """fp32 logits and second products run on mma.sync.m16n8k8 tf32 when torch's fp32

@@ -258,13 +258,6 @@ def test_bitwise_deterministic_across_calls():
             assert torch.equal(a, b)
 
 
-@pytest.fixture
-def set_matmul_precision():
-    prev = torch.get_float32_matmul_precision()
-    yield torch.set_float32_matmul_precision
-    torch.set_float32_matmul_precision(prev)
-
-
 def test_tf32(set_matmul_precision):
     """fp32 under precision "high": logits and second products on tf32 (m16n8k8), within the
     tf32 bar of the oracle and visibly different from "highest"."""
