@@ -443,14 +443,9 @@ def assert_special_values_match(ours: dict, oracle: dict, rtol=2e-4):
 _TORCH_ZERO_TIMES_NAN = ("torch backend: its backward multiplies the zero weights of excluded "
                          "pairs by the NaN row (0 * NaN), so the keys a NaN row excludes get a "
                          "NaN dk; the oracle's is finite")
-# not strict: a read of unwritten memory may happen to give 0
-_CUDA_D0_DSCALE = ("cuda backend: at d = 0 dscale is garbage (-4e-10 here, -1.2e10 with unit "
-                   "cotangents) instead of exactly 0: it reads a partial sum never written")
 KNOWN_SPECIAL = {
     ("nan_q", "torch"): _TORCH_ZERO_TIMES_NAN,
     ("nan_between_excluded", "torch"): _TORCH_ZERO_TIMES_NAN,
-    ("zero_features", "cuda"): _CUDA_D0_DSCALE,
-    ("zero_features_normalize", "cuda"): _CUDA_D0_DSCALE,
 }
 
 
@@ -478,7 +473,7 @@ def _special_params():
                     reason = reason or KNOWN_SPECIAL.get((case[0], backend))
                 if reason is _CPU_TWO_SIDED_INF and case[2] != torch.float32:
                     reason = None  # in fp64 the cpu kernels match the oracle here
-                marks = ([pytest.mark.xfail(strict=reason is not _CUDA_D0_DSCALE, reason=reason)]
+                marks = ([pytest.mark.xfail(strict=True, reason=reason)]
                          if reason else [])
                 yield pytest.param(op, case, backend, marks=marks,
                                    id=f"{op.name}-{case[0]}-{str(case[2])[6:]}-{backend}")
