@@ -10,7 +10,7 @@ open_clip installed here (3.3.0) has no ``chunk_size`` option; its row-chunked f
 re-implemented as ``open_clip chunked`` (each chunk's logits kept for the backward, as
 the option does). Features, logit_scale and logit_bias carry gradients. Median of
 --repeats runs each, interleaved so that load from other processes hits all alike; the
-peak extra memory of one step of each; the fp32 GEMM rate of the same run.
+peak extra memory of one step of each; the fp32 GEMM rate of the same run (bench/harness.py's floor).
 
     PYTHONPATH=$PWD python bench/siglip_cpu.py [--b 16384] [--d 128] [--threads 2]
 """
@@ -24,6 +24,8 @@ import torch.nn.functional as F
 
 import contrastive_kernels as ck
 from contrastive_kernels.testing.measure import peak_memory_bytes
+
+import harness
 
 
 def step(loss_fn, x, y, scale, bias):
@@ -47,18 +49,6 @@ def open_clip_chunked(chunk):
             total = total - F.logsigmoid(signs * logits).sum()
         return total / x.shape[0]
     return loss_fn
-
-
-def gemm_rate(n=4096, d=128, repeats=5):
-    """fp32 GFLOP/s of torch.mm at a [n, d] x [d, n] shape, median of `repeats`."""
-    a, b = torch.randn(n, d), torch.randn(d, n)
-    torch.mm(a, b)
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        torch.mm(a, b)
-        times.append(time.perf_counter() - t)
-    return 2 * n * n * d / statistics.median(times) / 1e9
 
 
 def main():
@@ -96,7 +86,7 @@ def main():
               for name, fn in losses.items()}
     ours, theirs = ([t.detach() for t in step(losses[name], x, y, scale, bias)]
                     for name in ("SigLipLoss (ours)", "open_clip SigLipLoss"))
-    rate = gemm_rate(d=d)
+    rate = harness.gemm_rate("cpu") / 1e9
     median = {name: statistics.median(t) for name, t in times.items()}
     clip = median["ClipLoss (ours, one sweep)"]
     print(f"cpu kernel set: {ck._C.build_info()['cpu_kernel']}, threads {opts.threads}, "
@@ -109,7 +99,7 @@ def main():
     diff = max(float((a - b).abs().max() / b.abs().max().clamp_min(1e-30))
                for a, b in zip(ours, theirs))
     print(f"ours vs open_clip (fp32): largest relative difference of loss / gradients {diff:.1e}")
-    print(f"sgemm rate (torch.mm 4096 x {d} x 4096): {rate:.1f} GFLOP/s; the four B x B x d "
+    print(f"sgemm rate (torch.mm 4096^3, bench/harness.py): {rate:.1f} GFLOP/s; the four B x B x d "
           f"products of a step at that rate: {8 * b * b * d / (rate * 1e9):.3f} s")
 
 

@@ -29,12 +29,9 @@ from .algebra import check_labels, check_matrix, check_real_scalar, check_same, 
 DIST_IMPLS = ("bidir", "shift", "reduce", "gather")
 
 
-def _scalar(name, value, acc):
-    if isinstance(value, torch.Tensor):
-        if value.numel() != 1:
-            raise ValueError(f"{name} must be a scalar, got shape {tuple(value.shape)}")
-        return value.reshape(()).to(acc)
-    return value
+def _scalar(value, acc):
+    """A checked scalar (check_real_scalar) as the op takes it: 0-dim in ``acc``."""
+    return value.reshape(()).to(acc) if isinstance(value, torch.Tensor) else value
 
 
 def _block(image, text, scale, bias, labels, text_labels, self_offset, backend):
@@ -79,8 +76,8 @@ def siglip_loss(image_features: torch.Tensor, text_features: torch.Tensor, logit
         text_labels = labels if text_labels is None else check_labels("text_labels",
                                                                       text_labels, b)
     acc = ops.accumulate_dtype(image_features.dtype)
-    scale = _scalar("logit_scale", logit_scale, acc)
-    bias = None if logit_bias is None else _scalar("logit_bias", logit_bias, acc)
+    scale = _scalar(logit_scale, acc)
+    bias = None if logit_bias is None else _scalar(logit_bias, acc)
     local = None if labels is not None else 0  # the diagonal, unless ids say who is paired
 
     def block(text, ids, self_offset):
