@@ -68,10 +68,11 @@ wheel-check: wheel
 info: install
 	$(PY) -m contrastive_kernels.info
 
-# Regenerate the committed Triton AOT compile report (no GPU; results cached, see
-# CONTRASTIVE_KERNELS_TRITON_AOT_CACHE). tests/backends/test_triton_aot.py checks it is current.
+# Regenerate the committed Triton AOT compile report and its ledger (no GPU; results cached,
+# see CONTRASTIVE_KERNELS_TRITON_AOT_CACHE). tests/backends/test_triton_aot.py checks both are
+# current, taking the rows the ledger holds and recompiling a sample of them.
 triton-report: install
-	env -u TRITON_INTERPRET $(PY) -m contrastive_kernels.backends.triton.aot --out docs/triton_compile_report.md
+	env -u TRITON_INTERPRET $(PY) -m contrastive_kernels.backends.triton.aot --out docs/triton_compile_report.md --write-ledger docs/triton_compile_ledger.json
 
 # Regenerate the committed CUDA C++ compile report (nvcc, no GPU);
 # tests/backends/test_cuda_compile.py checks it is current.

@@ -34,7 +34,9 @@ pytestmark = [
 ]
 
 
-@pytest.fixture(scope="module")
+# session scope: under xdist this group's worker runs other modules' tests in between, and a
+# module-scoped fixture compiled again after each of them
+@pytest.fixture(scope="session")
 def compiled(tmp_path_factory):
     """(parsed report, rendered markdown), compiled once for the module."""
     workdir = tmp_path_factory.mktemp("cuda_cubins")

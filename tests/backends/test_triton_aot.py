@@ -12,9 +12,13 @@ ceiling of a config falls below its floor (``aot.CEILING_FLOORS``).
 The report goes to a temporary file, never into docs/: the test only checks that the
 committed docs/triton_compile_report.md matches it (``make triton-report`` regenerates it).
 
-Results are cached by kernel source + config + Triton version
-(``CONTRASTIVE_KERNELS_TRITON_AOT_CACHE``, ``0`` to recompile everything); a fresh machine
-compiles all of them (7 to 20 minutes on 2 cores).
+Rows come from the committed ledger docs/triton_compile_ledger.json (``aot_ledger``: each
+job's measured row keyed by kernel source + config + Triton version), 8 of them, a
+different draw each day, recompiled and compared; jobs the ledger lacks (a kernel edited
+since ``make triton-report``) are compiled, using the local cache
+(``CONTRASTIVE_KERNELS_TRITON_AOT_CACHE``, ``0`` to recompile everything), and fail
+test_ledger_holds_every_job_and_its_sample_still_compiles_to_it. All ~340 jobs compiled
+afresh take ~12 CPU-minutes here.
 """
 
 import json
@@ -45,15 +49,24 @@ pytestmark = [pytest.mark.xdist_group("triton_aot"),  # one worker compiles once
               pytest.mark.skipif(_ptxas() is None, reason="no ptxas (Triton's or CUDA's)")]
 
 
-@pytest.fixture(scope="module")
+LEDGER = ROOT / "docs" / "triton_compile_ledger.json"
+VERIFIED = 8  # ledger rows recompiled and compared per run (aot_ledger.sample)
+
+
+# session scope: under xdist the worker that runs this group also runs other modules' tests
+# in between, and a module-scoped fixture was set up (compiled) again after each of them
+@pytest.fixture(scope="session")
 def aot_run(tmp_path_factory):
-    """(rows, report text) of one AOT run, both written under a temporary directory."""
+    """(rows, report text) of one AOT run, both written under a temporary directory: the
+    rows the committed ledger holds (VERIFIED of them recompiled and compared), the others
+    compiled."""
     where = tmp_path_factory.mktemp("aot")
     out, report = where / "rows.json", where / "triton_compile_report.md"
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     proc = subprocess.run(
         [sys.executable, "-m", "contrastive_kernels.backends.triton.aot", "--out", str(report),
-         "--json", str(out), "--jobs", str(min(2, os.cpu_count() or 1))],
+         "--json", str(out), "--jobs", str(min(2, os.cpu_count() or 1)),
+         "--ledger", str(LEDGER), "--verify", str(VERIFIED)],
         env=env, cwd=ROOT, capture_output=True, text=True, timeout=1800)
     if not out.exists() or not report.exists():
         pytest.fail(f"AOT compile produced no report (rc {proc.returncode}):\n"
@@ -61,7 +74,7 @@ def aot_run(tmp_path_factory):
     return json.loads(out.read_text()), report.read_text()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def rows(aot_run):
     return aot_run[0]
 
@@ -152,7 +165,8 @@ def test_no_duplicated_tiles(rows):
 
 def test_main_loop_is_found(rows):
     """The SASS counts exist for every config; tensor-core paths issue MMAs in the loop
-    of single-tile configs, and the fp32 / fp16 / bf16 exps are single MUFU.EX2. The key
+    of single-tile configs and in the d loops of chunked ones, whose MMA FLOPs per tile
+    are the model's, and the fp32 / fp16 / bf16 exps are single MUFU.EX2. The key
     split's merge / finish kernels (probe "aux") have no streamed-tile loop."""
     from contrastive_kernels.backends.triton.aot import exps_per_logit, mufu_per_logit
 
@@ -164,6 +178,14 @@ def test_main_loop_is_found(rows):
         assert r["loop_instr"] > 0, _key(r)
         if r["dtype"] in ("fp16", "bf16", "tf32", "fp64") and "single" in r["config"]:
             assert r["loop_mma"] > 0, _key(r)
+        if "chunk" in r["config"] and r["dtype"] != "fp64":  # the d loops, modelled
+            assert r["chunk_instr"] > 0 and r["ceiling"] > 0, _key(r)
+            if r["dtype"] != "fp32":
+                assert r["chunk_mma"] > 0, _key(r)
+        # the counted loops hold each tensor product of the tile exactly once (chunked:
+        # ceil(768 / D) passes of the d loops): what the ceiling's tensor time charges
+        if r["ceiling"] >= 0 and (r["loop_mma"] > 0 or r["chunk_mma"] > 0):
+            assert r["mma_coverage"] == 1.0, (_key(r), r["mma_coverage"])
         if r["dtype"] != "fp64":
             assert r["loop_ex2"] >= r["tile_elems"] * exps_per_logit(r["kernel"]), _key(r)
             # the sigmoid backward's 1 / (1 + e) is one MUFU.RCP (no IEEE division)
@@ -257,3 +279,36 @@ def test_committed_report_is_current(aot_run):
                       f"`make triton-report`:\n{diff}")
     assert committed == fresh, (f"{REPORT.relative_to(ROOT)}: the text around the table "
                                 "changed, regenerate it with `make triton-report`")
+
+
+def test_ledger_holds_every_job_and_its_sample_still_compiles_to_it(rows):
+    """Every row came from the committed ledger (so a kernel edit without `make
+    triton-report` fails here, not only slowly), and the sampled ledger rows, recompiled,
+    measured what the ledger holds (a difference is the row's compile error, failed by
+    test_every_shipped_config_compiles)."""
+    sources = [r["source"] for r in rows]
+    missing = [_key(r) for r in rows if r["source"] not in ("ledger", "verified")]
+    assert not missing, (f"{LEDGER.relative_to(ROOT)} does not hold {len(missing)} jobs "
+                         f"(e.g. {missing[:3]}): regenerate it with `make triton-report`")
+    assert sources.count("verified") == min(VERIFIED, len(rows))
+    assert not [r for r in rows if r["source"] == "verified" and r["error"]]
+
+
+def test_a_ledger_row_that_the_compile_contradicts_is_an_error():
+    """A ledger row edited by hand (or measured by another compiler) is caught when the
+    sample recompiles it: its registers are planted one off here."""
+    code = (
+        "import dataclasses, json, sys\n"
+        "from contrastive_kernels.backends.triton import aot\n"
+        "job = [j for j in aot.jobs(['fwd'], [90]) if j[1] == 'bf16'][0]\n"
+        "row = aot.compile_one(job)\n"
+        "planted = dataclasses.replace(row, registers=row.registers + 1, source='')\n"
+        "out = aot.run([job], 1, {aot.job_key(job): planted}, verify=1)[0]\n"
+        "print(json.dumps([out.source, out.error]))\n")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    source, error = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert source == "verified"
+    assert "registers: ledger" in error, error

@@ -31,7 +31,8 @@ import dataclasses
 import os
 import sys
 
-from .aot_compile import CACHE_ENV, _cached, analyse, compile_one, tool  # noqa: F401
+from . import aot_ledger
+from .aot_compile import CACHE_ENV, _cached, analyse, compile_one, job_key, tool  # noqa: F401
 from .aot_report import REG_LIMIT, SMEM_LIMIT, Row, report  # noqa: F401
 from .aot_signatures import (AUX_KERNELS, DTYPES, SIGMOID, TWO_SIDED, exps_per_logit,  # noqa: F401
                              mufu_per_logit)
@@ -105,18 +106,41 @@ def aux_jobs():
     return out
 
 
-def run(job_list, n_jobs: int = 2) -> list:
-    rows = [_cached(j) for j in job_list]
-    todo = [j for j, r in zip(job_list, rows) if r is None]
+def _compile_all(todo, n_jobs, fresh=False) -> list:
     if n_jobs <= 1 or len(todo) <= 1:
-        done = [compile_one(j) for j in todo]
-    else:
-        import multiprocessing
-        ctx = multiprocessing.get_context("spawn")
-        with concurrent.futures.ProcessPoolExecutor(n_jobs, mp_context=ctx) as pool:
-            done = list(pool.map(compile_one, todo))
-    fresh = iter(done)
-    return [r if r is not None else next(fresh) for r in rows]
+        return [compile_one(j, fresh) for j in todo]
+    import multiprocessing
+    ctx = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(n_jobs, mp_context=ctx) as pool:
+        return list(pool.map(compile_one, todo, [fresh] * len(todo)))
+
+
+def run(job_list, n_jobs: int = 2, ledger: dict | None = None, verify: int = 0) -> list:
+    """One row per job: from the ledger ({job key: Row}, :mod:`.aot_ledger`) when it holds
+    the job, else from the local cache, else compiled; ``verify`` of the ledger's rows
+    are compiled afresh and compared (a difference becomes the row's error)."""
+    ledger = ledger or {}
+    keys = [job_key(j) for j in job_list]
+    rows = [ledger.get(k) for k in keys]
+    for r in rows:
+        if r is not None:
+            r.source = "ledger"
+    for i, j in enumerate(job_list):
+        if rows[i] is None:
+            rows[i] = _cached(j)
+            if rows[i] is not None:
+                rows[i].source = "cache"
+    todo = [i for i, r in enumerate(rows) if r is None]
+    for i, row in zip(todo, _compile_all([job_list[i] for i in todo], n_jobs)):
+        row.source = "compiled"
+        rows[i] = row
+    checks = aot_ledger.sample([i for i, r in enumerate(rows) if r.source == "ledger"], verify)
+    for i, fresh in zip(checks, _compile_all([job_list[i] for i in checks], n_jobs, True)):
+        diff = fresh.error or aot_ledger.mismatch(rows[i], fresh)
+        rows[i].source = "verified"
+        if diff:
+            rows[i].error = f"the ledger's row is not what the compile measures now: {diff}"
+    return rows
 
 
 def main(argv=None) -> int:
@@ -126,13 +150,23 @@ def main(argv=None) -> int:
     parser.add_argument("--kernel", action="append", help="only these kernels")
     parser.add_argument("--arch", action="append", type=int, help="only these archs")
     parser.add_argument("--json", default=None, help="also dump the rows as JSON")
+    parser.add_argument("--ledger", default=None,
+                        help="take the rows this committed ledger holds (aot_ledger)")
+    parser.add_argument("--verify", type=int, default=0,
+                        help="recompile this many of the ledger's rows and compare")
+    parser.add_argument("--write-ledger", default=None,
+                        help="write the rows of this run as the ledger")
     args = parser.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET") == "1":
         print("unset TRITON_INTERPRET: AOT compilation needs the compiled-mode kernels",
               file=sys.stderr)
         return 2
-    rows = run(jobs(args.kernel, args.arch)
-               + ([] if args.kernel or args.arch else probe_jobs() + aux_jobs()), args.jobs)
+    job_list = (jobs(args.kernel, args.arch)
+                + ([] if args.kernel or args.arch else probe_jobs() + aux_jobs()))
+    rows = run(job_list, args.jobs, aot_ledger.load(args.ledger) if args.ledger else None,
+               args.verify)
+    if args.write_ledger:
+        aot_ledger.write([job_key(j) for j in job_list], rows, args.write_ledger)
     text = report(rows, args.out)
     print(text)
     if args.json:

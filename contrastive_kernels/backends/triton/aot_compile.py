@@ -13,7 +13,8 @@ specialization (:mod:`.aot_signatures`), then:
 
 Results are cached per job (``CONTRASTIVE_KERNELS_TRITON_AOT_CACHE``: a directory, or ``0``
 to recompile; default ``~/.cache/contrastive_kernels/triton_aot``), keyed by the kernels'
-source, the job and the Triton version.
+source, the job and the Triton version (:func:`job_key`); the committed ledger
+(:mod:`.aot_ledger`) holds the same rows without their SASS.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import time
 from ... import env
 from .aot_report import Row
 from .aot_signatures import AUX_KERNELS, base_kernel, signature
-from .perf_model import loop_counts, predict
+from .perf_model import chunk_counts, loop_counts, mma_coverage, predict
 
 _PTXAS = re.compile(r"Used (\d+) registers")
 _SPILL = re.compile(r"(\d+) bytes spill stores, (\d+) bytes spill loads")
@@ -56,27 +57,33 @@ def hashed_modules(job) -> tuple:
             aot_signatures) + ((key_split,) if job[0] in AUX_KERNELS else ())
 
 
-def _cache_path(job):
-    """Result cache keyed by the kernels' source, the job and the Triton version (the
-    compile is deterministic in those), so reruns of the test are quick."""
+def job_key(job) -> str:
+    """The job's identity: the kernels' source, the job and the Triton version (the
+    compile is deterministic in those). Keys the local cache and the committed ledger
+    (:mod:`.aot_ledger`)."""
     import hashlib
+    import inspect
 
     import triton
-
-    where = env.get("TRITON_AOT_CACHE", os.path.join(os.path.expanduser("~"), ".cache",
-                                                     "contrastive_kernels", "triton_aot"))
-    if where == "0":
-        return None
-    import inspect
 
     h = hashlib.sha256(f"{_CACHE_VERSION}|{triton.__version__}|{job!r}|".encode())
     for module in hashed_modules(job):
         h.update(inspect.getsource(module).encode())
-    return os.path.join(where, h.hexdigest()[:32] + ".json")
+    return h.hexdigest()[:32]
 
 
-def compile_one(job) -> Row:
-    cached = _cached(job)
+def _cache_path(job):
+    """The local result cache of a job (with its SASS), so reruns of the test are quick."""
+    where = env.get("TRITON_AOT_CACHE", os.path.join(os.path.expanduser("~"), ".cache",
+                                                     "contrastive_kernels", "triton_aot"))
+    if where == "0":
+        return None
+    return os.path.join(where, job_key(job) + ".json")
+
+
+def compile_one(job, fresh: bool = False) -> Row:
+    """The job's row: from the local cache unless ``fresh``, else compiled (and cached)."""
+    cached = None if fresh else _cached(job)
     if cached is not None:
         return cached
     path = _cache_path(job)
@@ -189,12 +196,20 @@ def analyse(row: Row, job) -> Row:
         row.loop_instr = row.loop_ex2 = row.loop_mma = row.loop_mufu = -1
         row.tile_elems, row.ceiling, row.bound = 0, -1.0, ""
         return row
+    chunk = None
     if row.sass:
         counts = loop_counts(row.sass)
         if counts:
             row.loop_instr, row.loop_ex2, row.loop_mma, row.loop_mufu = counts
+        # the chunked model needs the main loop found by its exps: fp64's are software
+        # (no MUFU.EX2), so its main loop is not told apart from the d loops
+        if not cfg.single and row.loop_ex2 > 0:
+            chunk = chunk_counts(row.sass)
+            row.chunk_once, row.chunk_instr = chunk.once, chunk.instr
+            row.chunk_mufu, row.chunk_mma = chunk.mufu, chunk.mma
+        row.mma_coverage = mma_coverage(row.sass, base_kernel(kernel), cfg, chunk)
     model = predict(base_kernel(kernel), dtype, arch, cfg, row.loop_instr, row.loop_mufu,
-                    row.loop_mma)
+                    row.loop_mma, chunk)
     row.tile_elems, row.ceiling, row.bound = model
     return row
 

@@ -7,7 +7,7 @@ import dataclasses
 import os
 
 from .aot_signatures import exps_per_logit, mufu_per_logit
-from .perf_model import CEILING_FLOORS, SIMCLR_FLOORS, ex2_limit, mufu_limit
+from .perf_model import CEILING_FLOORS, CHUNKED_MODEL_D, SIMCLR_FLOORS, ex2_limit, mufu_limit
 
 # Max shared memory per block (bytes). The "80" family also runs on sm_86 / sm_89 (the
 # configs are picked by capability < 9.0), whose limit (99 KiB) is below A100's 163 KiB:
@@ -40,10 +40,22 @@ class Row:
     loop_ex2: int = -1
     loop_mma: int = -1
     loop_mufu: int = -1  # every MUFU op (ex2, rcp, lg2)
+    # a chunked config's d loops (perf_model.chunk_counts): set-up once per tile, and per
+    # d chunk instructions, MUFU ops and tensor instructions, per thread
+    chunk_once: int = -1
+    chunk_instr: int = -1
+    chunk_mufu: int = -1
+    chunk_mma: int = -1
+    # the tensor FLOPs of one tile found in the counted SASS over the model's (1 when the
+    # counted loops hold every product of the tile; -1 without tensor instructions)
+    mma_coverage: float = -1.0
     tile_elems: int = -1  # logits of one tile per thread (BLOCK_O BLOCK_I / threads)
     ceiling: float = -1.0  # predicted fraction of the arch's peak for the dtype
     bound: str = ""  # the resource that sets the ceiling
     sass: str = dataclasses.field(default="", repr=False)  # cached, not reported
+    # where this run took the row from: "ledger" (aot_ledger), "verified" (a ledger row
+    # recompiled and compared), "cache" (the local cache) or "compiled"
+    source: str = ""
 
     @property
     def spills(self) -> int:
@@ -72,6 +84,14 @@ class Row:
                        "logits per thread times its MUFU budget per logit, and a few per "
                        "row): the tile is computed more than once")
         return out
+
+
+def _at(d_range: str) -> str:
+    return f"d = {CHUNKED_MODEL_D} (chunked)" if d_range == "d chunked" else d_range
+
+
+def _or_dash(n: int) -> str:
+    return str(n) if n >= 0 else "-"
 
 
 _PROBES = {"int64": " (64-bit offsets)", "split": " (key split)",
@@ -130,8 +150,11 @@ def report(rows, path=None) -> str:
         "`mma` tensor-core instructions "
         "(HMMA / HGMMA / DMMA), `logits` the tile's logits per thread (BLOCK_O BLOCK_I / "
         "threads: more exps than that, beyond a few per row, means the tile is computed "
-        "twice). Chunked configs: the counts of the tile loop without its d loops, which "
-        "ptxas places elsewhere; no ceiling.",
+        "twice). Chunked configs: `instr` ... `mma` count the tile loop without its d "
+        "loops; `chunk instr` / `chunk mma` are what the d loops add per d chunk (the "
+        "score's q k^T and, in the backward, the accumulator's read-multiply-write in "
+        f"global memory), plus their set-up once per tile; their ceiling is modelled at "
+        f"d = {CHUNKED_MODEL_D} (ceil(d / D) chunks per tile: CLIP / SigLIP ViT-L's width).",
         "",
         "**Performance model.** One streamed tile of one program uses its SM's shared "
         "resources for: tensor time = the tile's MMA FLOPs (2 BLOCK_O BLOCK_I d per product: "
@@ -149,15 +172,16 @@ def report(rows, path=None) -> str:
         "occupancy (a ceiling, not a prediction of the measured rate). For IEEE fp32 the "
         "peak is the FFMA rate, whose FFMAs also take issue slots. Floors enforced by "
         "`tests/backends/test_triton_aot.py`: "
-        + ", ".join(f"{k} {dt} sm_{a} {dr} >= {100 * v:.0f}%"
+        + ", ".join(f"{k} {dt} sm_{a} {_at(dr)} >= {100 * v:.0f}%"
                     for (k, dt, a, dr), v in CEILING_FLOORS.items())
         + "; without bias and labels: "
         + ", ".join(f"{k} {dt} sm_{a} {dr} >= {100 * v:.0f}%"
                     for (k, dt, a, dr), v in SIMCLR_FLOORS.items()) + ".",
         "",
         "| kernel | dtype | arch | d range | config | registers | spill st/ld (B) | "
-        "shared (B) | wgmma | instr | ex2 | mufu | mma | logits | ceiling | bound |",
-        "|---|---|---|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---|",
+        "shared (B) | wgmma | instr | ex2 | mufu | mma | chunk instr | chunk mma | logits | "
+        "ceiling | bound |",
+        "|---|---|---|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in rows:
         spill = f"{r.spill_stores}/{r.spill_loads}" + (f" +{r.local} local" if r.local else "")
@@ -166,7 +190,7 @@ def report(rows, path=None) -> str:
                      f"{_PROBES.get(r.probe, '')} | {r.config} | "
                      f"{r.registers} | {spill} | {r.shared} | {'yes' if r.wgmma else 'no'} | "
                      f"{r.loop_instr} | {r.loop_ex2} | {r.loop_mufu} | {r.loop_mma} | "
-                     f"{r.tile_elems} | "
+                     f"{_or_dash(r.chunk_instr)} | {_or_dash(r.chunk_mma)} | {r.tile_elems} | "
                      f"{ceiling} | {r.bound} |"
                      + (f" ERROR {r.error}" if r.error else ""))
     text = "\n".join(lines) + "\n"

@@ -10,6 +10,8 @@ instructions of the main loop (:func:`loop_counts`); with the per-SM rates of
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import re
 
 _INSTR = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(.*?)\s*;")
@@ -37,13 +39,8 @@ def _opcode(text: str) -> str:
     return text.split()[0]
 
 
-def loop_counts(sass: str):
-    """(instructions, MUFU.EX2, tensor-core instructions, MUFU ops of any kind) per thread
-    per iteration of the
-    main loop: the innermost loop (backward branch) holding the most MUFU.EX2 and tensor
-    instructions, on its common path: blocks that a forward branch inside the loop skips
-    (the self-exclusion mask of diagonal tiles, the bound mask of the last tile) are left
-    out. None when there is no such loop."""
+def _parse(sass: str) -> list:
+    """(address, opcode, branch target or None) of every SASS instruction."""
     ins = []
     for m in _INSTR.finditer(sass):
         addr, text = int(m[1], 16), m[2]
@@ -53,6 +50,14 @@ def loop_counts(sass: str):
             t = re.search(r"0x([0-9a-f]+)", text.split("BRA", 1)[1])
             target = int(t[1], 16) if t else None
         ins.append((addr, op, target))
+    return ins
+
+
+def _main_loop(ins):
+    """(lo, hi, skipped) of the main loop: the innermost loop (backward branch) holding
+    the most MUFU.EX2 and tensor instructions, and the blocks that forward branches
+    inside it skip (mask blocks; the chunked configs' d loops behind their zero-trip
+    guard). None when there is no such loop."""
     loops = [(t, a) for a, op, t in ins if t is not None and t < a]  # t == a: the trap
 
     def work(lo, hi):
@@ -65,7 +70,28 @@ def loop_counts(sass: str):
     best = max(work(*lp) for lp in loops)
     lo, hi = min((lp for lp in loops if work(*lp) == best), key=lambda lp: lp[1] - lp[0])
     skipped = [(a, t) for a, op, t in ins if t is not None and lo <= a < t <= hi]
-    total = n_ex2 = n_mma = n_mufu = 0
+    return lo, hi, skipped
+
+
+def mma_flop(op: str) -> int:
+    """FLOPs one warp's issue of a tensor instruction contributes: HMMA.mnk / DMMA.mxnxk
+    are warp-wide (2 m n k), HGMMA.64xNxK is warpgroup-wide (each of its 4 warps issues
+    it: 2 64 N K / 4)."""
+    m = re.match(r"(HGMMA|HMMA|DMMA)\.(\d+)x?(\d+)x?(\d+)", op)
+    if not m:
+        return 0
+    if m[1] == "HMMA" or (m[1] == "DMMA" and "x" not in op.split(".")[1]):
+        digits = op.split(".")[1]  # 16816 -> 16 8 16, 1688 -> 16 8 8, 884 -> 8 8 4
+        mnk = {"16816": (16, 8, 16), "1688": (16, 8, 8), "884": (8, 8, 4)}.get(digits)
+        return 2 * mnk[0] * mnk[1] * mnk[2] if mnk else 0
+    mm, n, k = int(m[2]), int(m[3]), int(m[4])
+    return 2 * mm * n * k // (4 if m[1] == "HGMMA" else 1)
+
+
+def _count(ins, lo, hi, skipped):
+    """(instructions, MUFU.EX2, tensor instructions, MUFU ops, tensor FLOPs per warp) in
+    [lo, hi] on the common path (outside the skipped blocks)."""
+    total = n_ex2 = n_mma = n_mufu = flop = 0
     for a, op, _ in ins:
         if not lo <= a <= hi or any(b < a < t for b, t in skipped):
             continue
@@ -73,7 +99,60 @@ def loop_counts(sass: str):
         n_ex2 += op.startswith("MUFU.EX2")
         n_mma += op.startswith(_TENSOR_OPS)
         n_mufu += op.startswith("MUFU.")
-    return total, n_ex2, n_mma, n_mufu
+        flop += mma_flop(op)
+    return total, n_ex2, n_mma, n_mufu, flop
+
+
+def loop_counts(sass: str):
+    """(instructions, MUFU.EX2, tensor-core instructions, MUFU ops of any kind) per thread
+    per iteration of the main loop (:func:`_main_loop`), on its common path: blocks that a
+    forward branch inside the loop skips (the self-exclusion mask of diagonal tiles, the
+    bound mask of the last tile, a chunked config's d loops: :func:`chunk_counts`) are
+    left out. None when there is no such loop."""
+    found = _main_loop(_parse(sass))
+    if found is None:
+        return None
+    return _count(_parse(sass), *found)[:4]
+
+
+@dataclasses.dataclass(frozen=True)
+class ChunkCounts:
+    """What a chunked config's d loops add to one streamed tile, per thread: ``once``
+    instructions per tile (each loop's set-up behind its zero-trip guard) and, per d
+    chunk, ``instr`` instructions, ``mufu`` MUFU ops, ``mma`` tensor instructions and
+    ``flop`` tensor FLOPs per warp (summed over the tile's d loops: the score's q k^T
+    and, in the backward, the accumulator's read-multiply-write)."""
+    once: int = 0
+    instr: int = 0
+    mufu: int = 0
+    mma: int = 0
+    flop: int = 0
+
+
+def chunk_counts(sass: str):
+    """The d loops of a chunked config: the loops nested inside the main loop, each
+    behind the forward branch that skips it when d has no chunk; their set-up (inside
+    the guard, outside the loop) counts once per tile, their body once per d chunk.
+    ptxas keeps them inside the main loop's address range; the main loop's own counts
+    (:func:`loop_counts`) leave them out. None without a main loop."""
+    ins = _parse(sass)
+    found = _main_loop(ins)
+    if found is None:
+        return None
+    lo, hi, skipped = found
+    inner = [(t, a) for a, op, t in ins if t is not None and lo < t < a < hi]
+    once = instr = mufu = mma = flop = 0
+    for t, a in inner:
+        guards = [(b, g) for b, g in skipped if b < t and a < g]
+        body = _count(ins, t, a, [(b, g) for b, g in skipped if t <= b and g <= a])
+        instr += body[0]
+        mufu += body[3]
+        mma += body[2]
+        flop += body[4]
+        if guards:
+            b, g = min(guards, key=lambda bg: bg[1] - bg[0])
+            once += _count(ins, b + 1, g - 1, [(t - 1, a + 1)])[0]
+    return ChunkCounts(once, instr, mufu, mma, flop)
 
 
 # Per-SM, per-clock rates. Tensor / FMA FLOP: NVIDIA A100 (sm_80) and H100 (sm_90)
@@ -130,6 +209,16 @@ CEILING_FLOORS = {
     ("sigmoid_fwd", "bf16", 80, "d <= 128"): 0.64,
     ("sigmoid_bwd_dq", "bf16", 80, "d <= 128"): 0.87,
     ("sigmoid_bwd_dk", "bf16", 80, "d <= 128"): 0.84,
+    # pairwise_sigmoid at d = CHUNKED_MODEL_D (768, chunked d): the forward is
+    # tensor-bound (12 chunks of q k^T against one softplus tile); the backward grids are
+    # issue-bound at ~37 %: every d chunk reads, multiplies and writes back the fp32
+    # [BLOCK_O, 64] accumulator in global memory (~320 instructions per chunk per thread)
+    ("sigmoid_fwd", "bf16", 90, "d chunked"): 0.95,
+    ("sigmoid_bwd_dq", "bf16", 90, "d chunked"): 0.33,
+    ("sigmoid_bwd_dk", "bf16", 90, "d chunked"): 0.32,
+    ("sigmoid_fwd", "bf16", 80, "d chunked"): 0.95,
+    ("sigmoid_bwd_dq", "bf16", 80, "d chunked"): 0.34,
+    ("sigmoid_bwd_dk", "bf16", 80, "d chunked"): 0.34,
 }
 # The same for the common call (normalization and self-exclusion, no bias or labels:
 # SimCLR / NT-Xent, CLIP), the report's "(no bias, no labels)" rows: the issue's aims
@@ -153,23 +242,58 @@ SIMCLR_FLOORS = {
 }
 
 
-def predict(kernel, dtype, arch, cfg, instr, mufu, mma):
-    """(logits per thread per tile, predicted ceiling, bound) of one streamed tile of a
-    single-tile config (d = its BLOCK_D).
+# The d at which a chunked config's ceiling is modelled: the embedding width of CLIP /
+# SigLIP ViT-L (and of siglip-kernel's published B = 65536 figure), past every single
+# tile's range (d <= 512).
+CHUNKED_MODEL_D = 768
+
+
+def predict(kernel, dtype, arch, cfg, instr, mufu, mma, chunk=None, d=CHUNKED_MODEL_D):
+    """(logits per thread per tile, predicted ceiling, bound) of one streamed tile: at
+    d = BLOCK_D for a single-tile config; for a chunked one at ``d`` (ceil(d / BLOCK_D)
+    chunks), its d loops (``chunk``: :class:`ChunkCounts`) added to the tile loop's
+    counts.
 
     A program's tile costs, on its SM's shared resources: tensor (or FFMA) time
     flops / rate, MUFU time (every MUFU op: ex2, rcp, lg2) x threads / 16, issue time
-    instr x warps / 4. Perfect
-    overlap gives the ceiling tensor / max(tensor, MUFU, issue). Chunked configs are not
-    modelled: ptxas lays their inner d loops outside the tile loop's address range."""
+    instr x warps / 4. Perfect overlap gives the ceiling tensor / max(tensor, MUFU,
+    issue)."""
     threads = 32 * cfg.num_warps
     elems = cfg.block_o * cfg.block_i // threads
-    if instr < 0 or not cfg.single:
+    if instr < 0 or (not cfg.single and chunk is None):
         return elems, -1.0, ""
+    width = cfg.block_d
+    if not cfg.single:
+        chunks = math.ceil(d / cfg.block_d)
+        instr = instr + chunk.once + chunks * chunk.instr
+        mufu = mufu + chunks * chunk.mufu
+        width = d
     n_mm = 1 if kernel == "fwd" else 2  # logits; + o (fwd_o) or + dx (backward)
-    flops = 2 * n_mm * cfg.block_o * cfg.block_i * cfg.block_d
+    flops = 2 * n_mm * cfg.block_o * cfg.block_i * width
     rate = RATES[arch]
     t = dict(tensor=flops / rate["flop"][dtype], mufu=mufu * threads / rate["mufu"],
              issue=instr * cfg.num_warps / rate["issue"])
     bound = max(t, key=t.get)
     return elems, round(t["tensor"] / t[bound], 3), bound
+
+
+def mma_coverage(sass: str, kernel, cfg, chunk=None, d=CHUNKED_MODEL_D) -> float:
+    """The tensor FLOPs of one streamed tile that the counted SASS holds (the main loop's
+    common path and, chunked, ceil(d / BLOCK_D) passes of its d loops) over the FLOPs the
+    model charges the tile: 1 when the counts hold every product of the tile and nothing
+    twice. -1 without tensor instructions (IEEE fp32) or without a main loop."""
+    ins = _parse(sass)
+    found = _main_loop(ins)
+    if found is None:
+        return -1.0
+    flop = _count(ins, *found)[4]
+    width = cfg.block_d
+    if not cfg.single:
+        if chunk is None:
+            return -1.0
+        flop += math.ceil(d / cfg.block_d) * chunk.flop
+        width = d
+    if not flop:
+        return -1.0
+    n_mm = 1 if kernel == "fwd" else 2
+    return round(cfg.num_warps * flop / (2 * n_mm * cfg.block_o * cfg.block_i * width), 3)
