@@ -77,7 +77,7 @@ triton-report: install
 # Regenerate the committed CUDA C++ compile report (nvcc, no GPU);
 # tests/backends/test_cuda_compile.py checks it is current.
 cuda-report: install
-	$(PY) csrc/cuda/compile_report.py --out docs/cuda_compile_report.md
+	$(PY) csrc/cuda/compile_report.py --out docs/cuda_compile_report.md --write-ledger docs/cuda_compile_ledger.json
 
 # The prepared GPU run (bench/gpu_check.py, docs/gpu_check.md): sections in child processes
 # with deadlines, packed after each into $(OUT) as summary.md, summary.json, results.tar.gz

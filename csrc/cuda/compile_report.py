@@ -241,19 +241,22 @@ def per_logit(arch: str, workdir: Path) -> list:
     return rows
 
 
+def _rows(kernels: dict, mixes: dict) -> list:
+    rows = []
+    for mangled, info in kernels.items():
+        name, dtype = readable(mangled)
+        rows.append(dict(kernel=name, dtype=dtype, mangled=mangled,
+                         dynamic_smem=dynamic_smem(name, dtype),
+                         **info, **mixes.get(mangled, {})))
+    rows.sort(key=lambda r: (r["kernel"], r["dtype"]))
+    return rows
+
+
 def collect(workdir: Path) -> dict:
     report = {}
     for arch in ARCHES:
         kernels, cubin = compile_arch(arch, workdir)
-        mixes = sass_mix(cubin)
-        rows = []
-        for mangled, info in kernels.items():
-            name, dtype = readable(mangled)
-            rows.append(dict(kernel=name, dtype=dtype, mangled=mangled,
-                             dynamic_smem=dynamic_smem(name, dtype),
-                             **info, **mixes.get(mangled, {})))
-        rows.sort(key=lambda r: (r["kernel"], r["dtype"]))
-        report[arch] = rows
+        report[arch] = _rows(kernels, sass_mix(cubin))
     return report
 
 
@@ -332,12 +335,79 @@ def render(report: dict, logits: dict) -> str:
     return "\n".join(lines)
 
 
+# The committed ledger of the last full compile: the parsed report and per-logit rows under
+# the hash of every input (inputs_key). nvcc takes ~45 s per arch here: the test takes the
+# ledger when the key matches and recompiles one arch a day (alternating) to compare.
+LEDGER = ROOT / "docs" / "cuda_compile_ledger.json"
+
+
+def inputs_key() -> str:
+    """Everything the compile reads: the C++ / CUDA sources (every header under csrc/), this
+    script (what it parses), the flags and nvcc's version. The CPU kernels (.cpp) are not read."""
+    import hashlib
+
+    h = hashlib.sha256(nvcc_version(cuda_home() / "bin" / "nvcc").encode())
+    h.update(" ".join(NVCC_FLAGS).encode())
+    for path in sorted((ROOT / "csrc").rglob("*")):
+        if path.suffix in (".cu", ".cuh", ".h", ".py") and path.is_file():
+            h.update(str(path.relative_to(ROOT)).encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()[:32]
+
+
+def _plain(value):
+    """JSON's view of the report (tuples as lists), for comparing with a ledger."""
+    import json
+    return json.loads(json.dumps(value))
+
+
+def collect_or_ledger(workdir: Path, ledger: Path = LEDGER, day: int | None = None) -> dict:
+    """{report, logits, source, verified, mismatch}: from the ledger when its key is
+    today's inputs' ("ledger"; the arch of the day, ARCHES[day % 2], compiled afresh and
+    compared: ``mismatch`` names what differs), else compiled ("compiled")."""
+    import datetime
+    import json
+
+    data = json.loads(ledger.read_text()) if ledger and ledger.exists() else {}
+    if data.get("key") != inputs_key():
+        return dict(report=_plain(collect(workdir)), logits=_plain(collect_per_logit(workdir)),
+                    source="compiled", verified=None, mismatch="")
+    day = datetime.date.today().toordinal() if day is None else day
+    arch = ARCHES[day % len(ARCHES)]
+    kernels, cubin = compile_arch(arch, workdir)
+    fresh = dict(report=_plain(_rows(kernels, sass_mix(cubin))),
+                 logits=_plain(per_logit(arch, workdir)))
+    return dict(report=data["report"], logits=data["logits"], source="ledger", verified=arch,
+                fresh=fresh, mismatch=ledger_mismatch(data, arch, fresh))
+
+
+def ledger_mismatch(data: dict, arch: str, fresh: dict) -> str:
+    """'' when an arch's fresh compile ({report, logits} of that arch) is what the ledger
+    records, else what differs."""
+    diff = []
+    if fresh["report"] != data["report"][arch]:
+        diff.append(f"sm_{arch} kernels")
+    if fresh["logits"] != data["logits"][arch]:
+        diff.append(f"sm_{arch} per-logit rows")
+    return ", ".join(diff)
+
+
+def write_ledger(report: dict, logits: dict, ledger: Path = LEDGER) -> None:
+    import json
+    ledger.write_text(json.dumps(dict(key=inputs_key(), report=_plain(report),
+                                      logits=_plain(logits)), indent=0, sort_keys=True) + "\n")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=None, help="write the markdown here (default: stdout)")
+    parser.add_argument("--write-ledger", default=None, type=Path,
+                        help="also write the parsed rows as the ledger (docs/cuda_compile_ledger.json)")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
-        text = render(collect(Path(tmp)), collect_per_logit(Path(tmp)))
+        report, logits = collect(Path(tmp)), collect_per_logit(Path(tmp))
+        text = render(report, logits)
+    if args.write_ledger:
+        write_ledger(report, logits, args.write_ledger)
     if args.out:
         Path(args.out).write_text(text)
     else:

@@ -4,7 +4,10 @@ tile kernels, no local-memory traffic (LDL / STL) anywhere, the per-logit tile m
 reduction within its MUFU budget (pairwise_sigmoid: one exp per logit forward, one exp and
 one reciprocal backward), and the committed report
 docs/cuda_compile_report.md is what csrc/cuda/compile_report.py writes today (regenerated
-into a temporary file; nothing here writes into docs/)."""
+into a temporary file; nothing here writes into docs/). The rows come from the committed
+ledger docs/cuda_compile_ledger.json when it was written from today's inputs (`make
+cuda-report` writes both), one arch of it recompiled each day and compared; a ledger of
+older inputs fails its test and the full compile stands in."""
 
 import importlib.util
 from pathlib import Path
@@ -37,13 +40,45 @@ pytestmark = [
 # session scope: under xdist this group's worker runs other modules' tests in between, and a
 # module-scoped fixture compiled again after each of them
 @pytest.fixture(scope="session")
-def compiled(tmp_path_factory):
-    """(parsed report, rendered markdown), compiled once for the module."""
-    workdir = tmp_path_factory.mktemp("cuda_cubins")
-    report = report_script.collect(workdir)
-    logits = report_script.collect_per_logit(workdir)
+def compiled(tmp_path_factory, ledger_run):
+    """(parsed report, rendered markdown, per-logit rows), once per session."""
+    report, logits = ledger_run["report"], ledger_run["logits"]
     return report, report_script.render(report, logits), logits
 
+
+@pytest.fixture(scope="session")
+def ledger_run(tmp_path_factory):
+    """The committed ledger's rows (docs/cuda_compile_ledger.json) when it was written from
+    today's inputs, one arch of them recompiled and compared; else a full compile."""
+    return report_script.collect_or_ledger(tmp_path_factory.mktemp("cuda_cubins"))
+
+
+def test_ledger_is_current_and_its_arch_of_the_day_compiles_to_it(ledger_run):
+    """The ledger holds the compile of today's sources, flags and nvcc (else `make
+    cuda-report` was not run after an edit: the full compile above stood in, slowly), and
+    the arch recompiled today measures what it records."""
+    assert ledger_run["source"] == "ledger", (
+        "docs/cuda_compile_ledger.json is not the compile of today's csrc/: regenerate it "
+        "with `make cuda-report`")
+    assert not ledger_run["mismatch"], (
+        f"the ledger's {ledger_run['mismatch']} are not what nvcc compiles today")
+
+
+def test_a_ledger_that_the_compile_contradicts_is_caught(ledger_run):
+    """A planted change in the ledger's rows (registers one off, per-logit counts) is
+    found by comparing with the day's recompile."""
+    import copy
+
+    if ledger_run["source"] != "ledger":
+        pytest.fail("no current ledger to plant a change in (see the test above)")
+    arch = ledger_run["verified"]
+    data = copy.deepcopy({k: ledger_run[k] for k in ("report", "logits")})
+    assert not report_script.ledger_mismatch(data, arch, ledger_run["fresh"])
+    data["report"][arch][0]["registers"] += 1
+    assert report_script.ledger_mismatch(data, arch, ledger_run["fresh"]) == f"sm_{arch} kernels"
+    data = copy.deepcopy({k: ledger_run[k] for k in ("report", "logits")})
+    data["logits"][arch][0][2] += 1
+    assert "per-logit" in report_script.ledger_mismatch(data, arch, ledger_run["fresh"])
 
 def test_every_instantiation_compiles_for_both_arches(compiled):
     report, _, _ = compiled
@@ -101,10 +136,9 @@ def test_committed_report_is_current(compiled, tmp_path):
     _, text, _ = compiled
     fresh = tmp_path / "cuda_compile_report.md"
     fresh.write_text(text)
-    assert REPORT.exists(), "run: python csrc/cuda/compile_report.py --out docs/cuda_compile_report.md"
+    assert REPORT.exists(), "run: make cuda-report"
     assert REPORT.read_text() == fresh.read_text(), (
-        "docs/cuda_compile_report.md is stale; regenerate it with "
-        "`python csrc/cuda/compile_report.py --out docs/cuda_compile_report.md`")
+        "docs/cuda_compile_report.md is stale; regenerate it with `make cuda-report`")
 
 
 def test_no_fast_math(compiled):
