@@ -30,10 +30,13 @@ $(VENV)/.built: $(EXT_SOURCES) | $(VENV)/.installed
 demo: install
 	$(PY) -m contrastive_kernels.demo
 
-# One pytest-xdist worker per core (torch single-threaded in each: tests/conftest.py);
-# modules whose fixture compiles or spawns once are one xdist_group each (--dist loadgroup).
+# One pytest-xdist worker per core (torch single-threaded in each: tests/conftest.py), each
+# test module on one worker (--dist loadfile), so that a module fixture that compiles or
+# spawns ranks runs once. (--dist loadgroup's xdist_group marks group nothing under
+# pytest 9.2 with xdist 3.8: xdist renames item._nodeid, which pytest 9.2 no longer reads,
+# and the compile fixtures ran on both workers.)
 TEST_WORKERS ?= $(shell nproc 2>/dev/null || echo 2)
-TEST_ARGS = -q -ra -n $(TEST_WORKERS) --dist loadgroup
+TEST_ARGS = -q -ra -n $(TEST_WORKERS) --dist loadfile
 
 test: install
 	$(PY) -m pytest $(TEST_ARGS) tests

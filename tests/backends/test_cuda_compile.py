@@ -29,7 +29,6 @@ def _load_script():
 report_script = _load_script()
 
 pytestmark = [
-    pytest.mark.xdist_group("cuda_compile"),  # one worker compiles once
     pytest.mark.slow,
     pytest.mark.skipif(not (report_script.cuda_home() / "bin" / "nvcc").exists(),
                        reason="nvcc not found (set CUDA_HOME)"),
@@ -37,16 +36,14 @@ pytestmark = [
 ]
 
 
-# session scope: under xdist this group's worker runs other modules' tests in between, and a
-# module-scoped fixture compiled again after each of them
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def compiled(tmp_path_factory, ledger_run):
-    """(parsed report, rendered markdown, per-logit rows), once per session."""
+    """(parsed report, rendered markdown, per-logit rows), once per module."""
     report, logits = ledger_run["report"], ledger_run["logits"]
     return report, report_script.render(report, logits), logits
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def ledger_run(tmp_path_factory):
     """The committed ledger's rows (docs/cuda_compile_ledger.json) when it was written from
     today's inputs, one arch of them recompiled and compared; else a full compile."""
@@ -55,22 +52,18 @@ def ledger_run(tmp_path_factory):
 
 def test_ledger_is_current_and_its_arch_of_the_day_compiles_to_it(ledger_run):
     """The ledger holds the compile of today's sources, flags and nvcc (else `make
-    cuda-report` was not run after an edit: the full compile above stood in, slowly), and
-    the arch recompiled today measures what it records."""
+    cuda-report` was not run after an edit: the full compile above stood in, slowly), the
+    arch recompiled today measures what it records, and a ledger that the compile
+    contradicts is caught."""
     assert ledger_run["source"] == "ledger", (
         "docs/cuda_compile_ledger.json is not the compile of today's csrc/: regenerate it "
         "with `make cuda-report`")
     assert not ledger_run["mismatch"], (
         f"the ledger's {ledger_run['mismatch']} are not what nvcc compiles today")
-
-
-def test_a_ledger_that_the_compile_contradicts_is_caught(ledger_run):
-    """A planted change in the ledger's rows (registers one off, per-logit counts) is
-    found by comparing with the day's recompile."""
+    # a planted change in the ledger's rows (registers one off, per-logit counts) is found
+    # by comparing with the day's recompile
     import copy
 
-    if ledger_run["source"] != "ledger":
-        pytest.fail("no current ledger to plant a change in (see the test above)")
     arch = ledger_run["verified"]
     data = copy.deepcopy({k: ledger_run[k] for k in ("report", "logits")})
     assert not report_script.ledger_mismatch(data, arch, ledger_run["fresh"])

@@ -44,8 +44,7 @@ def _ptxas():
     return None
 
 
-pytestmark = [pytest.mark.xdist_group("triton_aot"),  # one worker compiles once
-              pytest.mark.slow,
+pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(_ptxas() is None, reason="no ptxas (Triton's or CUDA's)")]
 
 
@@ -53,9 +52,7 @@ LEDGER = ROOT / "docs" / "triton_compile_ledger.json"
 VERIFIED = 8  # ledger rows recompiled and compared per run (aot_ledger.sample)
 
 
-# session scope: under xdist the worker that runs this group also runs other modules' tests
-# in between, and a module-scoped fixture was set up (compiled) again after each of them
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def aot_run(tmp_path_factory):
     """(rows, report text) of one AOT run, both written under a temporary directory: the
     rows the committed ledger holds (VERIFIED of them recompiled and compared), the others
@@ -74,7 +71,7 @@ def aot_run(tmp_path_factory):
     return json.loads(out.read_text()), report.read_text()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def rows(aot_run):
     return aot_run[0]
 
@@ -285,7 +282,9 @@ def test_ledger_holds_every_job_and_its_sample_still_compiles_to_it(rows):
     """Every row came from the committed ledger (so a kernel edit without `make
     triton-report` fails here, not only slowly), and the sampled ledger rows, recompiled,
     measured what the ledger holds (a difference is the row's compile error, failed by
-    test_every_shipped_config_compiles)."""
+    test_every_shipped_config_compiles). A ledger row edited by hand (or measured by
+    another compiler) is caught when the sample recompiles it: registers planted one off
+    in a one-job ledger."""
     sources = [r["source"] for r in rows]
     missing = [_key(r) for r in rows if r["source"] not in ("ledger", "verified")]
     assert not missing, (f"{LEDGER.relative_to(ROOT)} does not hold {len(missing)} jobs "
@@ -293,10 +292,6 @@ def test_ledger_holds_every_job_and_its_sample_still_compiles_to_it(rows):
     assert sources.count("verified") == min(VERIFIED, len(rows))
     assert not [r for r in rows if r["source"] == "verified" and r["error"]]
 
-
-def test_a_ledger_row_that_the_compile_contradicts_is_an_error():
-    """A ledger row edited by hand (or measured by another compiler) is caught when the
-    sample recompiles it: its registers are planted one off here."""
     code = (
         "import dataclasses, json, sys\n"
         "from contrastive_kernels.backends.triton import aot\n"

@@ -21,8 +21,7 @@ from contrastive_kernels import reference as R
 WORLD, SHARD, DIM = 2, 5, 6
 
 pytestmark = [pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
-                                 reason="needs torch.distributed with gloo"),
-              pytest.mark.xdist_group("loss_distributed")]  # one worker runs the ranks once
+                                 reason="needs torch.distributed with gloo")]
 
 
 def _data():

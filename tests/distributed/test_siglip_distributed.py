@@ -19,8 +19,7 @@ SHARD, DIM, GROUPS = 4, 6, 3
 TIMEOUT_S = 60  # a mismatched exchange fails the test instead of hanging it
 
 pytestmark = [pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
-                                 reason="needs torch.distributed with gloo"),
-              pytest.mark.xdist_group("siglip_distributed")]  # one worker spawns the ranks
+                                 reason="needs torch.distributed with gloo")]
 
 
 def _data(world):

@@ -90,9 +90,9 @@ def compile_one(job, fresh: bool = False) -> Row:
     row = _compile_one(job)
     if path and not row.error:
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path + ".tmp", "w") as f:
+        with open(f"{path}.{os.getpid()}.tmp", "w") as f:
             json.dump(dataclasses.asdict(row), f)
-        os.replace(path + ".tmp", path)
+        os.replace(f"{path}.{os.getpid()}.tmp", path)
     return row
 
 

@@ -70,9 +70,9 @@ def write(keys: list, rows: list, path: str = PATH) -> None:
     text = ("{\"format\": %d, \"triton\": %s, \"analysis\": %s,\n\"rows\": {\n%s\n}}\n"
             % (_FORMAT, json.dumps(triton.__version__), json.dumps(analysis_key()),
                ",\n".join(lines)))
-    with open(path + ".tmp", "w") as f:
+    with open(f"{path}.{os.getpid()}.tmp", "w") as f:
         f.write(text)
-    os.replace(path + ".tmp", path)
+    os.replace(f"{path}.{os.getpid()}.tmp", path)
 
 
 def sample(items: list, k: int, day: int | None = None) -> list:
