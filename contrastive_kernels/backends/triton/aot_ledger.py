@@ -34,12 +34,13 @@ _DROPPED = ("sass", "seconds", "source")
 
 def analysis_key() -> str:
     """What turns a compile into a row: the SASS counting and model (perf_model), the row
-    (aot_report) and the measuring (aot_compile). A ledger of another analysis is unused."""
+    (aot_report), the measuring and the analysis (aot_compile's _compile_one, analyse).
+    A ledger of another analysis is unused."""
     from . import aot_compile, aot_report, perf_model
 
     h = hashlib.sha256(str(_FORMAT).encode())
-    for module in (perf_model, aot_report, aot_compile):
-        h.update(inspect.getsource(module).encode())
+    for obj in (perf_model, aot_report, aot_compile._compile_one, aot_compile.analyse):
+        h.update(inspect.getsource(obj).encode())
     return h.hexdigest()[:32]
 
 
