@@ -75,3 +75,6 @@ def _gather_one(x: torch.Tensor, with_grad: bool, keep_local: bool) -> torch.Ten
     if keep_local:
         parts[dist.get_rank()] = x
     return torch.cat(parts, dim=0)
+
+
+from .ops import MODES, lse  # noqa: E402  (the distributed core ops; they use gather above)

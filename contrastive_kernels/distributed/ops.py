@@ -1,0 +1,261 @@
+"""The distributed log-sum-exp: each rank's queries against the global key set.
+
+    lse_i = log sum_{j in K} exp(scale <q^_i, k^_j> + bias_j),  K = [keys of rank 0; rank 1; ...]
+
+minus the pairs the core op excludes, with ``self_offset`` and the labels referring to
+global positions: this rank's query i pairs with global key ``start + i + self_offset``,
+``start`` the global index of this rank's first key. Every rank calls it with its own
+queries and keys (row counts may differ between ranks); the gradient of a key reaches the
+rank that owns it, summed over every rank's queries, which is what DDP's averaging needs.
+
+Two modes:
+
+- ``"gather"``: the keys (and their labels and bias) are all-gathered with gradient (a
+  reduce-scatter in the backward, not an all-reduce); one core-op call over the
+  N_local x N_global problem. Per-rank memory O(N_global d).
+- ``"ring"``: the key shards travel around the ring (``batch_isend_irecv``; the next
+  shard's transfer overlaps the current shard's tiles). The forward keeps each shard's
+  partial lse and merges them by logsumexp in shard order (so the result does not depend
+  on the ring's direction); the backward sends the shards around again, recomputing each
+  shard's op with autograd under the upstream weight g_i exp(lse_i^s - lse_i), and each
+  shard's partial dk travels with it and arrives home complete. Per-rank memory
+  O(N_local d) plus one shard in flight, never O(N_global d); the backward costs one more
+  forward sweep than the gather's.
+
+Ring and gather agree to rounding, not bitwise: the ring merges W partial sums by a
+logsumexp where the gather's kernel accumulates one online sum over all tiles.
+
+Before any exchange the ranks compare one small signature (key count, d, dtype and the
+options): a rank whose d, dtype or options differ gets the same ValueError on every rank,
+instead of a hang or a backend abort inside the exchange. That read-back is one host sync
+of world_size x 8 integers per call.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from .. import ops as core_ops
+
+MODES = ("gather", "ring")
+_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+_FIELDS = ("keys", "d", "dtype", "labels", "bias", "self_offset", "normalize",
+           "exclude_positives")
+
+
+def _group_info(group):
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        raise RuntimeError("the distributed lse needs an initialized torch.distributed "
+                           "process group (torch.distributed.init_process_group)")
+    return dist.get_world_size(group), dist.get_rank(group)
+
+
+def _signatures(q, k, q_labels, bias, self_offset, normalize, exclude_positives, group):
+    """[world, 8] int64 of every rank's (key count, d, dtype, labels?, bias?, self_offset,
+    normalize, exclude_positives); raises on every rank where they disagree."""
+    import torch.distributed as dist
+
+    world, rank = _group_info(group)
+    mine = torch.tensor([k.shape[0], q.shape[1], _DTYPES.index(q.dtype), q_labels is not None,
+                         bias is not None, -(2 ** 62) if self_offset is None else self_offset,
+                         normalize, exclude_positives], dtype=torch.long, device=q.device)
+    every = [torch.empty_like(mine) for _ in range(world)]
+    dist.all_gather(every, mine, group=group)
+    table = torch.stack(every).cpu()
+    for col, name in enumerate(_FIELDS[1:], start=1):
+        values = table[:, col].tolist()
+        if len(set(values)) > 1:
+            shown = ["None" if name == "self_offset" and v == -(2 ** 62) else
+                     (str(_DTYPES[v]) if name == "dtype" else v) for v in values]
+            raise ValueError(
+                f"distributed lse: every rank must pass the same {name}; got {shown} (one "
+                f"per rank, this is rank {rank})")
+    return table
+
+
+def lse(q: torch.Tensor, k: torch.Tensor, scale=1.0, *, bias: Optional[torch.Tensor] = None,
+        q_labels: Optional[torch.Tensor] = None, k_labels: Optional[torch.Tensor] = None,
+        self_offset: Optional[int] = None, normalize: bool = False, eps: float = 1e-12,
+        exclude_positives: bool = False, mode: str = "gather", group=None,
+        backend: Optional[str] = "auto") -> torch.Tensor:
+    """lse [N_local] of this rank's queries over every rank's keys (module docstring);
+    differentiable in q, k and a tensor ``scale``. ``q_labels`` / ``k_labels`` and ``bias``
+    as in :func:`contrastive_kernels.ops.lse` (both label tensors or neither on every
+    rank)."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    for name, x in (("q", q), ("k", k)):
+        if not isinstance(x, torch.Tensor) or x.dim() != 2 or x.dtype not in _DTYPES:
+            raise ValueError(f"{name} must be a 2-D floating point tensor (fp16 / bf16 / fp32 "
+                             f"/ fp64), got {getattr(x, 'shape', type(x).__name__)}")
+    if (q_labels is None) != (k_labels is None):
+        raise ValueError("q_labels and k_labels must be given together (or neither)")
+    table = _signatures(q, k, q_labels, bias, self_offset, normalize, exclude_positives, group)
+    world, rank = _group_info(group)
+    counts = table[:, 0].tolist()
+    start = sum(counts[:rank])
+    opts = dict(normalize=normalize, eps=eps, exclude_positives=exclude_positives,
+                backend=backend)
+    if mode == "gather" or world == 1:
+        keys, labels, biases = _gather_keys(k, k_labels, bias, counts, group)
+        offset = None if self_offset is None else start + self_offset
+        return core_ops.lse(q, keys, scale, bias=biases, q_labels=q_labels, k_labels=labels,
+                       self_offset=offset, **opts)[0]
+    if not isinstance(scale, torch.Tensor):
+        scale = torch.tensor(float(scale), dtype=torch.float64 if q.dtype == torch.float64
+                             else torch.float32, device=q.device)
+    return _RingLse.apply(q, k, scale, bias, q_labels, k_labels, self_offset, opts,
+                          counts, group)
+
+
+# --------------------------------------------------------------------------- gather
+
+
+def _gather_keys(k, k_labels, bias, counts, group):
+    """Every rank's keys (with gradient), labels and bias in rank order; uneven counts are
+    padded to the largest for the collective and cut out again."""
+    import torch.distributed as dist
+
+    world = len(counts)
+    if world == 1:
+        return k, k_labels, bias
+    top = max(counts)
+
+    def pad(x):
+        return torch.nn.functional.pad(x, (0, 0) * (x.dim() - 1) + (0, top - x.shape[0]))
+
+    def cut(x):
+        return torch.cat([x[r * top: r * top + counts[r]] for r in range(world)])
+
+    from torch.distributed import _functional_collectives as fc
+
+    gather = getattr(fc, "all_gather_single", None) or fc.all_gather_tensor_autograd
+    out = gather(pad(k).contiguous(), 0, group if group is not None else dist.group.WORLD)
+    keys = cut(out.wait() if callable(getattr(out, "wait", None)) else out)
+    rest = []
+    for x in (k_labels, bias):
+        if x is None:
+            rest.append(None)
+            continue
+        parts = [torch.empty_like(pad(x)) for _ in range(world)]
+        dist.all_gather(parts, pad(x).contiguous(), group=group)
+        rest.append(cut(torch.cat(parts)))
+    return (keys, *rest)
+
+
+# --------------------------------------------------------------------------- ring
+
+
+class _Ring:
+    """The shard schedule of one rank: at step t it holds the keys of rank (rank - t) mod
+    world, received from its left neighbour, and passes them right."""
+
+    def __init__(self, counts, group):
+        self.world, self.rank = _group_info(group)
+        self.counts, self.group = counts, group
+        self.left, self.right = (self.rank - 1) % self.world, (self.rank + 1) % self.world
+        self.starts = [sum(counts[:r]) for r in range(self.world)]
+
+    def owner(self, step: int) -> int:
+        return (self.rank - step) % self.world
+
+    def post(self, tensors, step: int):
+        """Start passing ``tensors`` (the shard of ``step``) right and receiving the shard
+        of step + 1 from the left: (received buffers, requests to wait on)."""
+        import torch.distributed as dist
+
+        rows = self.counts[self.owner(step + 1)]
+        bufs = [None if t is None else t.new_empty((rows,) + tuple(t.shape[1:]))
+                for t in tensors]
+        p2p = []
+        for t, buf in zip(tensors, bufs):
+            if t is None:
+                continue
+            p2p.append(dist.P2POp(dist.isend, t.contiguous(), self._peer(self.right),
+                                  self.group))
+            p2p.append(dist.P2POp(dist.irecv, buf, self._peer(self.left), self.group))
+        return bufs, (dist.batch_isend_irecv(p2p) if p2p else [])
+
+    def _peer(self, r: int) -> int:
+        import torch.distributed as dist
+
+        return r if self.group is None else dist.get_global_rank(self.group, r)
+
+    def offset(self, self_offset, step: int):
+        """The core op's self_offset against the shard of ``step``."""
+        if self_offset is None:
+            return None
+        return self.starts[self.rank] + self_offset - self.starts[self.owner(step)]
+
+
+def _wait(reqs) -> None:
+    for req in reqs:
+        req.wait()
+
+
+class _RingLse(torch.autograd.Function):
+
+    @staticmethod
+    def forward(ctx, q, k, scale, bias, q_labels, k_labels, self_offset, opts, counts, group):
+        ring = _Ring(counts, group)
+        parts = [None] * ring.world
+        shard = (k.detach(), k_labels, bias)
+        for step in range(ring.world):
+            last = step == ring.world - 1
+            nxt, reqs = (None, []) if last else ring.post(shard, step)
+            keys, labels, biases = shard
+            parts[ring.owner(step)] = core_ops.lse(
+                q.detach(), keys, scale.detach(), bias=biases, q_labels=q_labels,
+                k_labels=labels, self_offset=ring.offset(self_offset, step), **opts)[0]
+            _wait(reqs)
+            shard = nxt if not last else shard
+        out = torch.logsumexp(torch.stack(parts), dim=0)
+        ctx.save_for_backward(q, k, scale, out)
+        ctx.rest = (bias, q_labels, k_labels, self_offset, opts, ring)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        q, k, scale, out = ctx.saved_tensors
+        bias, q_labels, k_labels, self_offset, opts, ring = ctx.rest
+        need_q, need_k, need_s = ctx.needs_input_grad[:3]
+        dq = torch.zeros_like(q) if need_q else None
+        ds = torch.zeros_like(scale) if need_s else None
+        shard = (k.detach(), k_labels, bias)
+        dk = torch.zeros_like(k)
+        for step in range(ring.world):
+            last = step == ring.world - 1
+            # the next shard's keys move while this one's tiles are recomputed
+            nxt, reqs = (None, []) if last else ring.post(shard, step)
+            keys, labels, biases = shard
+            with torch.enable_grad():
+                qd = q.detach().requires_grad_(need_q)
+                kd = keys.detach().requires_grad_(True)
+                sd = scale.detach().requires_grad_(need_s)
+                part = core_ops.lse(qd, kd, sd, bias=biases, q_labels=q_labels, k_labels=labels,
+                               self_offset=ring.offset(self_offset, step), **opts)[0]
+                # d lse_i / d part_i = exp(part_i - lse_i): 0 where the shard holds none of
+                # the row's keys (part = -inf), also when the row has no key at all
+                weight = torch.where(part == float("-inf"), torch.zeros_like(part),
+                                     torch.exp(part - out))
+                wrt = [x for x, need in ((qd, need_q), (kd, True), (sd, need_s)) if need]
+                got = list(torch.autograd.grad(part, wrt, grad * weight, allow_unused=True))
+            g_q = got.pop(0) if need_q else None
+            g_k = got.pop(0)
+            g_s = got.pop(0) if need_s else None
+            if need_q and g_q is not None:
+                dq += g_q
+            if need_s and g_s is not None:
+                ds += g_s
+            dk = dk + (g_k if g_k is not None else 0)
+            _wait(reqs)
+            # this shard's gradient so far follows it right (the last hop takes it home);
+            # the left neighbour's, of the next shard, comes in
+            (dk,), dk_reqs = ring.post((dk,), step)
+            _wait(dk_reqs)
+            shard = nxt if not last else shard
+        return dq, (dk if need_k else None), ds, None, None, None, None, None, None, None

@@ -1,0 +1,160 @@
+"""The distributed lse (contrastive_kernels.distributed.lse), gather and ring, on 2 and 4
+gloo processes in float64 with uneven row counts (rank r holds 2 + r queries and 3 + r
+keys): every rank's lse and the gradients (dq on each rank, dk arriving at its owner,
+dscale summed over ranks as DDP does) against one process over the global key set; a rank
+passing another d, dtype or option raises the same ValueError on every rank; a rank that
+dies makes the others fail within the process group's timeout instead of hanging.
+
+One process group per world size: the ranks run every case in one spawn."""
+
+import os
+import socket
+import time
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from contrastive_kernels import ops
+
+D = 5
+TIMEOUT_S = 15  # the process group's: a dead rank fails the others within it
+# (id, options, backend): the pair rule by self offset, by labels (excluded), and
+# normalization with a per-key bias and a shifted self pair on the C++ kernels
+CASES = (
+    ("self", dict(self_offset=0), "torch"),
+    ("labels_excluded", dict(labels=True, exclude_positives=True), "torch"),
+    ("normalize_bias_shifted", dict(self_offset=1, normalize=True, bias=True), "cpu"),
+)
+MODES = ("gather", "ring")
+
+pytestmark = [pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
+                                 reason="needs torch.distributed with gloo")]
+
+
+def _data(world):
+    gen = torch.Generator().manual_seed(5)
+    nq, nk = [2 + r for r in range(world)], [3 + r for r in range(world)]
+    q = torch.randn(sum(nq), D, generator=gen, dtype=torch.float64)
+    k = torch.randn(sum(nk), D, generator=gen, dtype=torch.float64)
+    ql = torch.randint(0, 3, (sum(nq),), generator=gen)
+    kl = torch.randint(0, 3, (sum(nk),), generator=gen)
+    bias = torch.randn(sum(nk), generator=gen, dtype=torch.float64)
+    weights = torch.randn(sum(nq), generator=gen, dtype=torch.float64)  # the loss: sum c_i lse_i
+    return nq, nk, q, k, ql, kl, bias, weights
+
+
+def _slices(counts):
+    starts = [sum(counts[:r]) for r in range(len(counts))]
+    return [slice(s, s + c) for s, c in zip(starts, counts)]
+
+
+def _kwargs(opts, ql, kl, bias):
+    kw = dict(normalize=opts.get("normalize", False),
+              exclude_positives=opts.get("exclude_positives", False),
+              self_offset=opts.get("self_offset"))
+    if opts.get("labels"):
+        kw.update(q_labels=ql, k_labels=kl)
+    if opts.get("bias"):
+        kw["bias"] = bias
+    return kw
+
+
+def _worker(rank, world, port, out_dir):
+    os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
+    import datetime
+
+    from contrastive_kernels import distributed as ckd
+
+    dist.init_process_group("gloo", rank=rank, world_size=world,
+                            timeout=datetime.timedelta(seconds=TIMEOUT_S))
+    nq, nk, q, k, ql, kl, bias, weights = _data(world)
+    rq, rk = _slices(nq)[rank], _slices(nk)[rank]
+    results = {}
+    for case, opts, backend in CASES:
+        for mode in MODES:
+            qr, kr = q[rq].clone().requires_grad_(), k[rk].clone().requires_grad_()
+            scale = torch.tensor(1.7, dtype=torch.float64, requires_grad=True)
+            kw = _kwargs(opts, ql[rq], kl[rk], bias[rk])
+            out = ckd.lse(qr, kr, scale, mode=mode, backend=backend, **kw)
+            dq, dk, ds = torch.autograd.grad((out * weights[rq]).sum(), (qr, kr, scale))
+            dist.all_reduce(ds)  # a replicated parameter: DDP sums (then averages) it
+            results[(case, mode)] = (out.detach(), dq, dk, ds)
+    # a rank with another d: the same ValueError on every rank
+    try:
+        ckd.lse(q[rq][:, : D - (rank == 1)], k[rk][:, : D - (rank == 1)], mode="ring")
+        results["mismatch"] = None
+    except ValueError as e:
+        results["mismatch"] = str(e)
+    # the last rank dies before the next call: the others fail within the timeout
+    torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
+    if rank == world - 1:
+        os._exit(0)
+    t = time.time()
+    try:
+        ckd.lse(q[rq], k[rk], mode="ring")
+        dead = ("returned", time.time() - t)
+    except Exception as e:  # noqa: BLE001 - gloo raises RuntimeError / DistBackendError
+        dead = (f"{type(e).__name__}: {e}", time.time() - t)
+    torch.save(dead, os.path.join(out_dir, f"dead{rank}.pt"))
+    os._exit(0)
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module", params=[2, 4], ids=["world2", "world4"])
+def ranks(request, tmp_path_factory):
+    world = request.param
+    out = tmp_path_factory.mktemp(f"dlse{world}")
+    mp.start_processes(_worker, args=(world, _free_port(), str(out)), nprocs=world,
+                       join=True, start_method="spawn")
+    per_rank = [torch.load(out / f"rank{r}.pt") for r in range(world)]
+    dead = [torch.load(out / f"dead{r}.pt") for r in range(world - 1)]
+    return world, per_rank, dead
+
+
+def _reference(world, case_opts, backend):
+    """Per rank: lse of its queries over the global keys (one process, one call per rank:
+    the self pair of rank r's query i is global key start_r + i + offset), and the
+    gradients of sum_r sum_i c_i lse_i."""
+    nq, nk, q, k, ql, kl, bias, weights = _data(world)
+    q, k = q.clone().requires_grad_(), k.clone().requires_grad_()
+    scale = torch.tensor(1.7, dtype=torch.float64, requires_grad=True)
+    outs, total = [], 0
+    for r, (rq, rk) in enumerate(zip(_slices(nq), _slices(nk))):
+        kw = _kwargs(case_opts, ql[rq], kl, bias)
+        if kw["self_offset"] is not None:
+            kw["self_offset"] += rk.start
+        out = ops.lse(q[rq], k, scale, backend=backend, **kw)[0]
+        outs.append(out.detach())
+        total = total + (out * weights[rq]).sum()
+    dq, dk, ds = torch.autograd.grad(total, (q, k, scale))
+    return outs, [dq[s] for s in _slices(nq)], [dk[s] for s in _slices(nk)], ds
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_every_rank_matches_one_process(ranks, case):
+    world, per_rank, _ = ranks
+    name, opts, backend = case
+    outs, dqs, dks, ds = _reference(world, opts, backend)
+    for mode in MODES:
+        for r in range(world):
+            out, dq, dk, dscale = per_rank[r][(name, mode)]
+            where = f"{name} {mode} rank {r}/{world}"
+            torch.testing.assert_close(out, outs[r], rtol=1e-12, atol=1e-12, msg=where)
+            torch.testing.assert_close(dq, dqs[r], rtol=1e-11, atol=1e-12, msg=where)
+            torch.testing.assert_close(dk, dks[r], rtol=1e-11, atol=1e-12, msg=where)
+            torch.testing.assert_close(dscale, ds, rtol=1e-11, atol=1e-12, msg=where)
+
+
+def test_mismatch_and_dead_rank_raise_on_every_rank(ranks):
+    world, per_rank, dead = ranks
+    messages = [p["mismatch"] for p in per_rank]
+    assert all(m and "every rank must pass the same d" in m for m in messages), messages
+    for message, seconds in dead:
+        assert message != "returned" and seconds < TIMEOUT_S + 10, (message, seconds)
