@@ -77,4 +77,5 @@ def _gather_one(x: torch.Tensor, with_grad: bool, keep_local: bool) -> torch.Ten
     return torch.cat(parts, dim=0)
 
 
-from .ops import MODES, lse  # noqa: E402  (the distributed core ops; they use gather above)
+from .class_sums import all_reduce_sum, global_segments, row_counts  # noqa: E402
+from .ops import MODES, lse  # noqa: E402  (the distributed core ops)

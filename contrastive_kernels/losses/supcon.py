@@ -14,10 +14,10 @@ from typing import Optional
 import torch
 from torch import nn
 
-from .. import ops
+from .. import distributed, ops
 from ..core.layout import keep_input_layout
-from .algebra import (check_labels, check_on, check_positive, gather_rows, label_segments,
-                      result_dtype, segment_sums, unit_rows)
+from .algebra import (check_gather_available, check_labels, check_on, check_positive,
+                      gather_rows, label_segments, result_dtype, segment_sums, unit_rows)
 from .spec import Accuracy, LossCase, LossSpec, unit
 
 CONTRAST_MODES = ("all", "one")
@@ -34,7 +34,8 @@ def check_supcon_options(temperature, contrast_mode, base_temperature):
 def supcon_loss(features: torch.Tensor, labels: Optional[torch.Tensor] = None,
                 mask: Optional[torch.Tensor] = None, temperature: float = 0.07,
                 contrast_mode: str = "all", base_temperature: float = 0.07, *,
-                normalize: bool = False, eps: float = 1e-12, backend: Optional[str] = "auto"):
+                normalize: bool = False, eps: float = 1e-12, gather_distributed: bool = False,
+                distributed_mode: str = "gather", backend: Optional[str] = "auto"):
     """Supervised contrastive loss, SupContrast ``losses.py`` semantics.
 
     features: [bsz, n_views, ...] (extra dims flattened); labels: [bsz] or None; mask:
@@ -44,6 +45,15 @@ def supcon_loss(features: torch.Tensor, labels: Optional[torch.Tensor] = None,
     numerator and denominator; rows without positives contribute 0 and still count in the
     mean. ``normalize=True`` divides rows by max(||row||, eps) first (fused in the kernel).
     Returns a 0-dim loss in features' dtype.
+
+    ``gather_distributed`` (torch.distributed): each rank passes its own batch; its anchors
+    are contrasted with every rank's rows (``distributed_mode`` "gather" or "ring", see
+    :func:`contrastive_kernels.distributed.lse`), the positives counted over the global
+    batch by class sums all-reduced across ranks (labels) or within the rank (no labels:
+    a sample's views are on its rank). Each rank's loss is its anchors' sum times
+    world_size / (global anchors): the mean over ranks is the single-process loss of the
+    concatenated batch, and DDP's gradient average is its gradient, for uneven batches too.
+    A user ``mask`` cannot name the other ranks' samples and raises.
     """
     if not isinstance(features, torch.Tensor):
         raise TypeError(f"features must be a torch.Tensor, got {type(features).__name__}")
@@ -57,6 +67,14 @@ def supcon_loss(features: torch.Tensor, labels: Optional[torch.Tensor] = None,
     if labels is not None and mask is not None:
         raise ValueError("Cannot define both `labels` and `mask`")
     check_supcon_options(temperature, contrast_mode, base_temperature)
+    check_gather_available(gather_distributed)
+    world = distributed.world()[0] if gather_distributed else 1
+    if world > 1 and mask is not None:
+        raise ValueError("gather_distributed with a mask: a [bsz, bsz] mask cannot name the "
+                         "other ranks' samples; pass labels")
+    if world > 1 and distributed_mode not in distributed.MODES:
+        raise ValueError(f"distributed_mode must be one of {distributed.MODES}, got "
+                         f"{distributed_mode!r}")
     bsz, n_views, dim = features.shape
     if bsz == 0 or n_views == 0:
         raise ValueError(f"features must hold at least one sample and one view, got shape "
@@ -80,8 +98,12 @@ def supcon_loss(features: torch.Tensor, labels: Optional[torch.Tensor] = None,
     lam = 1.0 / temperature
 
     # The denominator: every contrast row but the anchor itself (anchor i is contrast row i).
-    lse, _ = ops.lse(anchors, contrast, lam, self_offset=0, normalize=normalize, eps=eps,
-                     backend=backend)
+    if world > 1:  # every rank's rows as keys; anchor i's own row is its global key start + i
+        lse = distributed.lse(anchors, contrast, lam, self_offset=0, normalize=normalize,
+                              eps=eps, mode=distributed_mode, backend=backend)
+    else:
+        lse, _ = ops.lse(anchors, contrast, lam, self_offset=0, normalize=normalize, eps=eps,
+                         backend=backend)
 
     acc = lse.dtype
     k_hat = unit_rows(contrast, normalize, eps)
@@ -98,8 +120,15 @@ def supcon_loss(features: torch.Tensor, labels: Optional[torch.Tensor] = None,
         pos_logit_sum = lam * (q_hat * positive_keys).sum(1) - self_weight * self_logit
         pos_count = n_views * weights.sum(1)[sample] - self_weight
     else:
-        seg = label_segments(labels) if labels is not None else torch.arange(bsz, device=device)
-        class_sums, class_sizes = segment_sums(seg.repeat(n_views), k_hat, bsz)  # over all views
+        if world > 1 and labels is not None:  # the global classes, summed over the ranks
+            seg, n_classes = distributed.global_segments(labels)
+            class_sums, class_sizes = segment_sums(seg.repeat(n_views), k_hat, n_classes)
+            class_sums = distributed.all_reduce_sum(class_sums)
+            class_sizes = distributed.all_reduce_sum(class_sizes)
+        else:
+            seg = (label_segments(labels) if labels is not None
+                   else torch.arange(bsz, device=device))
+            class_sums, class_sizes = segment_sums(seg.repeat(n_views), k_hat, bsz)  # all views
         anchor_seg = seg[sample]
         pos_logit_sum = lam * (q_hat * gather_rows(class_sums, anchor_seg)).sum(1) - self_logit
         pos_count = class_sizes[anchor_seg] - 1.0
@@ -113,6 +142,9 @@ def supcon_loss(features: torch.Tensor, labels: Optional[torch.Tensor] = None,
                                                     pos_count * lse)
     divisor = torch.where(pos_count < 1e-6, torch.ones_like(pos_count), pos_count)
     loss = -(temperature / base_temperature) * (weighted_log_prob / divisor)
+    if world > 1:  # this rank's share: sum x world / global anchors
+        anchors_global = sum(distributed.row_counts(loss.shape[0], device))
+        return (loss.sum() * (world / anchors_global)).to(result_dtype(features))
     return loss.mean().to(result_dtype(features))
 
 
@@ -126,9 +158,16 @@ class SupConLoss(nn.Module):
 
     def __init__(self, temperature: float = 0.07, contrast_mode: str = "all",
                  base_temperature: float = 0.07, *, normalize: bool = False,
+                 gather_distributed: bool = False, distributed_mode: str = "gather",
                  backend: Optional[str] = "auto"):
         super().__init__()
         check_supcon_options(temperature, contrast_mode, base_temperature)
+        check_gather_available(gather_distributed)
+        if distributed_mode not in distributed.MODES:
+            raise ValueError(f"distributed_mode must be one of {distributed.MODES}, got "
+                             f"{distributed_mode!r}")
+        self.gather_distributed = gather_distributed
+        self.distributed_mode = distributed_mode
         self.temperature = temperature
         self.contrast_mode = contrast_mode
         self.base_temperature = base_temperature
@@ -138,12 +177,15 @@ class SupConLoss(nn.Module):
     def forward(self, features: torch.Tensor, labels: Optional[torch.Tensor] = None,
                 mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         return supcon_loss(features, labels, mask, self.temperature, self.contrast_mode,
-                           self.base_temperature, normalize=self.normalize, backend=self.backend)
+                           self.base_temperature, normalize=self.normalize,
+                           gather_distributed=self.gather_distributed,
+                           distributed_mode=self.distributed_mode, backend=self.backend)
 
     def extra_repr(self) -> str:
         return (f"temperature={self.temperature}, contrast_mode={self.contrast_mode!r}, "
                 f"base_temperature={self.base_temperature}, normalize={self.normalize}, "
-                f"backend={self.backend!r}")
+                f"gather_distributed={self.gather_distributed}, "
+                f"distributed_mode={self.distributed_mode!r}, backend={self.backend!r}")
 
 
 # --------------------------------------------------------------------------- registry

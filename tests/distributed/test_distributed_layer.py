@@ -1,9 +1,16 @@
-"""The distributed lse (contrastive_kernels.distributed.lse), gather and ring, on 2 and 4
-gloo processes in float64 with uneven row counts (rank r holds 2 + r queries and 3 + r
-keys): every rank's lse and the gradients (dq on each rank, dk arriving at its owner,
-dscale summed over ranks as DDP does) against one process over the global key set; a rank
-passing another d, dtype or option raises the same ValueError on every rank; a rank that
-dies makes the others fail within the process group's timeout instead of hanging.
+"""The distributed layer (contrastive_kernels.distributed) on 2 and 4 gloo processes in
+float64, gather and ring, with uneven row counts:
+
+- the distributed lse (rank r holds 2 + r queries and 3 + r keys): every rank's lse and
+  the gradients (dq on each rank, dk arriving at its owner, dscale summed over ranks as
+  DDP does) against one process over the global key set;
+- SupCon with gather_distributed (rank r holds 3 + r samples of 2 views): the mean of the
+  ranks' losses is the single-process loss of the concatenated batch and each rank's
+  feature gradient world_size times its rows' single-process gradient (DDP's average of
+  the parameter gradients is then the single-process one), with labels (classes spread
+  over the ranks) and without (SimCLR), 'all' and 'one';
+- a rank passing another d, dtype or option raises the same ValueError on every rank; a
+  rank that dies makes the others fail within the process group's timeout, not hang.
 
 One process group per world size: the ranks run every case in one spawn."""
 
@@ -28,6 +35,7 @@ CASES = (
     ("normalize_bias_shifted", dict(self_offset=1, normalize=True, bias=True), "cpu"),
 )
 MODES = ("gather", "ring")
+SUPCON = (("labels_all", True, "all"), ("labels_one", True, "one"), ("simclr_all", False, "all"))
 
 pytestmark = [pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
                                  reason="needs torch.distributed with gloo")]
@@ -43,6 +51,14 @@ def _data(world):
     bias = torch.randn(sum(nk), generator=gen, dtype=torch.float64)
     weights = torch.randn(sum(nq), generator=gen, dtype=torch.float64)  # the loss: sum c_i lse_i
     return nq, nk, q, k, ql, kl, bias, weights
+
+
+def _supcon_data(world):
+    gen = torch.Generator().manual_seed(8)
+    bsz = [3 + r for r in range(world)]
+    feats = torch.randn(sum(bsz), 2, D, generator=gen, dtype=torch.float64)
+    labels = torch.randint(0, 4, (sum(bsz),), generator=gen)
+    return torch.nn.functional.normalize(feats, dim=-1), labels, bsz
 
 
 def _slices(counts):
@@ -66,6 +82,7 @@ def _worker(rank, world, port, out_dir):
     import datetime
 
     from contrastive_kernels import distributed as ckd
+    from contrastive_kernels.losses.supcon import supcon_loss
 
     dist.init_process_group("gloo", rank=rank, world_size=world,
                             timeout=datetime.timedelta(seconds=TIMEOUT_S))
@@ -81,6 +98,16 @@ def _worker(rank, world, port, out_dir):
             dq, dk, ds = torch.autograd.grad((out * weights[rq]).sum(), (qr, kr, scale))
             dist.all_reduce(ds)  # a replicated parameter: DDP sums (then averages) it
             results[(case, mode)] = (out.detach(), dq, dk, ds)
+    for case, with_labels, contrast in SUPCON:
+        for mode in MODES:
+            feats, labels, bsz = _supcon_data(world)
+            rows = _slices(bsz)[rank]
+            f = feats[rows].clone().requires_grad_()
+            loss = supcon_loss(f, labels[rows] if with_labels else None, None, 0.2, contrast,
+                               0.07, gather_distributed=True, distributed_mode=mode,
+                               backend="torch")
+            (grad,) = torch.autograd.grad(loss, (f,))
+            results[("supcon", case, mode)] = (loss.detach(), grad)
     # a rank with another d: the same ValueError on every rank
     try:
         ckd.lse(q[rq][:, : D - (rank == 1)], k[rk][:, : D - (rank == 1)], mode="ring")
@@ -158,3 +185,24 @@ def test_mismatch_and_dead_rank_raise_on_every_rank(ranks):
     assert all(m and "every rank must pass the same d" in m for m in messages), messages
     for message, seconds in dead:
         assert message != "returned" and seconds < TIMEOUT_S + 10, (message, seconds)
+
+
+@pytest.mark.parametrize("case", SUPCON, ids=[c[0] for c in SUPCON])
+def test_supcon_ranks_match_one_process(ranks, case):
+    from contrastive_kernels.losses.supcon import supcon_loss
+
+    world, per_rank, _ = ranks
+    name, with_labels, contrast = case
+    feats, labels, bsz = _supcon_data(world)
+    f = feats.clone().requires_grad_()
+    loss = supcon_loss(f, labels if with_labels else None, None, 0.2, contrast, 0.07,
+                       backend="torch")
+    (grad,) = torch.autograd.grad(loss, (f,))
+    for mode in MODES:
+        got = [per_rank[r][("supcon", name, mode)] for r in range(world)]
+        where = f"supcon {name} {mode} world {world}"
+        torch.testing.assert_close(sum(g[0] for g in got) / world, loss.detach(), rtol=1e-12,
+                                   atol=1e-12, msg=where)
+        for r, rows in enumerate(_slices(bsz)):
+            torch.testing.assert_close(got[r][1], world * grad[rows], rtol=1e-10, atol=1e-12,
+                                       msg=f"{where} rank {r}")
