@@ -77,5 +77,6 @@ def _gather_one(x: torch.Tensor, with_grad: bool, keep_local: bool) -> torch.Ten
     return torch.cat(parts, dim=0)
 
 
-from .class_sums import all_reduce_sum, global_segments, row_counts  # noqa: E402
+from .class_sums import (all_reduce_sum, first_row, global_segments, mean_share,  # noqa: E402
+                         row_counts)
 from .ops import MODES, lse  # noqa: E402  (the distributed core ops)

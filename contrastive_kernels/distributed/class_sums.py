@@ -61,3 +61,19 @@ def all_reduce_sum(x: torch.Tensor, group=None) -> torch.Tensor:
     """The sum of every rank's ``x``, with gradient (each rank gets the sum of every rank's
     gradient of the result)."""
     return _AllReduceSum.apply(x, group)
+
+
+def first_row(n: int, device, group=None) -> int:
+    """The global index of this rank's first row when every rank holds ``n`` of them (in
+    rank order): ids that are unique across ranks (e.g. sample ids as labels) start here."""
+    import torch.distributed as dist
+
+    return sum(row_counts(n, device, group)[: dist.get_rank(group)])
+
+
+def mean_share(losses: torch.Tensor, world: int, group=None) -> torch.Tensor:
+    """This rank's share of the mean of ``losses`` over every rank's rows: their sum times
+    world / (global row count). The ranks' shares average to the global mean, and DDP's
+    gradient average is its gradient, also when the ranks hold different row counts."""
+    total = sum(row_counts(losses.shape[0], losses.device, group))
+    return losses.sum() * (world / total)

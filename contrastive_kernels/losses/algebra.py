@@ -211,9 +211,15 @@ def check_in_range(name: str, ids: torch.Tensor, high: int) -> None:
                             f"{name} must be class ids in [0, num_classes = {high})")
 
 
-def check_gather_available(gather_distributed: bool):
+DISTRIBUTED_MODES = ("gather", "ring")  # contrastive_kernels.distributed.MODES
+
+
+def check_gather_available(gather_distributed: bool, distributed_mode: str = "gather"):
     if gather_distributed and not torch.distributed.is_available():
         raise ValueError("gather_distributed is True but torch.distributed is not available")
+    if distributed_mode not in DISTRIBUTED_MODES:
+        raise ValueError(f"distributed_mode must be one of {DISTRIBUTED_MODES}, got "
+                         f"{distributed_mode!r}")
 
 
 def check_positive(name: str, value):

@@ -14,8 +14,8 @@ from torch import nn
 
 from .. import distributed, ops
 from ..core.layout import keep_input_layout
-from .algebra import (check_matrix, check_real_scalar, check_positive, check_same, reduce,
-                      result_dtype, rowdot, unit_rows)
+from .algebra import (check_gather_available, check_matrix, check_real_scalar, check_positive,
+                      check_same, reduce, result_dtype, rowdot, unit_rows)
 
 
 @keep_input_layout("image_features", "text_features", "logit_scale", "logit_bias")
@@ -80,7 +80,8 @@ def clip_loss(image_features: torch.Tensor, text_features: torch.Tensor, logit_s
 def info_nce(query: torch.Tensor, positive_key: torch.Tensor,
              negative_keys: Optional[torch.Tensor] = None, temperature: float = 0.1,
              symmetric: bool = False, reduction: str = "mean", *, normalize: bool = True,
-             eps: float = 1e-12, backend: Optional[str] = "auto"):
+             eps: float = 1e-12, gather_distributed: bool = False,
+             distributed_mode: str = "gather", backend: Optional[str] = "auto"):
     """InfoNCE (van den Oord et al.), the info-nce-pytorch ``info_nce`` semantics.
 
     Rows are L2-normalized (``normalize=True``). Without ``negative_keys``: query i against
@@ -88,6 +89,12 @@ def info_nce(query: torch.Tensor, positive_key: torch.Tensor,
     (shared, "unpaired"): query i against [positive_key i; negative_keys], target 0.
     ``symmetric=True`` (in-batch only) averages the query->key and key->query losses (CLIP).
     reduction: 'mean' | 'sum' | 'none'.
+
+    ``gather_distributed``: each rank's queries against every rank's keys (and negative
+    keys; ``distributed_mode`` "gather" or "ring": :func:`contrastive_kernels.distributed.lse`).
+    'mean' gives each rank its share of the global mean and 'sum' world_size times its
+    rows' sum, so that the ranks' average is the single-process loss (and DDP's gradient
+    average its gradient, for uneven batches too); 'none' gives this rank's rows.
     """
     check_matrix("query", query)
     check_matrix("positive_key", positive_key, rows=query.shape[0], dim=query.shape[1])
@@ -95,7 +102,16 @@ def info_nce(query: torch.Tensor, positive_key: torch.Tensor,
     if reduction not in ("mean", "sum", "none"):
         raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
     check_positive("temperature", temperature)
+    check_gather_available(gather_distributed, distributed_mode)
+    world = distributed.world()[0] if gather_distributed else 1
     lam = 1.0 / temperature
+
+    def lse_of(x, keys):  # over every rank's keys when distributed
+        if world > 1:
+            return distributed.lse(x, keys, lam, normalize=normalize, eps=eps,
+                                   mode=distributed_mode, backend=backend)
+        return ops.lse(x, keys, lam, normalize=normalize, eps=eps, backend=backend)[0]
+
     uq = unit_rows(query, normalize, eps)
     uk = unit_rows(positive_key, normalize, eps)
     pos = lam * rowdot(uq, uk)
@@ -108,16 +124,19 @@ def info_nce(query: torch.Tensor, positive_key: torch.Tensor,
         if symmetric:
             raise ValueError("symmetric=True is defined for in-batch negatives only "
                              "(negative_keys=None)")
-        lse_neg, _ = ops.lse(query, negative_keys, lam, normalize=normalize, eps=eps,
-                             backend=backend)
-        loss = torch.logaddexp(pos, lse_neg) - pos
+        loss = torch.logaddexp(pos, lse_of(query, negative_keys)) - pos
+    elif symmetric and world > 1:  # each direction over the other side's global rows
+        loss = ((lse_of(query, positive_key) - pos) + (lse_of(positive_key, query) - pos)) / 2
     elif symmetric:  # query -> key along rows, key -> query along columns: one sweep
         lse_q, lse_k = ops.two_sided_lse(query, positive_key, lam, normalize=normalize, eps=eps,
                                          backend=backend)
         loss = ((lse_q - pos) + (lse_k - pos)) / 2
     else:
-        lse_q, _ = ops.lse(query, positive_key, lam, normalize=normalize, eps=eps, backend=backend)
-        loss = lse_q - pos
+        loss = lse_of(query, positive_key) - pos
+    if world > 1 and reduction != "none":
+        share = (distributed.mean_share(loss, world) if reduction == "mean"
+                 else loss.sum() * world)
+        return share.to(result_dtype(query))
     return reduce(loss, reduction).to(result_dtype(query))
 
 
@@ -159,8 +178,12 @@ class InfoNCE(nn.Module):
 
     def __init__(self, temperature: float = 0.1, reduction: str = "mean",
                  negative_mode: str = "unpaired", symmetric: bool = False, *,
+                 gather_distributed: bool = False, distributed_mode: str = "gather",
                  backend: Optional[str] = "auto"):
         super().__init__()
+        check_gather_available(gather_distributed, distributed_mode)
+        self.gather_distributed = gather_distributed
+        self.distributed_mode = distributed_mode
         if negative_mode != "unpaired":
             raise ValueError(f"negative_mode must be 'unpaired' (shared negative keys), "
                              f"got {negative_mode!r}")
@@ -172,7 +195,9 @@ class InfoNCE(nn.Module):
 
     def forward(self, query, positive_key, negative_keys=None):
         return info_nce(query, positive_key, negative_keys, self.temperature,
-                                   self.symmetric, self.reduction, backend=self.backend)
+                        self.symmetric, self.reduction,
+                        gather_distributed=self.gather_distributed,
+                        distributed_mode=self.distributed_mode, backend=self.backend)
 
 
 # --------------------------------------------------------------------------- registry

@@ -27,7 +27,8 @@ def negative_mises_fisher_weights(out0: torch.Tensor, out1: torch.Tensor,
 
 @keep_input_layout("out0", "out1")
 def dcl_loss(out0: torch.Tensor, out1: torch.Tensor, temperature: float = 0.1,
-             weight_fn=None, *, gather_distributed: bool = False, eps: float = 1e-12,
+             weight_fn=None, *, gather_distributed: bool = False,
+             distributed_mode: str = "gather", eps: float = 1e-12,
              backend: Optional[str] = "auto"):
     """Decoupled contrastive loss (Yeh et al.), lightly ``DCLLoss`` semantics (>= 1.5.21).
 
@@ -35,35 +36,41 @@ def dcl_loss(out0: torch.Tensor, out1: torch.Tensor, temperature: float = 0.1,
     negative: the other out0 rows and the other out1 rows together (its own row and its
     positive dropped), averaged, and symmetrized with out0 <-> out1.
     ``weight_fn(out0, out1)`` gets the normalized rows and returns per-pair weights [B].
+    ``gather_distributed``: every rank's rows are negatives (``distributed_mode`` "gather"
+    or "ring": :func:`contrastive_kernels.distributed.lse`), each rank's loss its share of
+    the global mean (equal batches: the local mean, as lightly; uneven ones weighted).
     """
     check_pair("out0", out0, "out1", out1)
     check_positive("temperature", temperature)
+    check_gather_available(gather_distributed, distributed_mode)
     lam = 1.0 / temperature
     u0, u1 = unit_rows(out0, True, eps), unit_rows(out1, True, eps)
-    world, rank = distributed.world() if gather_distributed else (1, 0)
-    if world > 1:
-        all0, all1 = distributed.gather(out0, out1, with_grad=True)
-    else:
-        all0, all1 = out0, out1
+    world = distributed.world()[0] if gather_distributed else 1
     pos = lam * rowdot(u0, u1)
-    # keys [x_all; y_all] labelled by sample, so excluding a query's own label drops both
-    # its own row and its positive in one call
+    # keys [out0; out1] (every rank's) labelled by their global sample id, so excluding a
+    # query's own label drops both its own row and its positive in one call
     batch = out0.shape[0]
-    q_labels = torch.arange(batch, device=out0.device) + rank * batch
-    k_labels = torch.arange(all0.shape[0], device=out0.device).repeat(2)
+    first = distributed.first_row(batch, out0.device) if world > 1 else 0
+    q_labels = torch.arange(batch, device=out0.device) + first
+    keys, k_labels = torch.cat([out0, out1]), q_labels.repeat(2)
 
-    def one_side(x, x_all, y_all, w):
-        lse_neg, _ = ops.lse(x, torch.cat([x_all, y_all]), lam, q_labels=q_labels,
-                             k_labels=k_labels, exclude_positives=True, normalize=True, eps=eps,
-                             backend=backend)
+    def one_side(x, w):
+        kw = dict(q_labels=q_labels, k_labels=k_labels, exclude_positives=True, normalize=True,
+                  eps=eps, backend=backend)
+        if world > 1:
+            lse_neg = distributed.lse(x, keys, lam, mode=distributed_mode, **kw)
+        else:
+            lse_neg, _ = ops.lse(x, keys, lam, **kw)
         positive = -pos if w is None else -pos * w
+        if world > 1:
+            return distributed.mean_share(positive + lse_neg, world)
         return (positive + lse_neg).mean()
 
     w0 = w1 = None
     if weight_fn is not None:
         w0 = _checked_weights(weight_fn(u0, u1), batch, out0.device)
         w1 = _checked_weights(weight_fn(u1, u0), batch, out0.device)
-    loss = 0.5 * (one_side(out0, all0, all1, w0) + one_side(out1, all1, all0, w1))
+    loss = 0.5 * (one_side(out0, w0) + one_side(out1, w1))
     return loss.to(result_dtype(out0))
 
 
@@ -80,30 +87,34 @@ def _checked_weights(w, batch: int, device: torch.device) -> torch.Tensor:
 
 @keep_input_layout("out0", "out1")
 def dclw_loss(out0: torch.Tensor, out1: torch.Tensor, temperature: float = 0.1,
-              sigma: float = 0.5, *, gather_distributed: bool = False, eps: float = 1e-12,
+              sigma: float = 0.5, *, gather_distributed: bool = False,
+              distributed_mode: str = "gather", eps: float = 1e-12,
               backend: Optional[str] = "auto"):
     """Weighted DCL: :func:`dcl_loss` with the negative von Mises-Fisher weights."""
     check_positive("sigma", sigma)
     return dcl_loss(out0, out1, temperature,
                     lambda a, b: negative_mises_fisher_weights(a, b, sigma),
-                    gather_distributed=gather_distributed, eps=eps, backend=backend)
+                    gather_distributed=gather_distributed, distributed_mode=distributed_mode,
+                    eps=eps, backend=backend)
 
 
 class DCLLoss(nn.Module):
     """Drop-in for lightly's ``DCLLoss`` (decoupled contrastive learning, Yeh et al. 2022)."""
 
     def __init__(self, temperature: float = 0.1, weight_fn=None, gather_distributed: bool = False,
-                 *, backend: Optional[str] = "auto"):
+                 *, distributed_mode: str = "gather", backend: Optional[str] = "auto"):
         super().__init__()
-        check_gather_available(gather_distributed)
+        check_gather_available(gather_distributed, distributed_mode)
         self.temperature = temperature
         self.weight_fn = weight_fn
         self.gather_distributed = gather_distributed
+        self.distributed_mode = distributed_mode
         self.backend = backend
 
     def forward(self, out0, out1):
         return dcl_loss(out0, out1, self.temperature, self.weight_fn,
-                        gather_distributed=self.gather_distributed, backend=self.backend)
+                        gather_distributed=self.gather_distributed,
+                        distributed_mode=self.distributed_mode, backend=self.backend)
 
 
 class DCLWLoss(DCLLoss):
@@ -114,14 +125,16 @@ class DCLWLoss(DCLLoss):
     """
 
     def __init__(self, temperature: float = 0.1, sigma: float = 0.5,
-                 gather_distributed: bool = False, *, backend: Optional[str] = "auto"):
+                 gather_distributed: bool = False, *, distributed_mode: str = "gather",
+                 backend: Optional[str] = "auto"):
         super().__init__(temperature, functools.partial(negative_mises_fisher_weights, sigma=sigma),
-                         gather_distributed, backend=backend)
+                         gather_distributed, distributed_mode=distributed_mode, backend=backend)
         self.sigma = sigma
 
     def forward(self, out0, out1):
         return dclw_loss(out0, out1, self.temperature, self.sigma,
-                         gather_distributed=self.gather_distributed, backend=self.backend)
+                         gather_distributed=self.gather_distributed,
+                         distributed_mode=self.distributed_mode, backend=self.backend)
 
 
 # --------------------------------------------------------------------------- registry

@@ -12,9 +12,10 @@ from typing import Optional
 import torch
 from torch import nn
 
-from .. import ops
+from .. import distributed, ops
 from ..core.layout import keep_input_layout
-from .algebra import check_pair, check_positive, result_dtype, rowdot, unit_rows
+from .algebra import (check_gather_available, check_pair, check_positive, result_dtype,
+                      rowdot, unit_rows)
 from .spec import Accuracy, LossCase, LossSpec, pair_inputs, two_views, unit
 
 
@@ -26,7 +27,8 @@ def check_estimator(estimator):
 @keep_input_layout("out_1", "out_2")
 def hcl_loss(out_1: torch.Tensor, out_2: torch.Tensor, temperature: float = 0.5,
              tau_plus: float = 0.1, beta: float = 1.0, estimator: str = "hard", *,
-             normalize: bool = False, eps: float = 1e-12, backend: Optional[str] = "auto"):
+             normalize: bool = False, eps: float = 1e-12, gather_distributed: bool = False,
+             distributed_mode: str = "gather", backend: Optional[str] = "auto"):
     """Hard-negative contrastive loss (Robinson et al., joshr17/HCL ``image/main.py``).
 
     2B anchors [out_1; out_2]; negatives of row i: every row but itself and its partner
@@ -35,35 +37,53 @@ def hcl_loss(out_1: torch.Tensor, out_2: torch.Tensor, temperature: float = 0.5,
     clamped below at N e^(-1/T); 'easy': Ng = sum_j neg. loss = mean -log(pos / (pos + Ng)).
     The two sums are core-op calls at scales (1 + beta) / T and beta / T. Rows are used as
     given (HCL's model normalizes them); ``normalize=True`` normalizes them first.
+    ``gather_distributed``: every rank's rows are negatives (N = 2 B_global - 2;
+    ``distributed_mode`` "gather" or "ring": :func:`contrastive_kernels.distributed.lse`),
+    each rank's loss its share of the global mean (uneven batches weighted).
     """
     check_pair("out_1", out_1, "out_2", out_2)
     check_positive("temperature", temperature)
     check_estimator(estimator)
+    check_gather_available(gather_distributed, distributed_mode)
     batch = out_1.shape[0]
     if batch < 2:
         raise ValueError(f"HCL needs a batch of at least 2 pairs (out_1 has {batch} rows)")
     if not 0 <= tau_plus < 1:
         raise ValueError(f"tau_plus must be in [0, 1), got {tau_plus}")
+    world = distributed.world()[0] if gather_distributed else 1
     z = torch.cat([out_1, out_2], dim=0)
-    pair = torch.arange(batch, device=z.device).repeat(2)  # self and partner share an id
+    # self and partner share an id, unique over the ranks
+    first = distributed.first_row(batch, z.device) if world > 1 else 0
+    pair = (torch.arange(batch, device=z.device) + first).repeat(2)
     u1, u2 = unit_rows(out_1, normalize, eps), unit_rows(out_2, normalize, eps)
     log_pos = torch.cat([rowdot(u1, u2)] * 2) / temperature
     kw = dict(q_labels=pair, k_labels=pair, exclude_positives=True, normalize=normalize,
               eps=eps, backend=backend)
-    if estimator == "easy":
-        lse, _ = ops.lse(z, z, 1.0 / temperature, **kw)
-        return (torch.logaddexp(log_pos, lse) - log_pos).mean().to(result_dtype(out_1))
 
-    n_neg = 2 * batch - 2
-    lse_hard, _ = ops.lse(z, z, (1.0 + beta) / temperature, **kw)  # log sum neg^(1+beta)
-    lse_imp, _ = ops.lse(z, z, beta / temperature, **kw)            # log sum neg^beta
+    def lse_of(scale):  # over every rank's rows when distributed
+        if world > 1:
+            return distributed.lse(z, z, scale, mode=distributed_mode, **kw)
+        return ops.lse(z, z, scale, **kw)[0]
+
+    def mean(loss):
+        if world > 1:
+            return distributed.mean_share(loss, world).to(result_dtype(out_1))
+        return loss.mean().to(result_dtype(out_1))
+
+    if estimator == "easy":
+        lse = lse_of(1.0 / temperature)
+        return mean(torch.logaddexp(log_pos, lse) - log_pos)
+
+    n_neg = 2 * (sum(distributed.row_counts(batch, z.device)) if world > 1 else batch) - 2
+    lse_hard = lse_of((1.0 + beta) / temperature)  # log sum neg^(1+beta)
+    lse_imp = lse_of(beta / temperature)           # log sum neg^beta
     log_reweight = lse_hard - lse_imp + math.log(n_neg)
     # Ng and pos + Ng scaled by e^-c (c detached) so that nothing overflows
     c = torch.maximum(log_reweight, log_pos).detach()
     ng = (torch.exp(log_reweight - c) - tau_plus * n_neg * torch.exp(log_pos - c)) / (1 - tau_plus)
     ng = torch.clamp(ng, min=n_neg * math.exp(-1.0 / temperature) * torch.exp(-c))
     loss = c + torch.log(torch.exp(log_pos - c) + ng) - log_pos
-    return loss.mean().to(result_dtype(out_1))
+    return mean(loss)
 
 
 class HCLLoss(nn.Module):
@@ -73,9 +93,13 @@ class HCLLoss(nn.Module):
 
     def __init__(self, temperature: float = 0.5, tau_plus: float = 0.1, beta: float = 1.0,
                  estimator: str = "hard", *, normalize: bool = False,
+                 gather_distributed: bool = False, distributed_mode: str = "gather",
                  backend: Optional[str] = "auto"):
         super().__init__()
         check_estimator(estimator)
+        check_gather_available(gather_distributed, distributed_mode)
+        self.gather_distributed = gather_distributed
+        self.distributed_mode = distributed_mode
         self.temperature = temperature
         self.tau_plus = tau_plus
         self.beta = beta
@@ -85,7 +109,9 @@ class HCLLoss(nn.Module):
 
     def forward(self, out_1, out_2):
         return hcl_loss(out_1, out_2, self.temperature, self.tau_plus, self.beta,
-                                   self.estimator, normalize=self.normalize, backend=self.backend)
+                        self.estimator, normalize=self.normalize,
+                        gather_distributed=self.gather_distributed,
+                        distributed_mode=self.distributed_mode, backend=self.backend)
 
 
 # --------------------------------------------------------------------------- registry

@@ -29,17 +29,22 @@ def check_ntxent_temperature(temperature):
 @keep_input_layout("out0", "out1", "negatives")
 def ntxent_loss(out0: torch.Tensor, out1: torch.Tensor, temperature: float = 0.5,
                 negatives: Optional[torch.Tensor] = None, *, gather_distributed: bool = False,
-                eps: float = 1e-12, backend: Optional[str] = "auto"):
+                distributed_mode: str = "gather", eps: float = 1e-12,
+                backend: Optional[str] = "auto"):
     """NT-Xent (SimCLR), lightly ``NTXentLoss`` semantics; rows are L2-normalized inside.
 
     Without ``negatives``: 2B anchors (out0 and out1), each against every other row of
     [out0; out1] (its partner is the positive), cross-entropy averaged over the 2B rows.
     With ``negatives`` [K, d] (a memory bank, used as given): B anchors out0, keys
     [its own out1 row; negatives], no in-batch negatives.
-    ``gather_distributed`` gathers [out0; out1] from every rank (with gradient) as keys.
+    ``gather_distributed``: every rank's [out0; out1] are keys (``distributed_mode``
+    "gather" or "ring": :func:`contrastive_kernels.distributed.lse`); each rank's loss is
+    its anchors' share of the global mean (:func:`contrastive_kernels.distributed.mean_share`:
+    equal batches give the local mean, as lightly; uneven ones are weighted).
     """
     check_pair("out0", out0, "out1", out1)
     check_ntxent_temperature(temperature)
+    check_gather_available(gather_distributed, distributed_mode)
     lam = 1.0 / temperature
     u0, u1 = unit_rows(out0, True, eps), unit_rows(out1, True, eps)
     pos = lam * rowdot(u0, u1)
@@ -53,18 +58,14 @@ def ntxent_loss(out0: torch.Tensor, out1: torch.Tensor, temperature: float = 0.5
         loss = torch.logaddexp(pos, lse_neg) - pos
         return loss.mean().to(result_dtype(out0))
 
-    batch = out0.shape[0]
-    world, rank = distributed.world() if gather_distributed else (1, 0)
-    if world > 1:
-        keys = torch.cat(distributed.gather(out0, out1, with_grad=True))
-        lse0, _ = ops.lse(out0, keys, lam, self_offset=rank * batch, normalize=True, eps=eps,
-                          backend=backend)
-        lse1, _ = ops.lse(out1, keys, lam, self_offset=(world + rank) * batch, normalize=True,
-                          eps=eps, backend=backend)
-        lse = torch.cat([lse0, lse1])
-    else:
-        z = torch.cat([out0, out1], dim=0)
-        lse, _ = ops.lse(z, z, lam, self_offset=0, normalize=True, eps=eps, backend=backend)
+    world = distributed.world()[0] if gather_distributed else 1
+    z = torch.cat([out0, out1], dim=0)
+    if world > 1:  # each row of z against every rank's rows but itself
+        lse = distributed.lse(z, z, lam, self_offset=0, normalize=True, eps=eps,
+                              mode=distributed_mode, backend=backend)
+        return distributed.mean_share(lse - torch.cat([pos, pos]), world).to(
+            result_dtype(out0))
+    lse, _ = ops.lse(z, z, lam, self_offset=0, normalize=True, eps=eps, backend=backend)
     loss = lse - torch.cat([pos, pos])
     return loss.mean().to(result_dtype(out0))
 
@@ -143,12 +144,14 @@ class NTXentLoss(nn.Module):
     """
 
     def __init__(self, temperature: float = 0.5, memory_bank_size=0,
-                 gather_distributed: bool = False, *, backend: Optional[str] = "auto"):
+                 gather_distributed: bool = False, *, distributed_mode: str = "gather",
+                 backend: Optional[str] = "auto"):
         super().__init__()
         check_ntxent_temperature(temperature)
-        check_gather_available(gather_distributed)
+        check_gather_available(gather_distributed, distributed_mode)
         self.temperature = temperature
         self.gather_distributed = gather_distributed
+        self.distributed_mode = distributed_mode
         self.backend = backend
         self.memory_bank = MemoryBank(memory_bank_size)
         self.memory_bank_size = self.memory_bank.size  # rows (an int, or the tuple's first)
@@ -161,12 +164,13 @@ class NTXentLoss(nn.Module):
                                             gather=self.gather_distributed)
             negatives = negatives.to(out0.dtype)
         return ntxent_loss(out0, out1, self.temperature, negatives,
-                                      gather_distributed=self.gather_distributed,
-                                      backend=self.backend)
+                           gather_distributed=self.gather_distributed,
+                           distributed_mode=self.distributed_mode, backend=self.backend)
 
     def extra_repr(self) -> str:
         return (f"temperature={self.temperature}, memory_bank_size={self.memory_bank_size}, "
-                f"gather_distributed={self.gather_distributed}, backend={self.backend!r}")
+                f"gather_distributed={self.gather_distributed}, "
+                f"distributed_mode={self.distributed_mode!r}, backend={self.backend!r}")
 
 
 # --------------------------------------------------------------------------- registry

@@ -67,14 +67,11 @@ def supcon_loss(features: torch.Tensor, labels: Optional[torch.Tensor] = None,
     if labels is not None and mask is not None:
         raise ValueError("Cannot define both `labels` and `mask`")
     check_supcon_options(temperature, contrast_mode, base_temperature)
-    check_gather_available(gather_distributed)
+    check_gather_available(gather_distributed, distributed_mode)
     world = distributed.world()[0] if gather_distributed else 1
     if world > 1 and mask is not None:
         raise ValueError("gather_distributed with a mask: a [bsz, bsz] mask cannot name the "
                          "other ranks' samples; pass labels")
-    if world > 1 and distributed_mode not in distributed.MODES:
-        raise ValueError(f"distributed_mode must be one of {distributed.MODES}, got "
-                         f"{distributed_mode!r}")
     bsz, n_views, dim = features.shape
     if bsz == 0 or n_views == 0:
         raise ValueError(f"features must hold at least one sample and one view, got shape "
@@ -143,8 +140,7 @@ def supcon_loss(features: torch.Tensor, labels: Optional[torch.Tensor] = None,
     divisor = torch.where(pos_count < 1e-6, torch.ones_like(pos_count), pos_count)
     loss = -(temperature / base_temperature) * (weighted_log_prob / divisor)
     if world > 1:  # this rank's share: sum x world / global anchors
-        anchors_global = sum(distributed.row_counts(loss.shape[0], device))
-        return (loss.sum() * (world / anchors_global)).to(result_dtype(features))
+        return distributed.mean_share(loss, world).to(result_dtype(features))
     return loss.mean().to(result_dtype(features))
 
 
@@ -162,10 +158,7 @@ class SupConLoss(nn.Module):
                  backend: Optional[str] = "auto"):
         super().__init__()
         check_supcon_options(temperature, contrast_mode, base_temperature)
-        check_gather_available(gather_distributed)
-        if distributed_mode not in distributed.MODES:
-            raise ValueError(f"distributed_mode must be one of {distributed.MODES}, got "
-                             f"{distributed_mode!r}")
+        check_gather_available(gather_distributed, distributed_mode)
         self.gather_distributed = gather_distributed
         self.distributed_mode = distributed_mode
         self.temperature = temperature

@@ -37,6 +37,37 @@ CASES = (
 MODES = ("gather", "ring")
 SUPCON = (("labels_all", True, "all"), ("labels_one", True, "one"), ("simclr_all", False, "all"))
 
+
+def _pair_losses():
+    """(id, loss of (a, b, negatives, **distributed keywords)) of the losses over pairs of
+    views: rank r holds 3 + r pairs and 2 + r negative keys."""
+    from contrastive_kernels.losses.clip import info_nce
+    from contrastive_kernels.losses.dcl import dcl_loss
+    from contrastive_kernels.losses.hcl import hcl_loss
+    from contrastive_kernels.losses.ntxent import ntxent_loss
+
+    be = dict(backend="torch")
+    return (
+        ("ntxent", lambda a, b, n, **kw: ntxent_loss(a, b, 0.3, **kw, **be)),
+        ("dcl", lambda a, b, n, **kw: dcl_loss(a, b, 0.2, **kw, **be)),
+        ("hcl_hard", lambda a, b, n, **kw: hcl_loss(a, b, 0.5, 0.1, 1.0, "hard", **kw, **be)),
+        ("hcl_easy", lambda a, b, n, **kw: hcl_loss(a, b, 0.5, 0.1, 1.0, "easy", **kw, **be)),
+        ("info_nce", lambda a, b, n, **kw: info_nce(a, b, None, 0.2, **kw, **be)),
+        ("info_nce_symmetric_sum", lambda a, b, n, **kw: info_nce(a, b, None, 0.2, True, "sum",
+                                                                  **kw, **be)),
+        ("info_nce_negatives", lambda a, b, n, **kw: info_nce(a, b, n, 0.2, **kw, **be)),
+    )
+
+
+def _pair_data(world):
+    gen = torch.Generator().manual_seed(9)
+    rows, negs = [3 + r for r in range(world)], [2 + r for r in range(world)]
+    a, b = (torch.nn.functional.normalize(torch.randn(sum(rows), D, generator=gen,
+                                                      dtype=torch.float64), dim=1)
+            for _ in range(2))
+    n = torch.randn(sum(negs), D, generator=gen, dtype=torch.float64)
+    return a, b, n, rows, negs
+
 pytestmark = [pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
                                  reason="needs torch.distributed with gloo")]
 
@@ -108,6 +139,15 @@ def _worker(rank, world, port, out_dir):
                                backend="torch")
             (grad,) = torch.autograd.grad(loss, (f,))
             results[("supcon", case, mode)] = (loss.detach(), grad)
+    a, b, n, rows, negs = _pair_data(world)
+    ra, rn = _slices(rows)[rank], _slices(negs)[rank]
+    for name, loss_of in _pair_losses():
+        for mode in MODES:
+            x, y = a[ra].clone().requires_grad_(), b[ra].clone().requires_grad_()
+            neg = n[rn].clone().requires_grad_()
+            loss = loss_of(x, y, neg, gather_distributed=True, distributed_mode=mode)
+            results[("pair", name, mode)] = (loss.detach(),) + torch.autograd.grad(
+                loss, (x, y, neg), allow_unused=True, materialize_grads=True)
     # a rank with another d: the same ValueError on every rank
     try:
         ckd.lse(q[rq][:, : D - (rank == 1)], k[rk][:, : D - (rank == 1)], mode="ring")
@@ -164,10 +204,13 @@ def _reference(world, case_opts, backend):
     return outs, [dq[s] for s in _slices(nq)], [dk[s] for s in _slices(nk)], ds
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
-def test_every_rank_matches_one_process(ranks, case):
+def test_lse_every_rank_matches_one_process(ranks):
     world, per_rank, _ = ranks
-    name, opts, backend = case
+    for name, opts, backend in CASES:
+        _check_lse_case(world, per_rank, name, opts, backend)
+
+
+def _check_lse_case(world, per_rank, name, opts, backend):
     outs, dqs, dks, ds = _reference(world, opts, backend)
     for mode in MODES:
         for r in range(world):
@@ -187,12 +230,15 @@ def test_mismatch_and_dead_rank_raise_on_every_rank(ranks):
         assert message != "returned" and seconds < TIMEOUT_S + 10, (message, seconds)
 
 
-@pytest.mark.parametrize("case", SUPCON, ids=[c[0] for c in SUPCON])
-def test_supcon_ranks_match_one_process(ranks, case):
+def test_supcon_ranks_match_one_process(ranks):
+    world, per_rank, _ = ranks
+    for name, with_labels, contrast in SUPCON:
+        _check_supcon_case(world, per_rank, name, with_labels, contrast)
+
+
+def _check_supcon_case(world, per_rank, name, with_labels, contrast):
     from contrastive_kernels.losses.supcon import supcon_loss
 
-    world, per_rank, _ = ranks
-    name, with_labels, contrast = case
     feats, labels, bsz = _supcon_data(world)
     f = feats.clone().requires_grad_()
     loss = supcon_loss(f, labels if with_labels else None, None, 0.2, contrast, 0.07,
@@ -206,3 +252,25 @@ def test_supcon_ranks_match_one_process(ranks, case):
         for r, rows in enumerate(_slices(bsz)):
             torch.testing.assert_close(got[r][1], world * grad[rows], rtol=1e-10, atol=1e-12,
                                        msg=f"{where} rank {r}")
+
+
+def test_pair_losses_ranks_match_one_process(ranks):
+    world, per_rank, _ = ranks
+    for name, loss_of in _pair_losses():
+        _check_pair_case(world, per_rank, name, loss_of)
+
+
+def _check_pair_case(world, per_rank, name, loss_of):
+    a, b, n, rows, negs = _pair_data(world)
+    x, y, neg = (t.clone().requires_grad_() for t in (a, b, n))
+    loss = loss_of(x, y, neg)
+    grads = torch.autograd.grad(loss, (x, y, neg), allow_unused=True, materialize_grads=True)
+    for mode in MODES:
+        got = [per_rank[r][("pair", name, mode)] for r in range(world)]
+        where = f"{name} {mode} world {world}"
+        torch.testing.assert_close(sum(g[0] for g in got) / world, loss.detach(), rtol=1e-12,
+                                   atol=1e-12, msg=where)
+        for r in range(world):
+            for i, part in enumerate((_slices(rows)[r], _slices(rows)[r], _slices(negs)[r])):
+                torch.testing.assert_close(got[r][1 + i], world * grads[i][part], rtol=1e-10,
+                                           atol=1e-12, msg=f"{where} rank {r} input {i}")
