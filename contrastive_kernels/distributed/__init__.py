@@ -77,6 +77,25 @@ def _gather_one(x: torch.Tensor, with_grad: bool, keep_local: bool) -> torch.Ten
     return torch.cat(parts, dim=0)
 
 
+def concat_all_gather(x: torch.Tensor, group=None) -> torch.Tensor:
+    """Every rank's rows of ``x`` in rank order, without gradient: what MoCo's, CLSA's and
+    BINGO's builders enqueue (their ``concat_all_gather``). Row counts may differ between
+    ranks (one host sync of world_size integers)."""
+    import torch.distributed as dist
+
+    from .class_sums import row_counts
+
+    x = x.detach()
+    if not (dist.is_available() and dist.is_initialized()):
+        return x
+    counts = row_counts(x.shape[0], x.device, group)
+    top = max(counts)
+    padded = torch.nn.functional.pad(x, (0, 0) * (x.dim() - 1) + (0, top - x.shape[0]))
+    parts = [torch.empty_like(padded) for _ in counts]
+    dist.all_gather(parts, padded.contiguous(), group=group)
+    return torch.cat([p[:c] for p, c in zip(parts, counts)])
+
+
 from .class_sums import (all_reduce_sum, first_row, global_segments, mean_share,  # noqa: E402
                          row_counts)
 from .ops import MODES, lse  # noqa: E402  (the distributed core ops)

@@ -9,6 +9,7 @@ float64, gather and ring, with uneven row counts:
   feature gradient world_size times its rows' single-process gradient (DDP's average of
   the parameter gradients is then the single-process one), with labels (classes spread
   over the ranks) and without (SimCLR), 'all' and 'one';
+- concat_all_gather (the queue losses' enqueue) gives every rank's keys, uneven counts too;
 - a rank passing another d, dtype or option raises the same ValueError on every rank; a
   rank that dies makes the others fail within the process group's timeout, not hang.
 
@@ -148,6 +149,8 @@ def _worker(rank, world, port, out_dir):
             loss = loss_of(x, y, neg, gather_distributed=True, distributed_mode=mode)
             results[("pair", name, mode)] = (loss.detach(),) + torch.autograd.grad(
                 loss, (x, y, neg), allow_unused=True, materialize_grads=True)
+    # the queue losses' enqueue: every rank's keys in rank order, no gradient
+    results["enqueued"] = ckd.concat_all_gather(k[rk].clone().requires_grad_())
     # a rank with another d: the same ValueError on every rank
     try:
         ckd.lse(q[rq][:, : D - (rank == 1)], k[rk][:, : D - (rank == 1)], mode="ring")
@@ -222,8 +225,13 @@ def _check_lse_case(world, per_rank, name, opts, backend):
             torch.testing.assert_close(dscale, ds, rtol=1e-11, atol=1e-12, msg=where)
 
 
-def test_mismatch_and_dead_rank_raise_on_every_rank(ranks):
+def test_enqueue_and_the_mismatch_and_dead_rank_errors(ranks):
+    """concat_all_gather (the queue losses' enqueue) gives every rank's keys in rank order
+    without gradient; a mismatched d raises on every rank; a dead rank fails the others."""
     world, per_rank, dead = ranks
+    k = _data(world)[3]
+    for r in range(world):
+        assert torch.equal(per_rank[r]["enqueued"], k) and not per_rank[r]["enqueued"].requires_grad
     messages = [p["mismatch"] for p in per_rank]
     assert all(m and "every rank must pass the same d" in m for m in messages), messages
     for message, seconds in dead:
