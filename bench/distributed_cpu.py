@@ -13,7 +13,7 @@ extrapolated by N^2 beyond (said so in the table). torch threads per rank: max(1
 cores // W), so that the ranks share the cores.
 
     PYTHONPATH=$PWD python bench/distributed_cpu.py [--n 32768] [--d 128] [--worlds 1,2,4]
-        [--out bench/results/distributed_cpu.md]
+        [--out bench/results/distributed_cpu.md] [--plot bench/results/distributed_cpu.png]
 """
 
 import argparse
@@ -98,6 +98,37 @@ def run(kind, world, n_global, d, repeats, threads, tmp):
     return max(g["time"] for g in got), max(g["peak"] for g in got)
 
 
+def plot(rows, path):
+    """Per-rank peak memory against world size, ours (gather, ring) and the hand-gathered
+    reference (extrapolated), log scale."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    series = {}
+    for world, kind, _, _, mib, _, note in rows:
+        if kind == "ours, one process":
+            for mode in ("ours, gather", "ours, ring"):
+                series.setdefault(mode, []).append((world, mib))
+        elif kind.startswith("hand-gathered"):
+            scale = float(note.split()[1]) if note else 1.0
+            series.setdefault("hand-gathered SupContrast (extrapolated)", []).append(
+                (world, mib * scale))
+        else:
+            series.setdefault(kind, []).append((world, mib))
+    for label, points in series.items():
+        ax.plot(*zip(*sorted(points)), marker="o", label=label)
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("ranks (world size)")
+    ax.set_ylabel("peak memory per rank (MiB)")
+    ax.set_title("SupCon, N_global = 32768, d = 128, fp32, CPU (gloo)", fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
 def main():
     import tempfile
 
@@ -110,6 +141,7 @@ def main():
                         help="global rows of the hand-gathered reference (extrapolated by N^2)")
     parser.add_argument("--cores", type=int, default=os.cpu_count() or 2)
     parser.add_argument("--out", default=None, help="also write the markdown table here")
+    parser.add_argument("--plot", default=None, help="also plot memory per rank (png)")
     args = parser.parse_args()
     worlds = [int(w) for w in args.worlds.split(",")]
     rows = []
@@ -139,6 +171,8 @@ def main():
     if args.out:
         with open(args.out, "w") as f:
             f.write(text)
+    if args.plot:
+        plot(rows, args.plot)
 
 
 if __name__ == "__main__":

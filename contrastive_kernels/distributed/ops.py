@@ -251,7 +251,11 @@ class _RingLse(torch.autograd.Function):
                 dq += g_q
             if need_s and g_s is not None:
                 ds += g_s
-            dk = dk + (g_k if g_k is not None else 0)
+            if g_k is not None:
+                dk += g_k
+            # the shard's temporaries go before the next shard's are made: per-rank memory
+            # stays a few [N_local, d] buffers
+            del got, g_q, g_k, g_s, part, weight, qd, kd, sd
             _wait(reqs)
             # this shard's gradient so far follows it right (the last hop takes it home);
             # the left neighbour's, of the next shard, comes in
