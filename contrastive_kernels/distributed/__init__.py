@@ -98,4 +98,4 @@ def concat_all_gather(x: torch.Tensor, group=None) -> torch.Tensor:
 
 from .class_sums import (all_reduce_sum, first_row, global_segments, mean_share,  # noqa: E402
                          row_counts)
-from .ops import MODES, lse  # noqa: E402  (the distributed core ops)
+from .ops import MODES, lse, pairwise_sigmoid  # noqa: E402  (the distributed core ops)

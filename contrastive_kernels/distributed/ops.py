@@ -1,6 +1,8 @@
-"""The distributed log-sum-exp: each rank's queries against the global key set.
+"""The distributed core ops: each rank's queries against the global key set.
 
-    lse_i = log sum_{j in K} exp(scale <q^_i, k^_j> + bias_j),  K = [keys of rank 0; rank 1; ...]
+    lse_i      = log sum_{j in K} exp(scale <q^_i, k^_j> + bias_j)        (lse)
+    row_loss_i = sum_{j in K} softplus(-z_ij (scale <q^_i, k^_j> + bias))  (pairwise_sigmoid)
+    K = [keys of rank 0; rank 1; ...]
 
 minus the pairs the core op excludes, with ``self_offset`` and the labels referring to
 global positions: this rank's query i pairs with global key ``start + i + self_offset``,
@@ -20,7 +22,8 @@ Two modes:
   shard's op with autograd under the upstream weight g_i exp(lse_i^s - lse_i), and each
   shard's partial dk travels with it and arrives home complete. Per-rank memory
   O(N_local d) plus one shard in flight, never O(N_global d); the backward costs one more
-  forward sweep than the gather's.
+  forward sweep than the gather's. pairwise_sigmoid's row losses are sums, so its shards
+  merge by a plain sum in shard order (weight 1 in the backward).
 
 Ring and gather agree to rounding, not bitwise: the ring merges W partial sums by a
 logsumexp where the gather's kernel accumulates one online sum over all tiles.
@@ -77,6 +80,17 @@ def _signatures(q, k, q_labels, bias, self_offset, normalize, exclude_positives,
     return table
 
 
+def _check_pair(q, k, q_labels, k_labels, mode):
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    for name, x in (("q", q), ("k", k)):
+        if not isinstance(x, torch.Tensor) or x.dim() != 2 or x.dtype not in _DTYPES:
+            raise ValueError(f"{name} must be a 2-D floating point tensor (fp16 / bf16 / fp32 "
+                             f"/ fp64), got {getattr(x, 'shape', type(x).__name__)}")
+    if (q_labels is None) != (k_labels is None):
+        raise ValueError("q_labels and k_labels must be given together (or neither)")
+
+
 def lse(q: torch.Tensor, k: torch.Tensor, scale=1.0, *, bias: Optional[torch.Tensor] = None,
         q_labels: Optional[torch.Tensor] = None, k_labels: Optional[torch.Tensor] = None,
         self_offset: Optional[int] = None, normalize: bool = False, eps: float = 1e-12,
@@ -86,14 +100,7 @@ def lse(q: torch.Tensor, k: torch.Tensor, scale=1.0, *, bias: Optional[torch.Ten
     differentiable in q, k and a tensor ``scale``. ``q_labels`` / ``k_labels`` and ``bias``
     as in :func:`contrastive_kernels.ops.lse` (both label tensors or neither on every
     rank)."""
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    for name, x in (("q", q), ("k", k)):
-        if not isinstance(x, torch.Tensor) or x.dim() != 2 or x.dtype not in _DTYPES:
-            raise ValueError(f"{name} must be a 2-D floating point tensor (fp16 / bf16 / fp32 "
-                             f"/ fp64), got {getattr(x, 'shape', type(x).__name__)}")
-    if (q_labels is None) != (k_labels is None):
-        raise ValueError("q_labels and k_labels must be given together (or neither)")
+    _check_pair(q, k, q_labels, k_labels, mode)
     table = _signatures(q, k, q_labels, bias, self_offset, normalize, exclude_positives, group)
     world, rank = _group_info(group)
     counts = table[:, 0].tolist()
@@ -105,19 +112,54 @@ def lse(q: torch.Tensor, k: torch.Tensor, scale=1.0, *, bias: Optional[torch.Ten
         offset = None if self_offset is None else start + self_offset
         return core_ops.lse(q, keys, scale, bias=biases, q_labels=q_labels, k_labels=labels,
                        self_offset=offset, **opts)[0]
-    if not isinstance(scale, torch.Tensor):
-        scale = torch.tensor(float(scale), dtype=torch.float64 if q.dtype == torch.float64
-                             else torch.float32, device=q.device)
-    return _RingLse.apply(q, k, scale, bias, q_labels, k_labels, self_offset, opts,
-                          counts, group)
+    return _RingOp.apply(q, k, _scale_tensor(scale, q), None, bias, q_labels, k_labels,
+                         self_offset, _LseShards, opts, counts, group)
+
+
+def _scale_tensor(scale, q):
+    if isinstance(scale, torch.Tensor):
+        return scale
+    return torch.tensor(float(scale), dtype=torch.float64 if q.dtype == torch.float64
+                        else torch.float32, device=q.device)
+
+
+def pairwise_sigmoid(q: torch.Tensor, k: torch.Tensor, scale=1.0, bias=None, *,
+                     q_labels: Optional[torch.Tensor] = None,
+                     k_labels: Optional[torch.Tensor] = None, self_offset: Optional[int] = None,
+                     normalize: bool = False, eps: float = 1e-12, mode: str = "gather",
+                     group=None, backend: Optional[str] = "auto") -> torch.Tensor:
+    """row_loss [N_local] of :func:`contrastive_kernels.ops.pairwise_sigmoid` for this
+    rank's queries over every rank's keys (SigLIP over the global batch), positives by
+    global position (``self_offset``) or equal labels, by gather or ring (module
+    docstring; the ring sums the shards' partial row losses in shard order). ``bias``: a
+    float or 0-dim tensor (replicated, like the scale: each rank gets its own rows'
+    gradient, DDP sums them) or one per key [M_local] (its gradient reaches its owner)."""
+    _check_pair(q, k, q_labels, k_labels, mode)
+    per_key = isinstance(bias, torch.Tensor) and bias.dim() == 1
+    table = _signatures(q, k, q_labels, bias if per_key else None, self_offset, normalize,
+                        False, group)
+    world, rank = _group_info(group)
+    counts = table[:, 0].tolist()
+    opts = dict(normalize=normalize, eps=eps, backend=backend)
+    if mode == "gather" or world == 1:
+        keys, labels, biases = _gather_keys(k, k_labels, bias if per_key else None, counts,
+                                            group)
+        offset = None if self_offset is None else sum(counts[:rank]) + self_offset
+        return core_ops.pairwise_sigmoid(q, keys, scale, biases if per_key else bias,
+                                         q_labels=q_labels, k_labels=labels,
+                                         self_offset=offset, **opts)
+    fixed = None if bias is None or per_key else _scale_tensor(bias, q)
+    return _RingOp.apply(q, k, _scale_tensor(scale, q), fixed, bias if per_key else None,
+                         q_labels, k_labels, self_offset, _SigmoidShards, opts, counts, group)
 
 
 # --------------------------------------------------------------------------- gather
 
 
 def _gather_keys(k, k_labels, bias, counts, group):
-    """Every rank's keys (with gradient), labels and bias in rank order; uneven counts are
-    padded to the largest for the collective and cut out again."""
+    """Every rank's keys, labels and bias in rank order, keys (and a bias that requires
+    grad) with gradient; uneven counts are padded to the largest for the collective and
+    cut out again."""
     import torch.distributed as dist
 
     world = len(counts)
@@ -131,20 +173,21 @@ def _gather_keys(k, k_labels, bias, counts, group):
     def cut(x):
         return torch.cat([x[r * top: r * top + counts[r]] for r in range(world)])
 
-    from torch.distributed import _functional_collectives as fc
-
-    gather = getattr(fc, "all_gather_single", None) or fc.all_gather_tensor_autograd
-    out = gather(pad(k).contiguous(), 0, group if group is not None else dist.group.WORLD)
-    keys = cut(out.wait() if callable(getattr(out, "wait", None)) else out)
-    rest = []
-    for x in (k_labels, bias):
+    def gather(x, with_grad):
         if x is None:
-            rest.append(None)
-            continue
+            return None
+        if with_grad:
+            from torch.distributed import _functional_collectives as fc
+
+            fn = getattr(fc, "all_gather_single", None) or fc.all_gather_tensor_autograd
+            out = fn(pad(x).contiguous(), 0, group if group is not None else dist.group.WORLD)
+            return cut(out.wait() if callable(getattr(out, "wait", None)) else out)
         parts = [torch.empty_like(pad(x)) for _ in range(world)]
         dist.all_gather(parts, pad(x).contiguous(), group=group)
-        rest.append(cut(torch.cat(parts)))
-    return (keys, *rest)
+        return cut(torch.cat(parts))
+
+    return (gather(k, True), gather(k_labels, False),
+            gather(bias, bias is not None and bias.requires_grad))
 
 
 # --------------------------------------------------------------------------- ring
@@ -197,69 +240,112 @@ def _wait(reqs) -> None:
         req.wait()
 
 
-class _RingLse(torch.autograd.Function):
+class _LseShards:
+    """lse_i = logsumexp over the shards of their partial lse; d lse_i / d part_i =
+    exp(part_i - lse_i), 0 where the shard holds none of the row's keys (part = -inf),
+    also when the row has no key at all."""
 
     @staticmethod
-    def forward(ctx, q, k, scale, bias, q_labels, k_labels, self_offset, opts, counts, group):
+    def part(q, keys, scale, bias, q_labels, labels, self_offset, opts):
+        return core_ops.lse(q, keys, scale, bias=bias, q_labels=q_labels, k_labels=labels,
+                            self_offset=self_offset, **opts)[0]
+
+    @staticmethod
+    def merge(parts):
+        return torch.logsumexp(torch.stack(parts), dim=0)
+
+    @staticmethod
+    def weight(part, out):
+        return torch.where(part == float("-inf"), torch.zeros_like(part), torch.exp(part - out))
+
+
+class _SigmoidShards:
+    """row_loss_i = the sum over the shards of their partial sums (in shard order); each
+    partial's weight in the backward is 1."""
+
+    @staticmethod
+    def part(q, keys, scale, bias, q_labels, labels, self_offset, opts):
+        return core_ops.pairwise_sigmoid(q, keys, scale, bias, q_labels=q_labels,
+                                         k_labels=labels, self_offset=self_offset, **opts)
+
+    @staticmethod
+    def merge(parts):
+        return torch.stack(parts).sum(0)
+
+    @staticmethod
+    def weight(part, out):
+        return torch.ones_like(part)
+
+
+class _RingOp(torch.autograd.Function):
+    """One core op's row statistic over the ring's shards (module docstring). ``bias`` is
+    replicated (None or 0-dim: stays, its gradient summed here like the scale's) and
+    ``key_bias`` per key (travels with the shard, its gradient home with dk)."""
+
+    @staticmethod
+    def forward(ctx, q, k, scale, bias, key_bias, q_labels, k_labels, self_offset, reduction,
+                opts, counts, group):
         ring = _Ring(counts, group)
         parts = [None] * ring.world
-        shard = (k.detach(), k_labels, bias)
+        shard = (k.detach(), k_labels, None if key_bias is None else key_bias.detach())
+        fixed = None if bias is None else bias.detach()
         for step in range(ring.world):
             last = step == ring.world - 1
             nxt, reqs = (None, []) if last else ring.post(shard, step)
-            keys, labels, biases = shard
-            parts[ring.owner(step)] = core_ops.lse(
-                q.detach(), keys, scale.detach(), bias=biases, q_labels=q_labels,
-                k_labels=labels, self_offset=ring.offset(self_offset, step), **opts)[0]
+            keys, labels, kb = shard
+            parts[ring.owner(step)] = reduction.part(
+                q.detach(), keys, scale.detach(), kb if kb is not None else fixed, q_labels,
+                labels, ring.offset(self_offset, step), opts)
             _wait(reqs)
             shard = nxt if not last else shard
-        out = torch.logsumexp(torch.stack(parts), dim=0)
+        out = reduction.merge(parts)
         ctx.save_for_backward(q, k, scale, out)
-        ctx.rest = (bias, q_labels, k_labels, self_offset, opts, ring)
+        ctx.rest = (bias, key_bias, q_labels, k_labels, self_offset, reduction, opts, ring)
         return out
 
     @staticmethod
     def backward(ctx, grad):
         q, k, scale, out = ctx.saved_tensors
-        bias, q_labels, k_labels, self_offset, opts, ring = ctx.rest
-        need_q, need_k, need_s = ctx.needs_input_grad[:3]
+        bias, key_bias, q_labels, k_labels, self_offset, reduction, opts, ring = ctx.rest
+        need_q, need_k, need_s, need_b, need_kb = ctx.needs_input_grad[:5]
         dq = torch.zeros_like(q) if need_q else None
         ds = torch.zeros_like(scale) if need_s else None
-        shard = (k.detach(), k_labels, bias)
-        dk = torch.zeros_like(k)
+        db = torch.zeros_like(bias) if need_b else None
+        shard = (k.detach(), k_labels, None if key_bias is None else key_bias.detach())
+        # what travels home with the shard: its dk (and its bias' gradient)
+        home = (torch.zeros_like(k),) + ((torch.zeros_like(key_bias),) if need_kb else ())
         for step in range(ring.world):
             last = step == ring.world - 1
             # the next shard's keys move while this one's tiles are recomputed
             nxt, reqs = (None, []) if last else ring.post(shard, step)
-            keys, labels, biases = shard
+            keys, labels, kb = shard
             with torch.enable_grad():
                 qd = q.detach().requires_grad_(need_q)
                 kd = keys.detach().requires_grad_(True)
                 sd = scale.detach().requires_grad_(need_s)
-                part = core_ops.lse(qd, kd, sd, bias=biases, q_labels=q_labels, k_labels=labels,
-                               self_offset=ring.offset(self_offset, step), **opts)[0]
-                # d lse_i / d part_i = exp(part_i - lse_i): 0 where the shard holds none of
-                # the row's keys (part = -inf), also when the row has no key at all
-                weight = torch.where(part == float("-inf"), torch.zeros_like(part),
-                                     torch.exp(part - out))
-                wrt = [x for x, need in ((qd, need_q), (kd, True), (sd, need_s)) if need]
-                got = list(torch.autograd.grad(part, wrt, grad * weight, allow_unused=True))
-            g_q = got.pop(0) if need_q else None
-            g_k = got.pop(0)
-            g_s = got.pop(0) if need_s else None
-            if need_q and g_q is not None:
-                dq += g_q
-            if need_s and g_s is not None:
-                ds += g_s
-            if g_k is not None:
-                dk += g_k
+                bd = None if bias is None else bias.detach().requires_grad_(need_b)
+                kbd = None if kb is None else kb.detach().requires_grad_(need_kb)
+                part = reduction.part(qd, kd, sd, kbd if kbd is not None else bd, q_labels,
+                                      labels, ring.offset(self_offset, step), opts)
+                wrt = [(name, x) for name, x, need in (("q", qd, need_q), ("k", kd, True),
+                                                       ("s", sd, need_s), ("b", bd, need_b),
+                                                       ("kb", kbd, need_kb)) if need]
+                got = dict(zip([n for n, _ in wrt], torch.autograd.grad(
+                    part, [x for _, x in wrt], grad * reduction.weight(part, out),
+                    allow_unused=True)))
+            for acc, name in ((dq, "q"), (ds, "s"), (db, "b")) + tuple(
+                    zip(home, ("k", "kb"))):
+                if acc is not None and got.get(name) is not None:
+                    acc += got[name]
             # the shard's temporaries go before the next shard's are made: per-rank memory
             # stays a few [N_local, d] buffers
-            del got, g_q, g_k, g_s, part, weight, qd, kd, sd
+            del got, part, qd, kd, sd, bd, kbd
             _wait(reqs)
-            # this shard's gradient so far follows it right (the last hop takes it home);
-            # the left neighbour's, of the next shard, comes in
-            (dk,), dk_reqs = ring.post((dk,), step)
-            _wait(dk_reqs)
+            # this shard's gradients so far follow it right (the last hop takes them home);
+            # the left neighbour's, of the next shard, come in
+            home, home_reqs = ring.post(home, step)
+            _wait(home_reqs)
             shard = nxt if not last else shard
-        return dq, (dk if need_k else None), ds, None, None, None, None, None, None, None
+        dk = home[0] if need_k else None
+        dkb = home[1] if need_kb else None
+        return (dq, dk, ds, db, dkb) + (None,) * 7

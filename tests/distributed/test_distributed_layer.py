@@ -1,9 +1,10 @@
 """The distributed layer (contrastive_kernels.distributed) on 2 and 4 gloo processes in
 float64, gather and ring, with uneven row counts:
 
-- the distributed lse (rank r holds 2 + r queries and 3 + r keys): every rank's lse and
-  the gradients (dq on each rank, dk arriving at its owner, dscale summed over ranks as
-  DDP does) against one process over the global key set;
+- the distributed lse and pairwise_sigmoid (rank r holds 2 + r queries and 3 + r keys):
+  every rank's row statistics and the gradients (dq on each rank, dk and a per-key bias's
+  arriving at their owner, dscale and a scalar bias's summed over ranks as DDP does)
+  against one process over the global key set;
 - SupCon with gather_distributed (rank r holds 3 + r samples of 2 views): the mean of the
   ranks' losses is the single-process loss of the concatenated batch and each rank's
   feature gradient world_size times its rows' single-process gradient (DDP's average of
@@ -36,6 +37,12 @@ CASES = (
     ("normalize_bias_shifted", dict(self_offset=1, normalize=True, bias=True), "cpu"),
 )
 MODES = ("gather", "ring")
+# pairwise_sigmoid: SigLIP's diagonal with a replicated (scalar) bias, and labels with a
+# bias per key, normalized, on the C++ kernels
+SIGMOID = (
+    ("diagonal_scalar_bias", dict(self_offset=0, bias="scalar"), "torch"),
+    ("labels_key_bias", dict(labels=True, bias="per_key", normalize=True), "cpu"),
+)
 SUPCON = (("labels_all", True, "all"), ("labels_one", True, "one"), ("simclr_all", False, "all"))
 
 
@@ -130,6 +137,20 @@ def _worker(rank, world, port, out_dir):
             dq, dk, ds = torch.autograd.grad((out * weights[rq]).sum(), (qr, kr, scale))
             dist.all_reduce(ds)  # a replicated parameter: DDP sums (then averages) it
             results[(case, mode)] = (out.detach(), dq, dk, ds)
+    for case, opts, backend in SIGMOID:
+        for mode in MODES:
+            qr, kr = q[rq].clone().requires_grad_(), k[rk].clone().requires_grad_()
+            scale = torch.tensor(1.7, dtype=torch.float64, requires_grad=True)
+            b = (torch.tensor(-0.8, dtype=torch.float64, requires_grad=True)
+                 if opts["bias"] == "scalar" else bias[rk].clone().requires_grad_())
+            kw = _kwargs(dict(opts, bias=False), ql[rq], kl[rk], None)
+            kw.pop("exclude_positives")
+            out = ckd.pairwise_sigmoid(qr, kr, scale, b, mode=mode, backend=backend, **kw)
+            dq, dk, ds, db = torch.autograd.grad((out * weights[rq]).sum(), (qr, kr, scale, b))
+            dist.all_reduce(ds)
+            if opts["bias"] == "scalar":
+                dist.all_reduce(db)
+            results[("sigmoid", case, mode)] = (out.detach(), dq, dk, ds, db)
     for case, with_labels, contrast in SUPCON:
         for mode in MODES:
             feats, labels, bsz = _supcon_data(world)
@@ -207,10 +228,12 @@ def _reference(world, case_opts, backend):
     return outs, [dq[s] for s in _slices(nq)], [dk[s] for s in _slices(nk)], ds
 
 
-def test_lse_every_rank_matches_one_process(ranks):
+def test_core_ops_every_rank_match_one_process(ranks):
+    """lse and pairwise_sigmoid, gather and ring, against one process."""
     world, per_rank, _ = ranks
     for name, opts, backend in CASES:
         _check_lse_case(world, per_rank, name, opts, backend)
+    _check_sigmoid_cases(world, per_rank)
 
 
 def _check_lse_case(world, per_rank, name, opts, backend):
@@ -282,3 +305,29 @@ def _check_pair_case(world, per_rank, name, loss_of):
             for i, part in enumerate((_slices(rows)[r], _slices(rows)[r], _slices(negs)[r])):
                 torch.testing.assert_close(got[r][1 + i], world * grads[i][part], rtol=1e-10,
                                            atol=1e-12, msg=f"{where} rank {r} input {i}")
+
+
+def _check_sigmoid_cases(world, per_rank):
+    for name, opts, backend in SIGMOID:
+        nq, nk, q, k, ql, kl, bias, weights = _data(world)
+        q, k = q.clone().requires_grad_(), k.clone().requires_grad_()
+        scale = torch.tensor(1.7, dtype=torch.float64, requires_grad=True)
+        b = (torch.tensor(-0.8, dtype=torch.float64, requires_grad=True)
+             if opts["bias"] == "scalar" else bias.clone().requires_grad_())
+        outs, total = [], 0
+        for rq, rk in zip(_slices(nq), _slices(nk)):
+            kw = _kwargs(dict(opts, bias=False), ql[rq], kl, None)
+            kw.pop("exclude_positives")
+            if kw["self_offset"] is not None:
+                kw["self_offset"] += rk.start
+            out = ops.pairwise_sigmoid(q[rq], k, scale, b, backend=backend, **kw)
+            outs.append(out.detach())
+            total = total + (out * weights[rq]).sum()
+        dq, dk, ds, db = torch.autograd.grad(total, (q, k, scale, b))
+        for mode in MODES:
+            for r, (rq, rk) in enumerate(zip(_slices(nq), _slices(nk))):
+                got = per_rank[r][("sigmoid", name, mode)]
+                want = (outs[r], dq[rq], dk[rk], ds, db if opts["bias"] == "scalar" else db[rk])
+                for i, (x, y) in enumerate(zip(got, want)):
+                    torch.testing.assert_close(x, y, rtol=1e-11, atol=1e-12,
+                                               msg=f"sigmoid {name} {mode} rank {r} out {i}")
