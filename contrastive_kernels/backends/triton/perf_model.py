@@ -11,6 +11,7 @@ instructions of the main loop (:func:`loop_counts`); with the per-SM rates of
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import re
 
@@ -103,16 +104,24 @@ def _count(ins, lo, hi, skipped):
     return total, n_ex2, n_mma, n_mufu, flop
 
 
+@functools.lru_cache(maxsize=4)
+def _parsed(sass: str):
+    """(instructions, main loop or None) of one SASS text: loop_counts, chunk_counts and
+    mma_coverage analyse the same row one after the other."""
+    ins = _parse(sass)
+    return ins, _main_loop(ins)
+
+
 def loop_counts(sass: str):
     """(instructions, MUFU.EX2, tensor-core instructions, MUFU ops of any kind) per thread
     per iteration of the main loop (:func:`_main_loop`), on its common path: blocks that a
     forward branch inside the loop skips (the self-exclusion mask of diagonal tiles, the
     bound mask of the last tile, a chunked config's d loops: :func:`chunk_counts`) are
     left out. None when there is no such loop."""
-    found = _main_loop(_parse(sass))
+    ins, found = _parsed(sass)
     if found is None:
         return None
-    return _count(_parse(sass), *found)[:4]
+    return _count(ins, *found)[:4]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,8 +144,7 @@ def chunk_counts(sass: str):
     the guard, outside the loop) counts once per tile, their body once per d chunk.
     ptxas keeps them inside the main loop's address range; the main loop's own counts
     (:func:`loop_counts`) leave them out. None without a main loop."""
-    ins = _parse(sass)
-    found = _main_loop(ins)
+    ins, found = _parsed(sass)
     if found is None:
         return None
     lo, hi, skipped = found
@@ -248,6 +256,14 @@ SIMCLR_FLOORS = {
 CHUNKED_MODEL_D = 768
 
 
+def tile_flops(kernel, cfg, d=CHUNKED_MODEL_D) -> int:
+    """The tensor FLOPs the model charges one streamed tile: 2 BLOCK_O BLOCK_I width per
+    product (width BLOCK_D for a single-tile config, ``d`` for a chunked one); one product
+    for ``fwd`` (the logits), two otherwise (+ o for ``fwd_o``, + dx for the backward)."""
+    n_mm = 1 if kernel == "fwd" else 2
+    return 2 * n_mm * cfg.block_o * cfg.block_i * (cfg.block_d if cfg.single else d)
+
+
 def predict(kernel, dtype, arch, cfg, instr, mufu, mma, chunk=None, d=CHUNKED_MODEL_D):
     """(logits per thread per tile, predicted ceiling, bound) of one streamed tile: at
     d = BLOCK_D for a single-tile config; for a chunked one at ``d`` (ceil(d / BLOCK_D)
@@ -262,14 +278,11 @@ def predict(kernel, dtype, arch, cfg, instr, mufu, mma, chunk=None, d=CHUNKED_MO
     elems = cfg.block_o * cfg.block_i // threads
     if instr < 0 or (not cfg.single and chunk is None):
         return elems, -1.0, ""
-    width = cfg.block_d
     if not cfg.single:
         chunks = math.ceil(d / cfg.block_d)
         instr = instr + chunk.once + chunks * chunk.instr
         mufu = mufu + chunks * chunk.mufu
-        width = d
-    n_mm = 1 if kernel == "fwd" else 2  # logits; + o (fwd_o) or + dx (backward)
-    flops = 2 * n_mm * cfg.block_o * cfg.block_i * width
+    flops = tile_flops(kernel, cfg, d)
     rate = RATES[arch]
     t = dict(tensor=flops / rate["flop"][dtype], mufu=mufu * threads / rate["mufu"],
              issue=instr * cfg.num_warps / rate["issue"])
@@ -282,18 +295,14 @@ def mma_coverage(sass: str, kernel, cfg, chunk=None, d=CHUNKED_MODEL_D) -> float
     common path and, chunked, ceil(d / BLOCK_D) passes of its d loops) over the FLOPs the
     model charges the tile: 1 when the counts hold every product of the tile and nothing
     twice. -1 without tensor instructions (IEEE fp32) or without a main loop."""
-    ins = _parse(sass)
-    found = _main_loop(ins)
+    ins, found = _parsed(sass)
     if found is None:
         return -1.0
     flop = _count(ins, *found)[4]
-    width = cfg.block_d
     if not cfg.single:
         if chunk is None:
             return -1.0
         flop += math.ceil(d / cfg.block_d) * chunk.flop
-        width = d
     if not flop:
         return -1.0
-    n_mm = 1 if kernel == "fwd" else 2
-    return round(cfg.num_warps * flop / (2 * n_mm * cfg.block_o * cfg.block_i * width), 3)
+    return round(cfg.num_warps * flop / tile_flops(kernel, cfg, d), 3)
