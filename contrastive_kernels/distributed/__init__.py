@@ -83,19 +83,14 @@ def concat_all_gather(x: torch.Tensor, group=None) -> torch.Tensor:
     ranks (one host sync of world_size integers)."""
     import torch.distributed as dist
 
-    from .class_sums import row_counts
+    from .class_sums import gather_rows, row_counts
 
     x = x.detach()
     if not (dist.is_available() and dist.is_initialized()):
         return x
-    counts = row_counts(x.shape[0], x.device, group)
-    top = max(counts)
-    padded = torch.nn.functional.pad(x, (0, 0) * (x.dim() - 1) + (0, top - x.shape[0]))
-    parts = [torch.empty_like(padded) for _ in counts]
-    dist.all_gather(parts, padded.contiguous(), group=group)
-    return torch.cat([p[:c] for p, c in zip(parts, counts)])
+    return gather_rows(x, row_counts(x.shape[0], x.device, group), group)
 
 
-from .class_sums import (all_reduce_sum, first_row, global_segments, mean_share,  # noqa: E402
+from .class_sums import (all_reduce_sum, gather_rows, global_segments, mean_share,  # noqa: E402
                          row_counts)
 from .ops import MODES, lse, pairwise_sigmoid  # noqa: E402  (the distributed core ops)

@@ -23,18 +23,34 @@ def row_counts(n: int, device, group=None) -> list:
     return [int(c) for c in torch.cat(every).cpu()]
 
 
+def gather_rows(x: torch.Tensor, counts: list, group=None, with_grad: bool = False):
+    """Every rank's rows of ``x`` in rank order, ``counts`` the ranks' row counts (they may
+    differ: the collective runs on rows padded to the largest and cuts them out again).
+    ``with_grad``: through the functional all-gather, whose backward reduce-scatters the
+    gradient back to each row's owner."""
+    import torch.distributed as dist
+
+    from . import _autograd_all_gather
+
+    top = max(counts)
+    padded = torch.nn.functional.pad(x, (0, 0) * (x.dim() - 1) + (0, top - x.shape[0]))
+    padded = padded.contiguous()
+    if with_grad:
+        out = _autograd_all_gather()(padded, 0, group if group is not None else dist.group.WORLD)
+        out = out.wait() if callable(getattr(out, "wait", None)) else out
+    else:
+        parts = [torch.empty_like(padded) for _ in counts]
+        dist.all_gather(parts, padded, group=group)
+        out = torch.cat(parts)
+    return torch.cat([out[r * top: r * top + c] for r, c in enumerate(counts)])
+
+
 def global_segments(labels: torch.Tensor, group=None):
     """(segment id per row, number of classes) in the sorted union of every rank's labels:
     the same label has the same id on every rank."""
-    import torch.distributed as dist
-
     local = torch.unique(labels)
-    sizes = row_counts(local.numel(), labels.device, group)
-    top = max(sizes)
-    padded = torch.nn.functional.pad(local, (0, top - local.numel()))
-    parts = [torch.empty_like(padded) for _ in sizes]
-    dist.all_gather(parts, padded, group=group)
-    space = torch.unique(torch.cat([p[:s] for p, s in zip(parts, sizes)]))
+    space = torch.unique(gather_rows(local, row_counts(local.numel(), labels.device, group),
+                                     group))
     return torch.searchsorted(space, labels), space.numel()
 
 
@@ -63,17 +79,11 @@ def all_reduce_sum(x: torch.Tensor, group=None) -> torch.Tensor:
     return _AllReduceSum.apply(x, group)
 
 
-def first_row(n: int, device, group=None) -> int:
-    """The global index of this rank's first row when every rank holds ``n`` of them (in
-    rank order): ids that are unique across ranks (e.g. sample ids as labels) start here."""
-    import torch.distributed as dist
-
-    return sum(row_counts(n, device, group)[: dist.get_rank(group)])
-
-
-def mean_share(losses: torch.Tensor, world: int, group=None) -> torch.Tensor:
+def mean_share(losses: torch.Tensor, world: int, group=None, total=None) -> torch.Tensor:
     """This rank's share of the mean of ``losses`` over every rank's rows: their sum times
-    world / (global row count). The ranks' shares average to the global mean, and DDP's
-    gradient average is its gradient, also when the ranks hold different row counts."""
-    total = sum(row_counts(losses.shape[0], losses.device, group))
+    world / (global row count; ``total``, or gathered here). The ranks' shares average to
+    the global mean, and DDP's gradient average is its gradient, also when the ranks hold
+    different row counts."""
+    if total is None:
+        total = sum(row_counts(losses.shape[0], losses.device, group))
     return losses.sum() * (world / total)

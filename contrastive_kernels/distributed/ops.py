@@ -41,6 +41,7 @@ from typing import Optional
 import torch
 
 from .. import ops as core_ops
+from .class_sums import gather_rows
 
 MODES = ("gather", "ring")
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -52,12 +53,12 @@ def _group_info(group):
     import torch.distributed as dist
 
     if not (dist.is_available() and dist.is_initialized()):
-        raise RuntimeError("the distributed lse needs an initialized torch.distributed "
+        raise RuntimeError("the distributed core ops need an initialized torch.distributed "
                            "process group (torch.distributed.init_process_group)")
     return dist.get_world_size(group), dist.get_rank(group)
 
 
-def _signatures(q, k, q_labels, bias, self_offset, normalize, exclude_positives, group):
+def _signatures(op, q, k, q_labels, bias, self_offset, normalize, exclude_positives, group):
     """[world, 8] int64 of every rank's (key count, d, dtype, labels?, bias?, self_offset,
     normalize, exclude_positives); raises on every rank where they disagree."""
     import torch.distributed as dist
@@ -75,7 +76,7 @@ def _signatures(q, k, q_labels, bias, self_offset, normalize, exclude_positives,
             shown = ["None" if name == "self_offset" and v == -(2 ** 62) else
                      (str(_DTYPES[v]) if name == "dtype" else v) for v in values]
             raise ValueError(
-                f"distributed lse: every rank must pass the same {name}; got {shown} (one "
+                f"distributed {op}: every rank must pass the same {name}; got {shown} (one "
                 f"per rank, this is rank {rank})")
     return table
 
@@ -101,7 +102,8 @@ def lse(q: torch.Tensor, k: torch.Tensor, scale=1.0, *, bias: Optional[torch.Ten
     as in :func:`contrastive_kernels.ops.lse` (both label tensors or neither on every
     rank)."""
     _check_pair(q, k, q_labels, k_labels, mode)
-    table = _signatures(q, k, q_labels, bias, self_offset, normalize, exclude_positives, group)
+    table = _signatures("lse", q, k, q_labels, bias, self_offset, normalize, exclude_positives,
+                        group)
     world, rank = _group_info(group)
     counts = table[:, 0].tolist()
     start = sum(counts[:rank])
@@ -136,8 +138,8 @@ def pairwise_sigmoid(q: torch.Tensor, k: torch.Tensor, scale=1.0, bias=None, *,
     gradient, DDP sums them) or one per key [M_local] (its gradient reaches its owner)."""
     _check_pair(q, k, q_labels, k_labels, mode)
     per_key = isinstance(bias, torch.Tensor) and bias.dim() == 1
-    table = _signatures(q, k, q_labels, bias if per_key else None, self_offset, normalize,
-                        False, group)
+    table = _signatures("pairwise_sigmoid", q, k, q_labels, bias if per_key else None,
+                        self_offset, normalize, False, group)
     world, rank = _group_info(group)
     counts = table[:, 0].tolist()
     opts = dict(normalize=normalize, eps=eps, backend=backend)
@@ -157,37 +159,14 @@ def pairwise_sigmoid(q: torch.Tensor, k: torch.Tensor, scale=1.0, bias=None, *,
 
 
 def _gather_keys(k, k_labels, bias, counts, group):
-    """Every rank's keys, labels and bias in rank order, keys (and a bias that requires
-    grad) with gradient; uneven counts are padded to the largest for the collective and
-    cut out again."""
-    import torch.distributed as dist
-
-    world = len(counts)
-    if world == 1:
+    """Every rank's keys, labels and bias in rank order (class_sums.gather_rows), keys (and
+    a bias that requires grad) with gradient."""
+    if len(counts) == 1:
         return k, k_labels, bias
-    top = max(counts)
-
-    def pad(x):
-        return torch.nn.functional.pad(x, (0, 0) * (x.dim() - 1) + (0, top - x.shape[0]))
-
-    def cut(x):
-        return torch.cat([x[r * top: r * top + counts[r]] for r in range(world)])
-
-    def gather(x, with_grad):
-        if x is None:
-            return None
-        if with_grad:
-            from torch.distributed import _functional_collectives as fc
-
-            fn = getattr(fc, "all_gather_single", None) or fc.all_gather_tensor_autograd
-            out = fn(pad(x).contiguous(), 0, group if group is not None else dist.group.WORLD)
-            return cut(out.wait() if callable(getattr(out, "wait", None)) else out)
-        parts = [torch.empty_like(pad(x)) for _ in range(world)]
-        dist.all_gather(parts, pad(x).contiguous(), group=group)
-        return cut(torch.cat(parts))
-
-    return (gather(k, True), gather(k_labels, False),
-            gather(bias, bias is not None and bias.requires_grad))
+    return (gather_rows(k, counts, group, with_grad=True),
+            None if k_labels is None else gather_rows(k_labels, counts, group),
+            None if bias is None else gather_rows(bias, counts, group,
+                                                  with_grad=bias.requires_grad))
 
 
 # --------------------------------------------------------------------------- ring

@@ -12,6 +12,7 @@ from typing import Optional
 
 import torch
 
+from .. import distributed, ops
 from ..core.contract import accumulate_dtype, check_real_scalar, check_rows_tensor  # noqa: F401
 from ..core.norms import row_norms
 
@@ -211,15 +212,29 @@ def check_in_range(name: str, ids: torch.Tensor, high: int) -> None:
                             f"{name} must be class ids in [0, num_classes = {high})")
 
 
-DISTRIBUTED_MODES = ("gather", "ring")  # contrastive_kernels.distributed.MODES
-
-
 def check_gather_available(gather_distributed: bool, distributed_mode: str = "gather"):
     if gather_distributed and not torch.distributed.is_available():
         raise ValueError("gather_distributed is True but torch.distributed is not available")
-    if distributed_mode not in DISTRIBUTED_MODES:
-        raise ValueError(f"distributed_mode must be one of {DISTRIBUTED_MODES}, got "
+    if distributed_mode not in distributed.MODES:
+        raise ValueError(f"distributed_mode must be one of {distributed.MODES}, got "
                          f"{distributed_mode!r}")
+
+
+def lse_over_ranks(q, k, scale, world: int, mode: str, **kw):
+    """The lse of q over k (the core op) or, when world > 1, over every rank's k
+    (:func:`contrastive_kernels.distributed.lse` in ``mode``)."""
+    if world > 1:
+        return distributed.lse(q, k, scale, mode=mode, **kw)
+    return ops.lse(q, k, scale, **kw)[0]
+
+
+def mean_over_ranks(losses: torch.Tensor, world: int, total=None) -> torch.Tensor:
+    """The mean of ``losses`` or, when world > 1, this rank's share of the mean over every
+    rank's rows (:func:`contrastive_kernels.distributed.mean_share`; ``total``: the global
+    row count when the caller has it)."""
+    if world > 1:
+        return distributed.mean_share(losses, world, total=total)
+    return losses.mean()
 
 
 def check_positive(name: str, value):

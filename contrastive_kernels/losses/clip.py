@@ -15,7 +15,8 @@ from torch import nn
 from .. import distributed, ops
 from ..core.layout import keep_input_layout
 from .algebra import (check_gather_available, check_matrix, check_real_scalar, check_positive,
-                      check_same, reduce, result_dtype, rowdot, unit_rows)
+                      check_same, lse_over_ranks, mean_over_ranks, reduce, result_dtype,
+                      rowdot, unit_rows)
 
 
 @keep_input_layout("image_features", "text_features", "logit_scale", "logit_bias")
@@ -107,10 +108,8 @@ def info_nce(query: torch.Tensor, positive_key: torch.Tensor,
     lam = 1.0 / temperature
 
     def lse_of(x, keys):  # over every rank's keys when distributed
-        if world > 1:
-            return distributed.lse(x, keys, lam, normalize=normalize, eps=eps,
-                                   mode=distributed_mode, backend=backend)
-        return ops.lse(x, keys, lam, normalize=normalize, eps=eps, backend=backend)[0]
+        return lse_over_ranks(x, keys, lam, world, distributed_mode, normalize=normalize,
+                              eps=eps, backend=backend)
 
     uq = unit_rows(query, normalize, eps)
     uk = unit_rows(positive_key, normalize, eps)
@@ -134,8 +133,7 @@ def info_nce(query: torch.Tensor, positive_key: torch.Tensor,
     else:
         loss = lse_of(query, positive_key) - pos
     if world > 1 and reduction != "none":
-        share = (distributed.mean_share(loss, world) if reduction == "mean"
-                 else loss.sum() * world)
+        share = mean_over_ranks(loss, world) if reduction == "mean" else loss.sum() * world
         return share.to(result_dtype(query))
     return reduce(loss, reduction).to(result_dtype(query))
 

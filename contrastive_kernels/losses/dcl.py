@@ -11,10 +11,10 @@ from typing import Optional
 import torch
 from torch import nn
 
-from .. import distributed, ops
+from .. import distributed
 from ..core.layout import keep_input_layout
-from .algebra import (check_gather_available, check_pair, check_positive, result_dtype, rowdot,
-                      unit_rows)
+from .algebra import (check_gather_available, check_pair, check_positive, lse_over_ranks,
+                      mean_over_ranks, result_dtype, rowdot, unit_rows)
 from .spec import Accuracy, LossCase, LossSpec, pair_inputs, two_views
 
 
@@ -45,26 +45,21 @@ def dcl_loss(out0: torch.Tensor, out1: torch.Tensor, temperature: float = 0.1,
     check_gather_available(gather_distributed, distributed_mode)
     lam = 1.0 / temperature
     u0, u1 = unit_rows(out0, True, eps), unit_rows(out1, True, eps)
-    world = distributed.world()[0] if gather_distributed else 1
+    world, rank = distributed.world() if gather_distributed else (1, 0)
     pos = lam * rowdot(u0, u1)
     # keys [out0; out1] (every rank's) labelled by their global sample id, so excluding a
     # query's own label drops both its own row and its positive in one call
     batch = out0.shape[0]
-    first = distributed.first_row(batch, out0.device) if world > 1 else 0
-    q_labels = torch.arange(batch, device=out0.device) + first
+    counts = distributed.row_counts(batch, out0.device) if world > 1 else [batch]
+    q_labels = torch.arange(batch, device=out0.device) + sum(counts[:rank])
     keys, k_labels = torch.cat([out0, out1]), q_labels.repeat(2)
 
     def one_side(x, w):
-        kw = dict(q_labels=q_labels, k_labels=k_labels, exclude_positives=True, normalize=True,
-                  eps=eps, backend=backend)
-        if world > 1:
-            lse_neg = distributed.lse(x, keys, lam, mode=distributed_mode, **kw)
-        else:
-            lse_neg, _ = ops.lse(x, keys, lam, **kw)
+        lse_neg = lse_over_ranks(x, keys, lam, world, distributed_mode, q_labels=q_labels,
+                                 k_labels=k_labels, exclude_positives=True, normalize=True,
+                                 eps=eps, backend=backend)
         positive = -pos if w is None else -pos * w
-        if world > 1:
-            return distributed.mean_share(positive + lse_neg, world)
-        return (positive + lse_neg).mean()
+        return mean_over_ranks(positive + lse_neg, world, sum(counts))
 
     w0 = w1 = None
     if weight_fn is not None:

@@ -12,10 +12,10 @@ from typing import Optional
 import torch
 from torch import nn
 
-from .. import distributed, ops
+from .. import distributed
 from ..core.layout import keep_input_layout
-from .algebra import (check_gather_available, check_pair, check_positive, result_dtype,
-                      rowdot, unit_rows)
+from .algebra import (check_gather_available, check_pair, check_positive, lse_over_ranks,
+                      mean_over_ranks, result_dtype, rowdot, unit_rows)
 from .spec import Accuracy, LossCase, LossSpec, pair_inputs, two_views, unit
 
 
@@ -50,31 +50,27 @@ def hcl_loss(out_1: torch.Tensor, out_2: torch.Tensor, temperature: float = 0.5,
         raise ValueError(f"HCL needs a batch of at least 2 pairs (out_1 has {batch} rows)")
     if not 0 <= tau_plus < 1:
         raise ValueError(f"tau_plus must be in [0, 1), got {tau_plus}")
-    world = distributed.world()[0] if gather_distributed else 1
+    world, rank = distributed.world() if gather_distributed else (1, 0)
     z = torch.cat([out_1, out_2], dim=0)
     # self and partner share an id, unique over the ranks
-    first = distributed.first_row(batch, z.device) if world > 1 else 0
-    pair = (torch.arange(batch, device=z.device) + first).repeat(2)
+    counts = distributed.row_counts(batch, z.device) if world > 1 else [batch]
+    pair = (torch.arange(batch, device=z.device) + sum(counts[:rank])).repeat(2)
     u1, u2 = unit_rows(out_1, normalize, eps), unit_rows(out_2, normalize, eps)
     log_pos = torch.cat([rowdot(u1, u2)] * 2) / temperature
     kw = dict(q_labels=pair, k_labels=pair, exclude_positives=True, normalize=normalize,
               eps=eps, backend=backend)
 
     def lse_of(scale):  # over every rank's rows when distributed
-        if world > 1:
-            return distributed.lse(z, z, scale, mode=distributed_mode, **kw)
-        return ops.lse(z, z, scale, **kw)[0]
+        return lse_over_ranks(z, z, scale, world, distributed_mode, **kw)
 
     def mean(loss):
-        if world > 1:
-            return distributed.mean_share(loss, world).to(result_dtype(out_1))
-        return loss.mean().to(result_dtype(out_1))
+        return mean_over_ranks(loss, world, 2 * sum(counts)).to(result_dtype(out_1))
 
     if estimator == "easy":
         lse = lse_of(1.0 / temperature)
         return mean(torch.logaddexp(log_pos, lse) - log_pos)
 
-    n_neg = 2 * (sum(distributed.row_counts(batch, z.device)) if world > 1 else batch) - 2
+    n_neg = 2 * sum(counts) - 2
     lse_hard = lse_of((1.0 + beta) / temperature)  # log sum neg^(1+beta)
     lse_imp = lse_of(beta / temperature)           # log sum neg^beta
     log_reweight = lse_hard - lse_imp + math.log(n_neg)

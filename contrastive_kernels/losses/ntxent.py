@@ -15,8 +15,8 @@ from torch import nn
 
 from .. import distributed, ops
 from ..core.layout import keep_input_layout
-from .algebra import (check_gather_available, check_matrix, check_pair, result_dtype, rowdot,
-                      unit_rows)
+from .algebra import (check_gather_available, check_matrix, check_pair, lse_over_ranks,
+                      mean_over_ranks, result_dtype, rowdot, unit_rows)
 from .spec import Accuracy, LossCase, LossSpec, pair_inputs, two_views, unit
 from .state import ResizableBuffers
 
@@ -60,14 +60,11 @@ def ntxent_loss(out0: torch.Tensor, out1: torch.Tensor, temperature: float = 0.5
 
     world = distributed.world()[0] if gather_distributed else 1
     z = torch.cat([out0, out1], dim=0)
-    if world > 1:  # each row of z against every rank's rows but itself
-        lse = distributed.lse(z, z, lam, self_offset=0, normalize=True, eps=eps,
-                              mode=distributed_mode, backend=backend)
-        return distributed.mean_share(lse - torch.cat([pos, pos]), world).to(
-            result_dtype(out0))
-    lse, _ = ops.lse(z, z, lam, self_offset=0, normalize=True, eps=eps, backend=backend)
+    # each row of z against every row (of every rank, distributed) but itself
+    lse = lse_over_ranks(z, z, lam, world, distributed_mode, self_offset=0, normalize=True,
+                         eps=eps, backend=backend)
     loss = lse - torch.cat([pos, pos])
-    return loss.mean().to(result_dtype(out0))
+    return mean_over_ranks(loss, world).to(result_dtype(out0))
 
 
 class MemoryBank(ResizableBuffers):

@@ -14,10 +14,11 @@ from typing import Optional
 import torch
 from torch import nn
 
-from .. import distributed, ops
+from .. import distributed
 from ..core.layout import keep_input_layout
 from .algebra import (check_gather_available, check_labels, check_on, check_positive,
-                      gather_rows, label_segments, result_dtype, segment_sums, unit_rows)
+                      gather_rows, label_segments, lse_over_ranks, mean_over_ranks,
+                      result_dtype, segment_sums, unit_rows)
 from .spec import Accuracy, LossCase, LossSpec, unit
 
 CONTRAST_MODES = ("all", "one")
@@ -95,12 +96,9 @@ def supcon_loss(features: torch.Tensor, labels: Optional[torch.Tensor] = None,
     lam = 1.0 / temperature
 
     # The denominator: every contrast row but the anchor itself (anchor i is contrast row i).
-    if world > 1:  # every rank's rows as keys; anchor i's own row is its global key start + i
-        lse = distributed.lse(anchors, contrast, lam, self_offset=0, normalize=normalize,
-                              eps=eps, mode=distributed_mode, backend=backend)
-    else:
-        lse, _ = ops.lse(anchors, contrast, lam, self_offset=0, normalize=normalize, eps=eps,
-                         backend=backend)
+    # (distributed: every rank's rows as keys; anchor i's own row is its global key start + i)
+    lse = lse_over_ranks(anchors, contrast, lam, world, distributed_mode, self_offset=0,
+                         normalize=normalize, eps=eps, backend=backend)
 
     acc = lse.dtype
     k_hat = unit_rows(contrast, normalize, eps)
@@ -139,9 +137,7 @@ def supcon_loss(features: torch.Tensor, labels: Optional[torch.Tensor] = None,
                                                     pos_count * lse)
     divisor = torch.where(pos_count < 1e-6, torch.ones_like(pos_count), pos_count)
     loss = -(temperature / base_temperature) * (weighted_log_prob / divisor)
-    if world > 1:  # this rank's share: sum x world / global anchors
-        return distributed.mean_share(loss, world).to(result_dtype(features))
-    return loss.mean().to(result_dtype(features))
+    return mean_over_ranks(loss, world).to(result_dtype(features))
 
 
 class SupConLoss(nn.Module):
