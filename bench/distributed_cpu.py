@@ -19,13 +19,14 @@ cores // W), so that the ranks share the cores.
 import argparse
 import datetime
 import os
-import socket
 import statistics
 import time
 
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+
+from contrastive_kernels.testing.ranks import free_port
 
 
 def _features(n_global, d, world, rank):
@@ -83,16 +84,10 @@ def _worker(rank, world, port, kind, n_global, d, repeats, threads, out):
         dist.destroy_process_group()
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def run(kind, world, n_global, d, repeats, threads, tmp):
     out = os.path.join(tmp, f"{kind}{world}_{n_global}")
     os.makedirs(out, exist_ok=True)
-    mp.start_processes(_worker, args=(world, _free_port(), kind, n_global, d, repeats, threads,
+    mp.start_processes(_worker, args=(world, free_port(), kind, n_global, d, repeats, threads,
                                       out), nprocs=world, join=True, start_method="spawn")
     got = [torch.load(os.path.join(out, f"{r}.pt")) for r in range(world)]
     return max(g["time"] for g in got), max(g["peak"] for g in got)

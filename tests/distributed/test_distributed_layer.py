@@ -17,7 +17,6 @@ float64, gather and ring, with uneven row counts:
 One process group per world size: the ranks run every case in one spawn."""
 
 import os
-import socket
 import time
 
 import pytest
@@ -26,6 +25,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from contrastive_kernels import ops
+from contrastive_kernels.testing.ranks import free_port
 
 D = 5
 TIMEOUT_S = 15  # the process group's: a dead rank fails the others within it
@@ -192,17 +192,11 @@ def _worker(rank, world, port, out_dir):
     os._exit(0)
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module", params=[2, 4], ids=["world2", "world4"])
 def ranks(request, tmp_path_factory):
     world = request.param
     out = tmp_path_factory.mktemp(f"dlse{world}")
-    mp.start_processes(_worker, args=(world, _free_port(), str(out)), nprocs=world,
+    mp.start_processes(_worker, args=(world, free_port(), str(out)), nprocs=world,
                        join=True, start_method="spawn")
     per_rank = [torch.load(out / f"rank{r}.pt") for r in range(world)]
     dead = [torch.load(out / f"dead{r}.pt") for r in range(world - 1)]

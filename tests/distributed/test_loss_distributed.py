@@ -9,7 +9,6 @@ warning."""
 import warnings
 
 import os
-import socket
 
 import pytest
 import torch
@@ -18,6 +17,7 @@ import torch.multiprocessing as mp
 
 from contrastive_kernels import functional as fn
 from contrastive_kernels import reference as R
+from contrastive_kernels.testing.ranks import free_port
 
 WORLD, SHARD, DIM = 2, 5, 6
 
@@ -101,16 +101,10 @@ def _supcon_by_hand(rank):
     return loss.detach(), grads
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory):
     out = tmp_path_factory.mktemp("dist")
-    mp.spawn(_worker, args=(_free_port(), str(out)), nprocs=WORLD, join=True)
+    mp.spawn(_worker, args=(free_port(), str(out)), nprocs=WORLD, join=True)
     return [torch.load(out / f"rank{r}.pt") for r in range(WORLD)]
 
 

@@ -5,7 +5,6 @@ concatenated batch (the multi-positive form too: group ids travel with the texts
 positive held by another rank is never counted as a negative)."""
 
 import os
-import socket
 
 import pytest
 import torch
@@ -13,6 +12,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from contrastive_kernels.losses.siglip import DIST_IMPLS, SigLipLoss
+from contrastive_kernels.testing.ranks import free_port
 from contrastive_kernels.testing.reference_losses import siglip_loss_reference
 
 SHARD, DIM, GROUPS = 4, 6, 3
@@ -67,17 +67,11 @@ def _worker(rank, world, port, out_dir):
         dist.destroy_process_group()
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module", params=[2, 4], ids=["world2", "world4"])
 def world_ranks(request, tmp_path_factory):
     world = request.param
     out = tmp_path_factory.mktemp(f"siglip{world}")
-    mp.spawn(_worker, args=(world, _free_port(), str(out)), nprocs=world, join=True)
+    mp.spawn(_worker, args=(world, free_port(), str(out)), nprocs=world, join=True)
     return world, [torch.load(out / f"rank{r}.pt") for r in range(world)]
 
 
