@@ -252,12 +252,14 @@ def _rows(kernels: dict, mixes: dict) -> list:
     return rows
 
 
+def collect_arch(arch: str, workdir: Path) -> list:
+    """The report's rows of one arch: compiled, then its SASS mix."""
+    kernels, cubin = compile_arch(arch, workdir)
+    return _rows(kernels, sass_mix(cubin))
+
+
 def collect(workdir: Path) -> dict:
-    report = {}
-    for arch in ARCHES:
-        kernels, cubin = compile_arch(arch, workdir)
-        report[arch] = _rows(kernels, sass_mix(cubin))
-    return report
+    return {arch: collect_arch(arch, workdir) for arch in ARCHES}
 
 
 def collect_per_logit(workdir: Path) -> dict:
@@ -373,8 +375,7 @@ def collect_or_ledger(workdir: Path, ledger: Path = LEDGER, day: int | None = No
                     source="compiled", verified=None, mismatch="")
     day = datetime.date.today().toordinal() if day is None else day
     arch = ARCHES[day % len(ARCHES)]
-    kernels, cubin = compile_arch(arch, workdir)
-    fresh = dict(report=_plain(_rows(kernels, sass_mix(cubin))),
+    fresh = dict(report=_plain(collect_arch(arch, workdir)),
                  logits=_plain(per_logit(arch, workdir)))
     return dict(report=data["report"], logits=data["logits"], source="ledger", verified=arch,
                 fresh=fresh, mismatch=ledger_mismatch(data, arch, fresh))
