@@ -55,13 +55,17 @@ def global_segments(labels: torch.Tensor, group=None):
 
 
 class _AllReduceSum(torch.autograd.Function):
+    """forward: the sum over ranks (or x itself); backward: the gradient summed over the
+    ranks, divided by ``divide`` (or the rank's own gradient)."""
+
     @staticmethod
-    def forward(ctx, x, group):
+    def forward(ctx, x, group, forward_sum, backward_sum, divide):
         import torch.distributed as dist
 
-        ctx.group = group
+        ctx.group, ctx.backward_sum, ctx.divide = group, backward_sum, divide
         out = x.detach().clone().contiguous()
-        dist.all_reduce(out, group=group)
+        if forward_sum:
+            dist.all_reduce(out, group=group)
         return out
 
     @staticmethod
@@ -69,14 +73,30 @@ class _AllReduceSum(torch.autograd.Function):
         import torch.distributed as dist
 
         grad = grad.contiguous().clone()
-        dist.all_reduce(grad, group=ctx.group)
-        return grad, None
+        if ctx.backward_sum:
+            dist.all_reduce(grad, group=ctx.group)
+        if ctx.divide != 1:
+            grad = grad / ctx.divide
+        return grad, None, None, None, None
 
 
-def all_reduce_sum(x: torch.Tensor, group=None) -> torch.Tensor:
-    """The sum of every rank's ``x``, with gradient (each rank gets the sum of every rank's
-    gradient of the result)."""
-    return _AllReduceSum.apply(x, group)
+def all_reduce_sum(x: torch.Tensor, group=None, grad: str = "sum") -> torch.Tensor:
+    """The sum of every rank's ``x``, with gradient: each rank gets the sum of every rank's
+    gradient of the result (``grad="sum"``) or its own (``grad="local"``: the ranks' shared
+    value of a loss whose terms' gradients reach their inputs by other collectives)."""
+    if grad not in ("sum", "local"):
+        raise ValueError(f"grad must be 'sum' or 'local', got {grad!r}")
+    return _AllReduceSum.apply(x, group, True, grad == "sum", 1)
+
+
+def replicated(x: torch.Tensor, group=None, average: bool = False) -> torch.Tensor:
+    """``x`` (a parameter every rank holds, a temperature), whose gradient is summed over
+    the ranks (``average``: their mean) in the backward, for a loss each rank computes
+    from its share of the terms but whose value is every rank's."""
+    import torch.distributed as dist
+
+    return _AllReduceSum.apply(x, group, False, True, dist.get_world_size(group)
+                               if average else 1)
 
 
 def mean_share(losses: torch.Tensor, world: int, group=None, total=None) -> torch.Tensor:

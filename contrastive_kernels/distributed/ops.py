@@ -1,8 +1,10 @@
 """The distributed core ops: each rank's queries against the global key set.
 
     lse_i      = log sum_{j in K} exp(scale <q^_i, k^_j> + bias_j)        (lse)
+    col_lse_j  = log sum_{i in Q} exp(scale <q^_i, k^_j> + bias_j)        (two_sided_lse,
+                 with lse_i: CLIP's two directions of one image x text matrix)
     row_loss_i = sum_{j in K} softplus(-z_ij (scale <q^_i, k^_j> + bias))  (pairwise_sigmoid)
-    K = [keys of rank 0; rank 1; ...]
+    K = [keys of rank 0; rank 1; ...], Q = [queries of rank 0; rank 1; ...]
 
 minus the pairs the core op excludes, with ``self_offset`` and the labels referring to
 global positions: this rank's query i pairs with global key ``start + i + self_offset``,
@@ -24,6 +26,13 @@ Two modes:
   O(N_local d) plus one shard in flight, never O(N_global d); the backward costs one more
   forward sweep than the gather's. pairwise_sigmoid's row losses are sums, so its shards
   merge by a plain sum in shard order (weight 1 in the backward).
+
+The two-sided op's column side: every rank's sweep (one two-sided core-op call over its
+queries and the gathered keys, or one per shard on the ring) leaves a partial col_lse of
+every global key over its own queries, M_global scalars; :func:`_columns_over_ranks`
+merges them into each owner's col_lse by one max and one sum all-reduce (differentiable:
+the backward all-reduces the M_global column gradients, each rank then having the weight
+of its partials). M_global scalars, never M_global x d.
 
 Ring and gather agree to rounding, not bitwise: the ring merges W partial sums by a
 logsumexp where the gather's kernel accumulates one online sum over all tiles.
@@ -115,7 +124,60 @@ def lse(q: torch.Tensor, k: torch.Tensor, scale=1.0, *, bias: Optional[torch.Ten
         return core_ops.lse(q, keys, scale, bias=biases, q_labels=q_labels, k_labels=labels,
                        self_offset=offset, **opts)[0]
     return _RingOp.apply(q, k, _scale_tensor(scale, q), None, bias, q_labels, k_labels,
-                         self_offset, _LseShards, opts, counts, group)
+                         self_offset, _LseShards, opts, counts, group)[0]
+
+
+def two_sided_lse(q: torch.Tensor, k: torch.Tensor, scale=1.0, *,
+                  bias: Optional[torch.Tensor] = None, q_labels: Optional[torch.Tensor] = None,
+                  k_labels: Optional[torch.Tensor] = None, self_offset: Optional[int] = None,
+                  normalize: bool = False, eps: float = 1e-12, exclude_positives: bool = False,
+                  mode: str = "gather", group=None, backend: Optional[str] = "auto"):
+    """(row_lse [N_local], col_lse [M_local]): this rank's queries over every rank's keys,
+    and this rank's keys over every rank's queries (module docstring), from one sweep of
+    the N_local x M_global pairs per rank; both differentiable in q, k and a tensor
+    ``scale``. Options as in :func:`contrastive_kernels.ops.two_sided_lse`; the pair
+    (i, j) is excluded where key j is global key start + i + ``self_offset``."""
+    _check_pair(q, k, q_labels, k_labels, mode)
+    table = _signatures("two_sided_lse", q, k, q_labels, bias, self_offset, normalize,
+                        exclude_positives, group)
+    world, rank = _group_info(group)
+    counts = table[:, 0].tolist()
+    opts = dict(normalize=normalize, eps=eps, exclude_positives=exclude_positives,
+                backend=backend)
+    if world == 1:
+        return core_ops.two_sided_lse(q, k, scale, bias=bias, q_labels=q_labels,
+                                      k_labels=k_labels, self_offset=self_offset, **opts)
+    if mode == "gather":
+        keys, labels, biases = _gather_keys(k, k_labels, bias, counts, group)
+        offset = None if self_offset is None else sum(counts[:rank]) + self_offset
+        rows, col_parts = core_ops.two_sided_lse(q, keys, scale, bias=biases,
+                                                 q_labels=q_labels, k_labels=labels,
+                                                 self_offset=offset, **opts)
+    else:
+        rows, col_parts = _RingOp.apply(q, k, _scale_tensor(scale, q), None, bias, q_labels,
+                                        k_labels, self_offset, _TwoSidedShards, opts, counts,
+                                        group)
+    return rows, _columns_over_ranks(col_parts, counts, group)
+
+
+def _columns_over_ranks(col_parts: torch.Tensor, counts, group) -> torch.Tensor:
+    """This rank's keys' col_lse: the logsumexp over the ranks of every rank's partial
+    col_lse [M_global] (over its own queries; -inf where it has none)."""
+    import torch.distributed as dist
+
+    from .class_sums import all_reduce_sum
+
+    world, rank = _group_info(group)
+    start = sum(counts[:rank])
+    own = slice(start, start + counts[rank])
+    shift = col_parts.detach().clone()
+    dist.all_reduce(shift, op=dist.ReduceOp.MAX, group=group)
+    shift = torch.where(torch.isfinite(shift), shift, torch.zeros_like(shift))
+    total = all_reduce_sum(torch.exp(col_parts - shift), group)[own]
+    # a key no query may pair with: -inf and no gradient (not log 0's)
+    seen = total > 0
+    return torch.where(seen, torch.log(torch.where(seen, total, torch.ones_like(total)))
+                       + shift[own], torch.full_like(total, float("-inf")))
 
 
 def _scale_tensor(scale, q):
@@ -152,7 +214,8 @@ def pairwise_sigmoid(q: torch.Tensor, k: torch.Tensor, scale=1.0, bias=None, *,
                                          self_offset=offset, **opts)
     fixed = None if bias is None or per_key else _scale_tensor(bias, q)
     return _RingOp.apply(q, k, _scale_tensor(scale, q), fixed, bias if per_key else None,
-                         q_labels, k_labels, self_offset, _SigmoidShards, opts, counts, group)
+                         q_labels, k_labels, self_offset, _SigmoidShards, opts, counts,
+                         group)[0]
 
 
 # --------------------------------------------------------------------------- gather
@@ -207,6 +270,11 @@ class _Ring:
 
         return r if self.group is None else dist.get_global_rank(self.group, r)
 
+    def keys_of(self, step: int) -> slice:
+        """The global key positions of the shard of ``step``."""
+        owner = self.owner(step)
+        return slice(self.starts[owner], self.starts[owner] + self.counts[owner])
+
     def offset(self, self_offset, step: int):
         """The core op's self_offset against the shard of ``step``."""
         if self_offset is None:
@@ -222,12 +290,13 @@ def _wait(reqs) -> None:
 class _LseShards:
     """lse_i = logsumexp over the shards of their partial lse; d lse_i / d part_i =
     exp(part_i - lse_i), 0 where the shard holds none of the row's keys (part = -inf),
-    also when the row has no key at all."""
+    also when the row has no key at all. ``part`` gives (row partial, column partial or
+    None)."""
 
     @staticmethod
     def part(q, keys, scale, bias, q_labels, labels, self_offset, opts):
         return core_ops.lse(q, keys, scale, bias=bias, q_labels=q_labels, k_labels=labels,
-                            self_offset=self_offset, **opts)[0]
+                            self_offset=self_offset, **opts)[0], None
 
     @staticmethod
     def merge(parts):
@@ -238,6 +307,16 @@ class _LseShards:
         return torch.where(part == float("-inf"), torch.zeros_like(part), torch.exp(part - out))
 
 
+class _TwoSidedShards(_LseShards):
+    """The rows as :class:`_LseShards`; each shard's column partial (over this rank's
+    queries) is kept in its keys' global slots for :func:`_columns_over_ranks`."""
+
+    @staticmethod
+    def part(q, keys, scale, bias, q_labels, labels, self_offset, opts):
+        return core_ops.two_sided_lse(q, keys, scale, bias=bias, q_labels=q_labels,
+                                      k_labels=labels, self_offset=self_offset, **opts)
+
+
 class _SigmoidShards:
     """row_loss_i = the sum over the shards of their partial sums (in shard order); each
     partial's weight in the backward is 1."""
@@ -245,7 +324,8 @@ class _SigmoidShards:
     @staticmethod
     def part(q, keys, scale, bias, q_labels, labels, self_offset, opts):
         return core_ops.pairwise_sigmoid(q, keys, scale, bias, q_labels=q_labels,
-                                         k_labels=labels, self_offset=self_offset, **opts)
+                                         k_labels=labels, self_offset=self_offset,
+                                         **opts), None
 
     @staticmethod
     def merge(parts):
@@ -257,33 +337,37 @@ class _SigmoidShards:
 
 
 class _RingOp(torch.autograd.Function):
-    """One core op's row statistic over the ring's shards (module docstring). ``bias`` is
-    replicated (None or 0-dim: stays, its gradient summed here like the scale's) and
-    ``key_bias`` per key (travels with the shard, its gradient home with dk)."""
+    """One core op's row statistic over the ring's shards (module docstring), and its
+    column partials in global key order ([M_global]; empty for the ops without columns).
+    ``bias`` is replicated (None or 0-dim: stays, its gradient summed here like the
+    scale's) and ``key_bias`` per key (travels with the shard, its gradient home with dk)."""
 
     @staticmethod
     def forward(ctx, q, k, scale, bias, key_bias, q_labels, k_labels, self_offset, reduction,
                 opts, counts, group):
         ring = _Ring(counts, group)
-        parts = [None] * ring.world
+        parts, col_parts = [None] * ring.world, [None] * ring.world
         shard = (k.detach(), k_labels, None if key_bias is None else key_bias.detach())
         fixed = None if bias is None else bias.detach()
         for step in range(ring.world):
             last = step == ring.world - 1
             nxt, reqs = (None, []) if last else ring.post(shard, step)
             keys, labels, kb = shard
-            parts[ring.owner(step)] = reduction.part(
+            owner = ring.owner(step)
+            parts[owner], col_parts[owner] = reduction.part(
                 q.detach(), keys, scale.detach(), kb if kb is not None else fixed, q_labels,
                 labels, ring.offset(self_offset, step), opts)
+            del keys, labels, kb
             _wait(reqs)
             shard = nxt if not last else shard
         out = reduction.merge(parts)
+        cols = out.new_empty(0) if col_parts[0] is None else torch.cat(col_parts)
         ctx.save_for_backward(q, k, scale, out)
         ctx.rest = (bias, key_bias, q_labels, k_labels, self_offset, reduction, opts, ring)
-        return out
+        return out, cols
 
     @staticmethod
-    def backward(ctx, grad):
+    def backward(ctx, grad, grad_cols):
         q, k, scale, out = ctx.saved_tensors
         bias, key_bias, q_labels, k_labels, self_offset, reduction, opts, ring = ctx.rest
         need_q, need_k, need_s, need_b, need_kb = ctx.needs_input_grad[:5]
@@ -304,21 +388,25 @@ class _RingOp(torch.autograd.Function):
                 sd = scale.detach().requires_grad_(need_s)
                 bd = None if bias is None else bias.detach().requires_grad_(need_b)
                 kbd = None if kb is None else kb.detach().requires_grad_(need_kb)
-                part = reduction.part(qd, kd, sd, kbd if kbd is not None else bd, q_labels,
-                                      labels, ring.offset(self_offset, step), opts)
+                part, col_part = reduction.part(qd, kd, sd, kbd if kbd is not None else bd,
+                                                q_labels, labels,
+                                                ring.offset(self_offset, step), opts)
+                outs, seeds = [part], [grad * reduction.weight(part, out)]
+                if col_part is not None:  # its keys' column gradient, from the merge
+                    outs.append(col_part)
+                    seeds.append(grad_cols[ring.keys_of(step)])
                 wrt = [(name, x) for name, x, need in (("q", qd, need_q), ("k", kd, True),
                                                        ("s", sd, need_s), ("b", bd, need_b),
                                                        ("kb", kbd, need_kb)) if need]
                 got = dict(zip([n for n, _ in wrt], torch.autograd.grad(
-                    part, [x for _, x in wrt], grad * reduction.weight(part, out),
-                    allow_unused=True)))
+                    outs, [x for _, x in wrt], seeds, allow_unused=True)))
             for acc, name in ((dq, "q"), (ds, "s"), (db, "b")) + tuple(
                     zip(home, ("k", "kb"))):
                 if acc is not None and got.get(name) is not None:
                     acc += got[name]
             # the shard's temporaries go before the next shard's are made: per-rank memory
             # stays a few [N_local, d] buffers
-            del got, part, qd, kd, sd, bd, kbd
+            del got, part, col_part, outs, seeds, qd, kd, sd, bd, kbd
             _wait(reqs)
             # this shard's gradients so far follow it right (the last hop takes them home);
             # the left neighbour's, of the next shard, come in

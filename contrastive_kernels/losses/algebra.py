@@ -220,12 +220,32 @@ def check_gather_available(gather_distributed: bool, distributed_mode: str = "ga
                          f"{distributed_mode!r}")
 
 
+def check_process_group(rank: int, world_size: int) -> None:
+    """open_clip's explicit ``rank`` / ``world_size`` are the default process group's."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        raise RuntimeError(f"world_size = {world_size} needs an initialized torch.distributed "
+                           "process group (torch.distributed.init_process_group)")
+    got = distributed.world()
+    if (world_size, rank) != got:
+        raise ValueError(f"rank / world_size must be the process group's: got rank {rank} of "
+                         f"world_size {world_size}, the process group has rank {got[1]} of "
+                         f"{got[0]}")
+
+
 def lse_over_ranks(q, k, scale, world: int, mode: str, **kw):
     """The lse of q over k (the core op) or, when world > 1, over every rank's k
     (:func:`contrastive_kernels.distributed.lse` in ``mode``)."""
     if world > 1:
         return distributed.lse(q, k, scale, mode=mode, **kw)
     return ops.lse(q, k, scale, **kw)[0]
+
+
+def two_sided_over_ranks(q, k, scale, world: int, mode: str, **kw):
+    """(row_lse, col_lse) of the two-sided core op or, when world > 1, of q over every
+    rank's k and of k over every rank's q (:func:`contrastive_kernels.distributed.two_sided_lse`)."""
+    if world > 1:
+        return distributed.two_sided_lse(q, k, scale, mode=mode, **kw)
+    return ops.two_sided_lse(q, k, scale, **kw)
 
 
 def mean_over_ranks(losses: torch.Tensor, world: int, total=None) -> torch.Tensor:

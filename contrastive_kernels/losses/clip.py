@@ -14,23 +14,35 @@ from torch import nn
 
 from .. import distributed, ops
 from ..core.layout import keep_input_layout
-from .algebra import (check_gather_available, check_matrix, check_real_scalar, check_positive,
-                      check_same, lse_over_ranks, mean_over_ranks, reduce, result_dtype,
-                      rowdot, unit_rows)
+from .algebra import (check_gather_available, check_matrix, check_positive,
+                      check_process_group, check_real_scalar, check_same, lse_over_ranks,
+                      mean_over_ranks, reduce, result_dtype, rowdot, two_sided_over_ranks,
+                      unit_rows)
 
 
 @keep_input_layout("image_features", "text_features", "logit_scale", "logit_bias")
 def clip_loss(image_features: torch.Tensor, text_features: torch.Tensor, logit_scale,
               logit_bias=None, *, local_loss: bool = False, gather_with_grad: bool = False,
-              rank: int = 0, world_size: int = 1, backend: Optional[str] = "auto"):
+              rank: int = 0, world_size: int = 1, distributed_mode: str = "gather",
+              backend: Optional[str] = "auto"):
     """CLIP's symmetric InfoNCE, open_clip ``ClipLoss`` semantics.
 
     logits = logit_scale * image @ text.T (+ logit_bias, a scalar); cross-entropy with the
     diagonal as targets, both directions, averaged. ``logit_scale`` may be a tensor with a
     gradient (pass the already exponentiated scale, as open_clip does). Features are used
-    as given (open_clip's model normalizes them). With world_size > 1 the features of every
-    rank are gathered (torch.distributed); ``local_loss`` keeps only the local rows as
-    queries, against all gathered keys.
+    as given (open_clip's model normalizes them).
+
+    world_size > 1 (torch.distributed; ``rank`` / ``world_size`` must be the process
+    group's): each rank's pairs against every rank's by :func:`distributed.two_sided_lse`
+    (``distributed_mode`` "gather" or "ring"), N_local x N_global work per rank, with
+    open_clip's values and gradients on every rank: ``local_loss`` gives the mean over the
+    local pairs, otherwise every rank gets the global batch's loss; ``gather_with_grad``
+    lets every rank's loss reach every rank's features (without it, as open_clip, a rank's
+    features get the gradient of its own loss only, and with ``local_loss`` only as
+    queries). Local batch sizes may differ. A tensor ``logit_scale``'s gradient summed
+    over the ranks (what DDP averages) is open_clip's; with ``local_loss`` and
+    ``gather_with_grad`` its split between the ranks differs (a rank's column lse reads
+    every rank's partial sums, whose scale gradient stays where they were computed).
     """
     check_matrix("image_features", image_features)
     check_matrix("text_features", text_features, dim=image_features.shape[1])
@@ -46,35 +58,51 @@ def clip_loss(image_features: torch.Tensor, text_features: torch.Tensor, logit_s
     check_real_scalar("logit_scale", logit_scale, image_features.device)
     if logit_bias is not None:
         check_real_scalar("logit_bias", logit_bias, image_features.device)
+    check_gather_available(world_size > 1, distributed_mode)
+    if world_size > 1:
+        check_process_group(rank, world_size)
     acc = ops.accumulate_dtype(image_features.dtype)
     scale = logit_scale.reshape(()).to(acc) if isinstance(logit_scale, torch.Tensor) else logit_scale
-
-    if world_size > 1:
-        all_img, all_txt = distributed.gather(image_features, text_features,
-                                              with_grad=gather_with_grad,
-                                              keep_local=not local_loss)
-        if local_loss:
-            q_img, q_txt, offset = image_features, text_features, rank * image_features.shape[0]
-        else:
-            q_img, q_txt, offset = all_img, all_txt, 0
-    else:
-        all_img, all_txt, q_img, q_txt, offset = (image_features, text_features, image_features,
-                                                  text_features, 0)
-
-    if q_img is all_img:  # one matrix, both directions: one sweep
-        lse_i, lse_t = ops.two_sided_lse(all_img, all_txt, scale, backend=backend)
-    else:  # local queries against gathered keys: two different matrices
-        lse_i, _ = ops.lse(q_img, all_txt, scale, backend=backend)
-        lse_t, _ = ops.lse(q_txt, all_img, scale, backend=backend)
-    n_q = q_img.shape[0]
-    pos_i = scale * rowdot(q_img.to(acc), all_txt[offset:offset + n_q].to(acc))
-    pos_t = scale * rowdot(q_txt.to(acc), all_img[offset:offset + n_q].to(acc))
+    bias = None
     if logit_bias is not None:
         bias = logit_bias.reshape(()).to(acc) if isinstance(logit_bias, torch.Tensor) else logit_bias
-        # a constant shift of every logit: it cancels, but keeps open_clip's graph (grad 0)
-        lse_i, lse_t, pos_i, pos_t = lse_i + bias, lse_t + bias, pos_i + bias, pos_t + bias
-    loss = ((lse_i - pos_i).mean() + (lse_t - pos_t).mean()) / 2
+
+    def terms(scale):  # (lse_i - s_ii) + (lse_t - s_ii) of the local pairs
+        image, text = image_features.to(acc), text_features.to(acc)
+        if world_size <= 1 or gather_with_grad or not local_loss:
+            lse_i, lse_t = two_sided_over_ranks(image_features, text_features, scale,
+                                                world_size, distributed_mode, backend=backend)
+            pos_i = pos_t = scale * rowdot(image, text)
+        else:  # open_clip's local loss without gather_with_grad: every key a constant
+            lse_i = distributed.lse(image_features, text_features.detach(), scale,
+                                    mode=distributed_mode, backend=backend)
+            lse_t = distributed.lse(text_features, image_features.detach(), scale,
+                                    mode=distributed_mode, backend=backend)
+            pos_i, pos_t = scale * rowdot(image, text.detach()), scale * rowdot(text, image.detach())
+        if bias is not None:
+            # a constant shift of every logit: it cancels, but keeps open_clip's graph (grad 0)
+            lse_i, lse_t, pos_i, pos_t = lse_i + bias, lse_t + bias, pos_i + bias, pos_t + bias
+        return (lse_i - pos_i) + (lse_t - pos_t)
+
+    if world_size <= 1 or local_loss:
+        loss = terms(scale).mean() / 2
+    else:
+        loss = _global_loss_on_every_rank(terms, scale, image_features, gather_with_grad)
     return loss.to(result_dtype(image_features))
+
+
+def _global_loss_on_every_rank(terms, scale, image_features, with_grad):
+    """open_clip's loss of the whole batch on every rank, from each rank's share: the sum
+    of the ranks' local terms / (2 N_global). With its gradient reaching every rank's
+    features (``with_grad``: world_size x the global loss's, open_clip's all-gather
+    backward) or this rank's only (the global loss's), and the scale's that of the global
+    loss on every rank."""
+    n_global = sum(distributed.row_counts(image_features.shape[0], image_features.device))
+    if not isinstance(scale, torch.Tensor):
+        share = terms(scale).sum() / (2 * n_global)
+    else:  # each rank's share gives the scale a share of its gradient: summed over ranks
+        share = terms(distributed.replicated(scale, average=with_grad)).sum() / (2 * n_global)
+    return distributed.all_reduce_sum(share, grad="sum" if with_grad else "local")
 
 
 @keep_input_layout("query", "positive_key", "negative_keys")
@@ -124,11 +152,9 @@ def info_nce(query: torch.Tensor, positive_key: torch.Tensor,
             raise ValueError("symmetric=True is defined for in-batch negatives only "
                              "(negative_keys=None)")
         loss = torch.logaddexp(pos, lse_of(query, negative_keys)) - pos
-    elif symmetric and world > 1:  # each direction over the other side's global rows
-        loss = ((lse_of(query, positive_key) - pos) + (lse_of(positive_key, query) - pos)) / 2
     elif symmetric:  # query -> key along rows, key -> query along columns: one sweep
-        lse_q, lse_k = ops.two_sided_lse(query, positive_key, lam, normalize=normalize, eps=eps,
-                                         backend=backend)
+        lse_q, lse_k = two_sided_over_ranks(query, positive_key, lam, world, distributed_mode,
+                                            normalize=normalize, eps=eps, backend=backend)
         loss = ((lse_q - pos) + (lse_k - pos)) / 2
     else:
         loss = lse_of(query, positive_key) - pos
@@ -142,17 +168,21 @@ class ClipLoss(nn.Module):
     """Drop-in for open_clip's ``ClipLoss`` (symmetric InfoNCE over image-text pairs).
 
     ``forward(image_features, text_features, logit_scale, logit_bias=None, output_dict=False)``;
-    logit_scale (already exponentiated) may carry a gradient. world_size > 1 gathers the
-    features over torch.distributed (``local_loss``, ``gather_with_grad`` as open_clip);
-    Horovod is not supported.
+    logit_scale (already exponentiated) may carry a gradient. world_size > 1 contrasts
+    every rank's pairs over torch.distributed (``local_loss``, ``gather_with_grad`` as
+    open_clip; ``distributed_mode`` "gather" or "ring": :func:`clip_loss`); Horovod is not
+    supported.
     """
 
     def __init__(self, local_loss: bool = False, gather_with_grad: bool = False,
                  cache_labels: bool = False, rank: int = 0, world_size: int = 1,
-                 use_horovod: bool = False, *, backend: Optional[str] = "auto"):
+                 use_horovod: bool = False, *, distributed_mode: str = "gather",
+                 backend: Optional[str] = "auto"):
         super().__init__()
         if use_horovod:
             raise NotImplementedError("use_horovod=True is not supported; use torch.distributed")
+        check_gather_available(False, distributed_mode)
+        self.distributed_mode = distributed_mode
         self.local_loss = local_loss
         self.gather_with_grad = gather_with_grad
         self.cache_labels = cache_labels  # labels are implicit (the diagonal): nothing to cache
@@ -166,7 +196,7 @@ class ClipLoss(nn.Module):
         loss = clip_loss(
             image_features, text_features, logit_scale, logit_bias, local_loss=self.local_loss,
             gather_with_grad=self.gather_with_grad, rank=self.rank, world_size=self.world_size,
-            backend=self.backend)
+            distributed_mode=self.distributed_mode, backend=self.backend)
         return {"contrastive_loss": loss} if output_dict else loss
 
 

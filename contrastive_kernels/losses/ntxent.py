@@ -123,10 +123,8 @@ class MemoryBank(ResizableBuffers):
                              f"of d = {output.shape[1]}; the feature size must not change")
         bank = self.bank.clone().detach()
         if update:
-            rows = output
-            if gather and distributed.world()[0] > 1:
-                (rows,) = distributed.gather(output.detach(), with_grad=False)
-            self._dequeue_and_enqueue(rows)
+            self._dequeue_and_enqueue(distributed.concat_all_gather(output) if gather
+                                      else output)
         return output, bank
 
 

@@ -14,11 +14,11 @@ from typing import Optional
 
 import torch
 
-from .. import ops
+from .. import distributed, ops
 from ..core.layout import keep_input_layout
-from .algebra import (LOG_1E_12, check_in_range, check_labels, check_on, check_positive,
-                      gather_rows, label_segments, logaddexp_safe, result_dtype, rowdot,
-                      segment_sums)
+from .algebra import (LOG_1E_12, check_gather_available, check_in_range, check_labels,
+                      check_on, check_positive, gather_rows, label_segments, logaddexp_safe,
+                      mean_over_ranks, result_dtype, rowdot, segment_sums)
 from .spec import Accuracy, LossCase, LossSpec, randn, unit
 from .state import ResizableBuffers
 
@@ -36,7 +36,7 @@ def class_prior(cls_num_list, num_classes: int, device=None) -> torch.Tensor:
 
 def _parametric_contrastive(features, labels, sup_logits, n_anchors, *, alpha, beta, gamma,
                             supt, temperature, base_temperature, num_classes, prior, smooth,
-                            backend):
+                            queue_rows, gather_distributed, distributed_mode, backend):
     """PaCo / GPaCo: anchors features[:n_anchors] against every row of features (self
     excluded, sample keys weighted by gamma) and the class-center logits of sup_logits.
 
@@ -86,6 +86,9 @@ def _parametric_contrastive(features, labels, sup_logits, n_anchors, *, alpha, b
     if base_temperature is None:
         base_temperature = temperature
     check_positive("base_temperature", base_temperature)
+    check_gather_available(gather_distributed, distributed_mode)
+    world = distributed.world()[0] if gather_distributed else 1
+    n_batch = n - queue_rows  # [q; k] of this rank; the queue after them
     if prior is not None and (not isinstance(prior, torch.Tensor) or prior.shape != (num_classes,)):
         raise ValueError(f"class_prior must have num_classes = {num_classes} entries, got "
                          f"{tuple(prior.shape) if isinstance(prior, torch.Tensor) else prior!r}")
@@ -108,7 +111,7 @@ def _parametric_contrastive(features, labels, sup_logits, n_anchors, *, alpha, b
 
     log_den = lse_c
     if gamma > 0:
-        lse_s, _ = ops.lse(anchors, features, lam, self_offset=0, backend=backend)
+        lse_s = _sample_lse(anchors, features, n_batch, lam, world, distributed_mode, backend)
         log_den = logaddexp_safe(lse_c, lse_s + math.log(gamma))
     # The original subtracts m_i = max over the whole row (centers, every sample logit,
     # self included) before its "+ 1e-12". We use max(center logits, self logit): exact for
@@ -119,8 +122,16 @@ def _parametric_contrastive(features, labels, sup_logits, n_anchors, *, alpha, b
     log_den = torch.logaddexp(log_den, m + LOG_1E_12)
 
     # same-label sample keys (self excluded): segment sums over q, k and queue jointly
-    seg = label_segments(labels)
-    class_sums, class_sizes = segment_sums(seg, k_hat, n)
+    if world > 1:  # every rank's [q; k] summed over the ranks, the (shared) queue once
+        seg, n_classes = distributed.global_segments(labels)
+        class_sums, class_sizes = (distributed.all_reduce_sum(x) for x in segment_sums(
+            seg[:n_batch], k_hat[:n_batch], n_classes))
+        if queue_rows:
+            queue_sums, queue_sizes = segment_sums(seg[n_batch:], k_hat[n_batch:], n_classes)
+            class_sums, class_sizes = class_sums + queue_sums, class_sizes + queue_sizes
+    else:
+        seg = label_segments(labels)
+        class_sums, class_sizes = segment_sums(seg, k_hat, n)
     anchor_seg = seg[:n_anchors]
     pos_logit_sum = lam * rowdot(q_hat, gather_rows(class_sums, anchor_seg)) - self_logit
     pos_count = class_sizes[anchor_seg] - 1.0
@@ -143,14 +154,27 @@ def _parametric_contrastive(features, labels, sup_logits, n_anchors, *, alpha, b
     weight = beta * center_mass + alpha * pos_count
     mean_log_prob_pos = numerator / weight
     loss = -(temperature / base_temperature) * mean_log_prob_pos
-    return loss.mean().to(result_dtype(features))
+    return mean_over_ranks(loss, world).to(result_dtype(features))
+
+
+def _sample_lse(anchors, features, n_batch, lam, world, mode, backend):
+    """The lse of each anchor over every row of features but itself: distributed, over
+    every rank's [q; k] and this rank's queue (the same on every rank: counted once)."""
+    if world == 1:
+        return ops.lse(anchors, features, lam, self_offset=0, backend=backend)[0]
+    lse = distributed.lse(anchors, features[:n_batch], lam, self_offset=0, mode=mode,
+                          backend=backend)
+    if n_batch < features.shape[0]:
+        lse = logaddexp_safe(lse, ops.lse(anchors, features[n_batch:], lam, backend=backend)[0])
+    return lse
 
 
 @keep_input_layout("features", "sup_logits")
 def paco_loss(features: torch.Tensor, labels: torch.Tensor, sup_logits: torch.Tensor,
               class_prior: torch.Tensor, *, alpha: float, beta: float = 1.0, gamma: float = 1.0,
               supt: float = 1.0, temperature: float = 1.0, base_temperature: Optional[float] = None,
-              K: int = 128, num_classes: Optional[int] = None, backend: Optional[str] = "auto"):
+              K: int = 128, num_classes: Optional[int] = None, gather_distributed: bool = False,
+              distributed_mode: str = "gather", backend: Optional[str] = "auto"):
     """Parametric contrastive loss (Cui et al., 2021), PaCo ``LT/losses.py`` semantics.
 
     features [N, d] = [q; k; queue] (as PaCo's ``moco/builder.py`` returns them), labels [N],
@@ -159,6 +183,14 @@ def paco_loss(features: torch.Tensor, labels: torch.Tensor, sup_logits: torch.Te
     the C class centers with logits (sup_logits + log(prior + 1e-9)) / supt; positives = its
     true center (weight beta) and every same-label row (weight alpha); loss =
     -(T / base_T) * weighted mean log-prob, averaged over anchors.
+
+    ``gather_distributed`` (torch.distributed): each rank passes its own [q; k; queue], the
+    queue the same on every rank (PaCo's builder enqueues every rank's keys:
+    :func:`contrastive_kernels.distributed.concat_all_gather`); its anchors are contrasted
+    with every rank's q and k (``distributed_mode`` "gather" or "ring") and the queue once,
+    the same-label rows counted by class sums all-reduced across ranks. Each rank's loss
+    is its share of the global mean: the ranks' mean is the loss of one process over
+    [every rank's q; every rank's k; queue], and DDP's gradient average its gradient.
     """
     if class_prior is None:
         raise ValueError("class_prior is required for PaCo (call cal_weight_for_classes)")
@@ -166,7 +198,9 @@ def paco_loss(features: torch.Tensor, labels: torch.Tensor, sup_logits: torch.Te
     return _parametric_contrastive(
         features, labels, sup_logits, (n - K) // 2, alpha=alpha, beta=beta, gamma=gamma,
         supt=supt, temperature=temperature, base_temperature=base_temperature,
-        num_classes=num_classes, prior=class_prior, smooth=0.0, backend=backend)
+        num_classes=num_classes, prior=class_prior, smooth=0.0, queue_rows=K,
+        gather_distributed=gather_distributed, distributed_mode=distributed_mode,
+        backend=backend)
 
 
 @keep_input_layout("features", "sup_logits")
@@ -175,12 +209,14 @@ def gpaco_loss(features: torch.Tensor, labels: torch.Tensor, sup_logits: torch.T
                gamma: float = 1.0, supt: float = 1.0, temperature: float = 1.0,
                base_temperature: Optional[float] = None, K: int = 8192,
                num_classes: Optional[int] = None, smooth: float = 0.0,
+               gather_distributed: bool = False, distributed_mode: str = "gather",
                backend: Optional[str] = "auto"):
     """Generalized PaCo (Cui et al., 2023), GPaCo ``LT/losses.py`` semantics.
 
     As :func:`paco_loss` but the anchors are the first N - K rows (q and k both), the
     prior enters only when given, and ``smooth`` spreads the center target:
-    (1 - smooth) on the true class, smooth / (C - 1) on the others.
+    (1 - smooth) on the true class, smooth / (C - 1) on the others;
+    ``gather_distributed`` as in :func:`paco_loss`.
     """
     n = features.shape[0] if isinstance(features, torch.Tensor) else 0
     if not 0 <= smooth < 1:
@@ -188,7 +224,8 @@ def gpaco_loss(features: torch.Tensor, labels: torch.Tensor, sup_logits: torch.T
     return _parametric_contrastive(
         features, labels, sup_logits, n - K, alpha=alpha, beta=beta, gamma=gamma, supt=supt,
         temperature=temperature, base_temperature=base_temperature, num_classes=num_classes,
-        prior=class_prior, smooth=smooth, backend=backend)
+        prior=class_prior, smooth=smooth, queue_rows=K, gather_distributed=gather_distributed,
+        distributed_mode=distributed_mode, backend=backend)
 
 
 class PaCoLoss(ResizableBuffers):
@@ -206,8 +243,12 @@ class PaCoLoss(ResizableBuffers):
 
     def __init__(self, alpha, beta=1.0, gamma=1.0, supt=1.0, temperature=1.0,
                  base_temperature=None, K=128, num_classes=1000, *,
+                 gather_distributed: bool = False, distributed_mode: str = "gather",
                  backend: Optional[str] = "auto"):
         super().__init__()
+        check_gather_available(gather_distributed, distributed_mode)
+        self.gather_distributed = gather_distributed
+        self.distributed_mode = distributed_mode
         self.temperature = temperature
         self.base_temperature = temperature if base_temperature is None else base_temperature
         self.K = K
@@ -236,7 +277,11 @@ class PaCoLoss(ResizableBuffers):
             features, labels, sup_logits, self._prior(), alpha=self.alpha, beta=self.beta,
             gamma=self.gamma, supt=self.supt, temperature=self.temperature,
             base_temperature=self.base_temperature, K=self.K, num_classes=self.num_classes,
-            backend=self.backend)
+            **self._distributed())
+
+    def _distributed(self) -> dict:
+        return dict(gather_distributed=self.gather_distributed,
+                    distributed_mode=self.distributed_mode, backend=self.backend)
 
     def extra_repr(self) -> str:
         return (f"alpha={self.alpha}, beta={self.beta}, gamma={self.gamma}, supt={self.supt}, "
@@ -253,9 +298,11 @@ class GPaCoLoss(PaCoLoss):
 
     def __init__(self, alpha, beta=1.0, gamma=1.0, supt=1.0, temperature=1.0,
                  base_temperature=None, K=8192, num_classes=1000, smooth=0.0, *,
+                 gather_distributed: bool = False, distributed_mode: str = "gather",
                  backend: Optional[str] = "auto"):
         super().__init__(alpha, beta, gamma, supt, temperature, base_temperature, K,
-                         num_classes, backend=backend)
+                         num_classes, gather_distributed=gather_distributed,
+                         distributed_mode=distributed_mode, backend=backend)
         self.smooth = smooth
 
     def forward(self, features, labels=None, sup_logits=None):
@@ -263,7 +310,7 @@ class GPaCoLoss(PaCoLoss):
             features, labels, sup_logits, self._prior(required=False), alpha=self.alpha,
             beta=self.beta, gamma=self.gamma, supt=self.supt, temperature=self.temperature,
             base_temperature=self.base_temperature, K=self.K, num_classes=self.num_classes,
-            smooth=self.smooth, backend=self.backend)
+            smooth=self.smooth, **self._distributed())
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", smooth={self.smooth}"

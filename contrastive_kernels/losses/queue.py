@@ -1,5 +1,6 @@
 """Queue-based losses: MoCo (facebookresearch/moco), CLSA (maple-research-lab/CLSA) and
 BINGO (haohang96/bingo): the queue is the core op's key set, the own key a row-level term.
+:class:`KeyQueue` is their builders' queue (every rank's keys enqueued, no gradient).
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from .. import ops
+from .. import distributed, ops
 from ..core.layout import keep_input_layout
 from .algebra import (check_matrix, check_on, check_pair, check_positive, check_same,
                       logaddexp_safe, lse_union, reduce, result_dtype, rowdot)
@@ -194,6 +195,44 @@ class BingoLoss(nn.Module):
                                      self.temperature, backend=self.backend)
 
 
+class KeyQueue(nn.Module):
+    """The queue of MoCo's, CLSA's, BINGO's and PaCo's builders: ``size`` rows of d, drawn
+    as MoCo draws it (randn, unit rows), refreshed first in, first out.
+
+    :meth:`enqueue` stores every rank's keys (torch.distributed, without gradient: the
+    builders' ``concat_all_gather`` is :func:`contrastive_kernels.distributed.concat_all_gather`,
+    uneven batches too), so that the queue is the same on every rank; outside
+    torch.distributed, this process's keys. Batches need not divide ``size`` (MoCo asserts
+    they do): the write wraps around. ``queue`` and its pointer are buffers (saved in
+    ``state_dict()``); :meth:`forward` returns the queue as the losses take it, [size, d]
+    rows, detached.
+    """
+
+    def __init__(self, dim: int, size: int = 65536):
+        super().__init__()
+        if dim < 1 or size < 1:
+            raise ValueError(f"dim and size must be >= 1, got dim={dim}, size={size}")
+        self.register_buffer("queue", nn.functional.normalize(torch.randn(size, dim), dim=1))
+        self.register_buffer("ptr", torch.zeros(1, dtype=torch.long))
+
+    def forward(self) -> torch.Tensor:
+        return self.queue.detach()
+
+    @torch.no_grad()
+    def enqueue(self, keys: torch.Tensor, gather: bool = True) -> None:
+        """Store ``keys`` [B, d] (every rank's when ``gather`` and distributed) after the
+        newest rows, replacing the oldest."""
+        check_matrix("keys", keys, dim=self.queue.shape[1])
+        rows = distributed.concat_all_gather(keys) if gather else keys.detach()
+        size = self.queue.shape[0]
+        rows = rows[-size:].to(self.queue.dtype)  # a batch larger than the queue: its newest
+        ptr = int(self.ptr)  # one host sync per step, as MoCo's int(self.queue_ptr)
+        first = min(rows.shape[0], size - ptr)
+        self.queue[ptr:ptr + first] = rows[:first]
+        self.queue[:rows.shape[0] - first] = rows[first:]
+        self.ptr[0] = (ptr + rows.shape[0]) % size
+
+
 # --------------------------------------------------------------------------- registry
 
 
@@ -226,6 +265,7 @@ def _bingo_case(id, lam):
 SPECS = (
     LossSpec(
         name="MoCo", family="MoCo", module=MoCoLoss, functional=(moco_loss,),
+        helpers=(KeyQueue,),
         source="facebookresearch/moco `moco/builder.py` (`[l_pos, l_neg]`, CE)",
         cases=(_moco_case("moco", in_batch=False), _moco_case("moco_in_batch", in_batch=True)),
         accuracy=(Accuracy(

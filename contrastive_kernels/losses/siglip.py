@@ -2,17 +2,17 @@
 
 Every image-text pair is a binary problem: loss = -sum_ij log sigmoid(z_ij s_ij) / B with
 s = logit_scale * image @ text.T + logit_bias and z = +1 on the pairs (the diagonal, or
-equal group ids), -1 elsewhere, B the local batch. One call of ``ops.pairwise_sigmoid`` per
-block of texts; across ranks the texts travel as open_clip's ``dist_impl`` does, each
-remote block a negative-only call (or, with group ids, one that compares the ids, so a
-positive held by another rank is never counted as a negative):
+equal group ids), -1 elsewhere, B the local batch. One call of ``ops.pairwise_sigmoid``;
+across ranks, of :func:`contrastive_kernels.distributed.pairwise_sigmoid`: each rank's
+images against every rank's texts, the diagonal by global position (or the group ids
+compared across ranks, so a positive held by another rank is never counted as a
+negative). open_clip's ``dist_impl`` names choose its mode:
 
-- ``gather``: every rank's texts gathered with gradient (a reduce-scatter returns dtext),
-  then one call over all of them (the local block's diagonal at offset rank * B);
-- ``reduce``: each rank's texts broadcast in turn, gradient reduced back to the owner;
-- ``shift``: W - 1 steps around the ring; ``bidir``: both directions at once, half the steps.
-
-The last three hold one remote block at a time: per-rank memory O(B d).
+- ``gather``: every rank's texts gathered with gradient (a reduce-scatter returns dtext);
+- ``shift``, ``bidir``, ``reduce``: the ring (the text shards travel rank to rank, each
+  shard's transfer overlapped with the previous one's tiles, dtext travelling home with
+  them): per-rank memory O(B d). open_clip's three differ in how the blocks move (one
+  direction, both directions in half the steps, broadcasts); the ring's result is the same.
 """
 
 from __future__ import annotations
@@ -24,22 +24,16 @@ from torch import nn
 
 from .. import distributed, ops
 from ..core.layout import keep_input_layout
-from .algebra import check_labels, check_matrix, check_real_scalar, check_same, result_dtype
+from .algebra import (check_labels, check_matrix, check_process_group, check_real_scalar,
+                      check_same, mean_over_ranks, result_dtype)
 
 DIST_IMPLS = ("bidir", "shift", "reduce", "gather")
+MODE_OF = {"gather": "gather", "shift": "ring", "bidir": "ring", "reduce": "ring"}
 
 
 def _scalar(value, acc):
     """A checked scalar (check_real_scalar) as the op takes it: 0-dim in ``acc``."""
     return value.reshape(()).to(acc) if isinstance(value, torch.Tensor) else value
-
-
-def _block(image, text, scale, bias, labels, text_labels, self_offset, backend):
-    """sum_i row_loss_i of one image x text block."""
-    row_loss = ops.pairwise_sigmoid(image, text, scale, bias, q_labels=labels,
-                                    k_labels=text_labels, self_offset=self_offset,
-                                    backend=backend)
-    return row_loss.sum()
 
 
 @keep_input_layout("image_features", "text_features", "logit_scale", "logit_bias")
@@ -53,9 +47,12 @@ def siglip_loss(image_features: torch.Tensor, text_features: torch.Tensor, logit
     open_clip's model does; both may be tensors with a gradient); the loss is
     ``-logsigmoid(z * logits).sum() / B``. ``labels`` (group ids [B], integer) make the
     multi-positive form: image i and text j are a positive pair when their ids are equal
-    (``text_labels``, default ``labels``: the texts' own ids). With world_size > 1 the texts
-    of every rank enter this rank's loss through ``dist_impl`` (torch.distributed), with
-    their ids; DDP's mean over ranks is then the loss of one process over the whole batch.
+    (``text_labels``, default ``labels``: the texts' own ids). With world_size > 1 (the
+    process group's ``rank`` / ``world_size``) the texts of every rank enter this rank's
+    loss (``dist_impl``: module docstring), with their ids; each rank's loss is its rows'
+    sum times world_size / B_global (B_local for equal batches, as open_clip), so that
+    DDP's mean over ranks is the loss of one process over the whole batch, for uneven
+    local batches too.
     """
     check_matrix("image_features", image_features)
     check_matrix("text_features", text_features, dim=image_features.shape[1])
@@ -75,66 +72,19 @@ def siglip_loss(image_features: torch.Tensor, text_features: torch.Tensor, logit
         labels = check_labels("labels", labels, b)
         text_labels = labels if text_labels is None else check_labels("text_labels",
                                                                       text_labels, b)
+    if world_size > 1:
+        check_process_group(rank, world_size)
     acc = ops.accumulate_dtype(image_features.dtype)
     scale = _scalar(logit_scale, acc)
     bias = None if logit_bias is None else _scalar(logit_bias, acc)
-    local = None if labels is not None else 0  # the diagonal, unless ids say who is paired
-
-    def block(text, ids, self_offset):
-        return _block(image_features, text, scale, bias, labels, ids, self_offset, backend)
-
+    diagonal = None if labels is not None else 0  # unless ids say who is paired
+    kw = dict(q_labels=labels, k_labels=text_labels, self_offset=diagonal, backend=backend)
     if world_size <= 1:
-        total = block(text_features, text_labels, local)
+        row_loss = ops.pairwise_sigmoid(image_features, text_features, scale, bias, **kw)
     else:
-        total = _distributed(block, text_features, text_labels, local, rank, world_size,
-                             dist_impl)
-    return (total / b).to(result_dtype(image_features))
-
-
-def _distributed(block, text, ids, local, rank, world_size, dist_impl):
-    """This rank's sum over every rank's text block (the remote ones negative-only, or
-    compared by ids)."""
-    from ..distributed import exchange
-
-    seen = [t for t in (text, ids) if t is not None]
-    distributed.check_equal_rows(seen)
-    if dist_impl == "gather":
-        parts = distributed.gather(text, with_grad=True)
-        all_ids = None if ids is None else distributed.gather(ids, with_grad=False)[0]
-        offset = None if local is None else rank * text.shape[0]
-        return block(parts[0], all_ids, offset)
-    if dist_impl == "reduce":
-        total = 0
-        for src in range(world_size):
-            # this rank's own block uses its broadcast too: every rank then runs every
-            # broadcast's backward (a reduce), in the same order
-            text_src = exchange.broadcast(text, src)
-            ids_src = None if ids is None else exchange.broadcast(ids, src)
-            total = total + block(text_src, ids_src, local if src == rank else None)
-        return total
-    total = block(text, ids, local)
-    left, right = (rank - 1) % world_size, (rank + 1) % world_size
-    if dist_impl == "shift":
-        for _ in range(world_size - 1):
-            text = exchange.shift(text, left, right)
-            ids = None if ids is None else exchange.shift(ids, left, right)
-            total = total + block(text, ids, None)
-        return total
-    # bidir: blocks travel both ways; an odd remainder takes one last shift to the right
-    to_left = to_right = text
-    ids_left = ids_right = ids
-    steps, remainder = divmod(world_size - 1, 2)
-    for _ in range(steps):
-        from_right, from_left = exchange.bidir(to_left, to_right, left, right)
-        if ids is not None:
-            ids_left, ids_right = exchange.bidir(ids_left, ids_right, left, right)
-        total = total + block(from_right, ids_left, None) + block(from_left, ids_right, None)
-        to_left, to_right = from_right, from_left
-    if remainder:
-        total = total + block(exchange.shift(to_right, left, right),
-                              None if ids is None else exchange.shift(ids_right, left, right),
-                              None)
-    return total
+        row_loss = distributed.pairwise_sigmoid(image_features, text_features, scale, bias,
+                                                mode=MODE_OF[dist_impl], **kw)
+    return mean_over_ranks(row_loss, world_size).to(result_dtype(image_features))
 
 
 class SigLipLoss(nn.Module):
@@ -143,8 +93,9 @@ class SigLipLoss(nn.Module):
     ``forward(image_features, text_features, logit_scale, logit_bias, output_dict=False,
     *, labels=None)``; ``labels`` (group ids) give the multi-positive form. ``chunk_size``
     is accepted for open_clip's signature and not needed: no logit block is ever stored.
-    ``world_size > 1`` exchanges the texts over torch.distributed by ``dist_impl``
-    (``bidir`` (default), ``shift``, ``reduce``, ``gather``).
+    ``world_size > 1`` contrasts every rank's texts over torch.distributed
+    (``dist_impl``: ``gather`` gathers them, ``bidir`` (default), ``shift`` and ``reduce``
+    pass them around the ring: :func:`siglip_loss`).
     """
 
     def __init__(self, cache_labels: bool = False, rank: int = 0, world_size: int = 1,

@@ -1,10 +1,12 @@
 """The gathered (torch.distributed) paths of NT-Xent, DCL, DCLW and CLIP, with gloo on
 127.0.0.1: the ranks' losses and gradients against the single-process loss of the whole
 batch (every rank holds an equal shard; test_distributed_layer.py covers uneven ones and
-the ring). Also: SupCon over features gathered by hand with torch.distributed.nn.all_gather
-(SupContrast issue 26's recipe) gives exact parameter gradients, CLIP's unequal shards
-raise one clear error on every rank, and the package's own gathers print no deprecation
-warning."""
+the ring). ClipLoss, every combination of open_clip's local_loss / gather_with_grad in
+both modes, equals open_clip's own ClipLoss run in the same processes (loss and feature
+gradients per rank, logit_scale's summed over the ranks as DDP does). Also: SupCon over features gathered by hand with
+torch.distributed.nn.all_gather (SupContrast issue 26's recipe) gives exact parameter
+gradients, a rank / world_size that is not the process group's raises on every rank,
+and the package's own gathers print no deprecation warning."""
 
 import warnings
 
@@ -57,19 +59,53 @@ def _worker(rank, port, out_dir):
                 ga, gb = torch.autograd.grad(loss, (a, b))
                 results[name] = (loss.detach(), ga, gb)
         results["warnings"] = [str(w.message) for w in caught]
+        results["open_clip"] = _clip_against_open_clip(rank, a_all[rows], b_all[rows])
         results["supcon_by_hand"] = _supcon_by_hand(rank)
-        # unequal shards: rank 0 holds one row more (open_clip's gathers need equal ones;
-        # the losses on contrastive_kernels.distributed.lse take uneven batches)
+        # open_clip's rank / world_size must be the process group's
         try:
-            n = SHARD + (1 if rank == 0 else 0)
-            fn.clip_loss(a_all[:n], b_all[:n], 7.0, rank=rank, world_size=WORLD,
+            fn.clip_loss(a_all[rows], b_all[rows], 7.0, rank=rank, world_size=WORLD + 1,
                          backend="torch")
-            results["uneven"] = None
+            results["wrong_world"] = None
         except ValueError as exc:
-            results["uneven"] = str(exc)
+            results["wrong_world"] = str(exc)
         torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
+
+
+CLIP_FLAGS = [(local, with_grad) for local in (False, True) for with_grad in (False, True)]
+
+
+def _clip_against_open_clip(rank, a, b):
+    """{(local_loss, gather_with_grad, mode): (ours, open_clip's)}, each (loss, d image,
+    d text, d logit_scale) on this rank."""
+    from open_clip.loss import ClipLoss as OpenClipLoss
+
+    import contrastive_kernels as ck
+
+    def run(loss_fn):
+        x, y = a.clone().requires_grad_(), b.clone().requires_grad_()
+        scale = torch.tensor(7.0, dtype=torch.float64, requires_grad=True)
+        loss = loss_fn(x, y, scale)
+        dx, dy, ds = torch.autograd.grad(loss, (x, y, scale))
+        # a replicated parameter: DDP sums (then averages) its gradient. (With local_loss
+        # and gather_with_grad, open_clip's rank r holds d loss_r / d scale; ours splits
+        # the same sum differently: the column lse of a rank's texts reads every rank's
+        # partial sums, so part of d loss_r / d scale is computed on the other ranks.)
+        dist.all_reduce(ds)
+        return loss.detach(), dx, dy, ds
+
+    out = {}
+    with warnings.catch_warnings():  # open_clip's torch.distributed.nn gathers are deprecated
+        warnings.simplefilter("ignore", FutureWarning)
+        for local, with_grad in CLIP_FLAGS:
+            flags = dict(local_loss=local, gather_with_grad=with_grad, rank=rank,
+                         world_size=WORLD)
+            theirs = run(OpenClipLoss(**flags))
+            for mode in ("gather", "ring"):
+                ours = run(ck.ClipLoss(**flags, distributed_mode=mode, backend="torch"))
+                out[(local, with_grad, mode)] = (ours, theirs)
+    return out
 
 
 def _mlp_batch():
@@ -188,7 +224,16 @@ def test_supcon_over_features_gathered_by_hand(ranks):
             _close(g, WORLD * p.grad)
 
 
-def test_unequal_shards_raise_on_every_rank(ranks):
+def test_clip_loss_every_flag_and_mode_equals_open_clip_per_rank(ranks):
+    for rank, r in enumerate(ranks):
+        for (local, with_grad, mode), (ours, theirs) in r["open_clip"].items():
+            for i, (x, y) in enumerate(zip(ours, theirs)):
+                torch.testing.assert_close(x, y, rtol=1e-10, atol=1e-12, msg=(
+                    f"local_loss={local} gather_with_grad={with_grad} {mode} rank {rank} "
+                    f"out {i}"))
+
+
+def test_wrong_rank_or_world_size_raises_on_every_rank(ranks):
     for r in ranks:
-        assert r["uneven"] is not None and "every rank must hold the same number of rows" in \
-            r["uneven"] and "[6, 5]" in r["uneven"], r["uneven"]
+        assert r["wrong_world"] and "must be the process group's" in r["wrong_world"], \
+            r["wrong_world"]
