@@ -12,8 +12,11 @@ reference needs ~5 N_global^2 x 4 bytes per rank: it runs at --naive-n only and 
 extrapolated by N^2 beyond (said so in the table). torch threads per rank: max(1,
 cores // W), so that the ranks share the cores.
 
-    PYTHONPATH=$PWD python bench/distributed_cpu.py [--n 32768] [--d 128] [--worlds 1,2,4]
+    PYTHONPATH=$PWD python bench/distributed_cpu.py [--n 32768] [--d 128] [--worlds 1,2,4,8]
         [--out bench/results/distributed_cpu.md] [--plot bench/results/distributed_cpu.png]
+
+The column "per rank / N_local d fp32" is the peak in units of one [N_local, d] fp32
+buffer: constant over W means memory per rank falling as 1/W.
 """
 
 import argparse
@@ -124,13 +127,21 @@ def plot(rows, path):
     fig.savefig(path, dpi=120)
 
 
+def _in_buffers(kind, mib, world, n, d) -> str:
+    """Peak memory per rank in [N_local, d] fp32 buffers (ours only: the hand-gathered
+    reference holds N_global x N_global matrices)."""
+    if kind.startswith("hand-gathered"):
+        return "-"
+    return f"{mib * 2 ** 20 * world / (n * d * 4):.1f}"
+
+
 def main():
     import tempfile
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=32768, help="global rows (2 views)")
     parser.add_argument("--d", type=int, default=128)
-    parser.add_argument("--worlds", default="1,2,4")
+    parser.add_argument("--worlds", default="1,2,4,8")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--naive-n", type=int, default=4096,
                         help="global rows of the hand-gathered reference (extrapolated by N^2)")
@@ -158,9 +169,10 @@ def main():
              f"({args.cores} cores); per rank: slowest rank's median step time, largest "
              "peak extra memory.", "",
              "| ranks | loss | N_global | time per step (s) | peak memory per rank (MiB) | "
-             "threads per rank | note |", "|---:|---|---:|---:|---:|---:|---|"]
-    lines += [f"| {w} | {k} | {n} | {t:.2f} | {m:.1f} | {th} | {note} |"
-              for w, k, n, t, m, th, note in rows]
+             "per rank / N_local d fp32 | threads per rank | note |",
+             "|---:|---|---:|---:|---:|---:|---:|---|"]
+    lines += [f"| {w} | {k} | {n} | {t:.2f} | {m:.1f} | {_in_buffers(k, m, w, n, args.d)} "
+              f"| {th} | {note} |" for w, k, n, t, m, th, note in rows]
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out:

@@ -371,12 +371,12 @@ class _RingOp(torch.autograd.Function):
         q, k, scale, out = ctx.saved_tensors
         bias, key_bias, q_labels, k_labels, self_offset, reduction, opts, ring = ctx.rest
         need_q, need_k, need_s, need_b, need_kb = ctx.needs_input_grad[:5]
-        dq = torch.zeros_like(q) if need_q else None
-        ds = torch.zeros_like(scale) if need_s else None
-        db = torch.zeros_like(bias) if need_b else None
+        # the sums over the shards (dq, dscale, dbias) start as the first shard's terms, and
+        # so does the gradient that travels home with each shard (its dk, its bias'): no
+        # zero-filled [N_local, d] buffers
+        sums = {}
+        home = None
         shard = (k.detach(), k_labels, None if key_bias is None else key_bias.detach())
-        # what travels home with the shard: its dk (and its bias' gradient)
-        home = (torch.zeros_like(k),) + ((torch.zeros_like(key_bias),) if need_kb else ())
         for step in range(ring.world):
             last = step == ring.world - 1
             # the next shard's keys move while this one's tiles are recomputed
@@ -399,20 +399,25 @@ class _RingOp(torch.autograd.Function):
                                                        ("s", sd, need_s), ("b", bd, need_b),
                                                        ("kb", kbd, need_kb)) if need]
                 got = dict(zip([n for n, _ in wrt], torch.autograd.grad(
-                    outs, [x for _, x in wrt], seeds, allow_unused=True)))
-            for acc, name in ((dq, "q"), (ds, "s"), (db, "b")) + tuple(
-                    zip(home, ("k", "kb"))):
-                if acc is not None and got.get(name) is not None:
-                    acc += got[name]
+                    outs, [x for _, x in wrt], seeds, allow_unused=True,
+                    materialize_grads=True)))
             # the shard's temporaries go before the next shard's are made: per-rank memory
             # stays a few [N_local, d] buffers
-            del got, part, col_part, outs, seeds, qd, kd, sd, bd, kbd
+            del part, col_part, outs, seeds, qd, kd, sd, bd, kbd
+            for name in ("q", "s", "b"):
+                if name in got:
+                    term = got.pop(name)
+                    sums[name] = term if name not in sums else sums[name].add_(term)
+            mine = (got.pop("k"),) + ((got.pop("kb"),) if need_kb else ())
+            home = mine if home is None else tuple(h.add_(m) for h, m in zip(home, mine))
+            del mine, got
             _wait(reqs)
             # this shard's gradients so far follow it right (the last hop takes them home);
             # the left neighbour's, of the next shard, come in
             home, home_reqs = ring.post(home, step)
             _wait(home_reqs)
             shard = nxt if not last else shard
+        dq, ds, db = sums.get("q"), sums.get("s"), sums.get("b")
         dk = home[0] if need_k else None
         dkb = home[1] if need_kb else None
         return (dq, dk, ds, db, dkb) + (None,) * 7

@@ -44,6 +44,8 @@ def _worker(rank, port, out_dir):
             "ntxent": lambda a, b: fn.ntxent_loss(a, b, 0.3, gather_distributed=True, backend="torch"),
             "dcl": lambda a, b: fn.dcl_loss(a, b, 0.2, gather_distributed=True, backend="torch"),
             "dclw": lambda a, b: fn.dclw_loss(a, b, 0.2, 0.5, gather_distributed=True, backend="torch"),
+            "dclw_ring": lambda a, b: fn.dclw_loss(a, b, 0.2, 0.5, gather_distributed=True,
+                                                   distributed_mode="ring", backend="torch"),
             "clip": lambda a, b: fn.clip_loss(a, b, 7.0, rank=rank, world_size=WORLD, backend="torch"),
             "clip_grad": lambda a, b: fn.clip_loss(a, b, 7.0, gather_with_grad=True, rank=rank,
                                                    world_size=WORLD, backend="torch"),
@@ -153,6 +155,7 @@ def _full(name):
         # lightly computes DCLW's weights on each rank's own rows (softmax over the local
         # batch), so the full-batch equivalent takes them per shard
         "dclw": lambda: R.dcl_loss_reference(a, b, 0.2, _per_shard_vmf_weights),
+        "dclw_ring": lambda: R.dcl_loss_reference(a, b, 0.2, _per_shard_vmf_weights),
         "clip": lambda: R.clip_loss_reference(a, b, 7.0),
         "clip_grad": lambda: R.clip_loss_reference(a, b, 7.0),
         "clip_local": lambda: R.clip_loss_reference(a, b, 7.0),
@@ -174,7 +177,7 @@ def test_mean_of_rank_losses_is_the_full_batch_loss(ranks):
     # each rank's anchors are its own rows, against every rank's keys (gathered with grad):
     # the ranks' mean loss is the full batch's, and each rank's gradient (after the
     # all_gather backward sums the other ranks' contributions) is WORLD x the full one
-    for name in ("ntxent", "dcl", "dclw", "clip_local"):
+    for name in ("ntxent", "dcl", "dclw", "dclw_ring", "clip_local"):
         _check_mean_of_rank_losses(ranks, name)
 
 
@@ -225,6 +228,11 @@ def test_supcon_over_features_gathered_by_hand(ranks):
 
 
 def test_clip_loss_every_flag_and_mode_equals_open_clip_per_rank(ranks):
+    """Ours against open_clip per rank; a rank / world_size that is not the process
+    group's raises on every rank."""
+    for r in ranks:
+        assert r["wrong_world"] and "must be the process group's" in r["wrong_world"], \
+            r["wrong_world"]
     for rank, r in enumerate(ranks):
         for (local, with_grad, mode), (ours, theirs) in r["open_clip"].items():
             for i, (x, y) in enumerate(zip(ours, theirs)):
@@ -232,8 +240,3 @@ def test_clip_loss_every_flag_and_mode_equals_open_clip_per_rank(ranks):
                     f"local_loss={local} gather_with_grad={with_grad} {mode} rank {rank} "
                     f"out {i}"))
 
-
-def test_wrong_rank_or_world_size_raises_on_every_rank(ranks):
-    for r in ranks:
-        assert r["wrong_world"] and "must be the process group's" in r["wrong_world"], \
-            r["wrong_world"]
