@@ -8,9 +8,10 @@ The loss modules exported here are those of the registry (:data:`contrastive_ker
 from . import _extension  # noqa: F401  (loads the compiled ops and registers them, or warns)
 from . import functional, losses, ops
 from ._version import __version__
+from .cached_gradient import cached_gradient_step
 from .backends import BackendError, available_backends
 
 globals().update({name: getattr(losses, name) for name in losses.MODULES})
 
 __all__ = list(losses.MODULES) + ["functional", "ops", "available_backends", "BackendError",
-                                  "__version__"]
+                                  "cached_gradient_step", "__version__"]
