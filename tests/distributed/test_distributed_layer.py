@@ -10,7 +10,9 @@ float64, gather and ring, with uneven row counts:
   feature gradient world_size times its rows' single-process gradient (DDP's average of
   the parameter gradients is then the single-process one), with labels (classes spread
   over the ranks) and without (SimCLR), 'all' and 'one'; PaCo and GPaCo the same way over
-  [every rank's q; every rank's k; the shared queue];
+  [every rank's q; every rank's k; the shared queue]; cached_gradient_step under DDP
+  (no_sync on all but the last chunk, a different chunk count per rank) gives the plain
+  DDP step's gradients;
 - the pair losses (NT-Xent, DCL, HCL, InfoNCE, CLIP's global loss, SigLIP) the same way;
 - concat_all_gather and KeyQueue (the queue losses' enqueue) give every rank's keys,
   uneven counts too;
@@ -236,6 +238,7 @@ def _worker(rank, world, port, out_dir):
                                backend="torch")
             (grad,) = torch.autograd.grad(loss, (f,))
             results[("supcon", case, mode)] = (loss.detach(), grad)
+    results["ddp_cached"] = _ddp_cached_step(rank, world)
     pq, pk, queue, plabels, sup, pbsz = _paco_data(world)
     for case, gpaco in PACO:
         for mode in MODES:
@@ -288,6 +291,31 @@ def ranks(request, tmp_path_factory):
     per_rank = [torch.load(out / f"rank{r}.pt") for r in range(world)]
     dead = [torch.load(out / f"dead{r}.pt") for r in range(world - 1)]
     return world, per_rank, dead
+
+
+def _ddp_cached_step(rank, world):
+    """(plain, cached) parameter gradients of a DDP-wrapped linear encoder under SupCon
+    with gather_distributed: the plain step, and cached_gradient_step in chunks of 3 rows
+    (a different number of chunks on every rank) with DDP's no_sync."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    from contrastive_kernels import cached_gradient_step
+    from contrastive_kernels.losses.supcon import supcon_loss
+
+    feats, labels, bsz = _supcon_data(world)
+    rows = _slices(bsz)[rank]
+    x, y = feats[rows].reshape(-1, D), labels[rows]  # sample-major: views 2i, 2i + 1
+    torch.manual_seed(3)
+    model = DistributedDataParallel(torch.nn.Linear(D, D).double())
+
+    def loss_of(f):
+        return supcon_loss(f.view(-1, 2, D), y, None, 0.2, gather_distributed=True,
+                           backend="torch")
+    loss_of(model(x)).backward()
+    plain = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    cached_gradient_step(model, x, loss_of, chunk_size=3, no_sync=model.no_sync)
+    return plain, [p.grad.clone() for p in model.parameters()]
 
 
 def _col_weights(world):
@@ -390,8 +418,13 @@ def test_enqueue_and_the_mismatch_and_dead_rank_errors(ranks):
 
 
 def test_class_sum_losses_ranks_match_one_process(ranks):
-    """SupCon and PaCo / GPaCo (the positive terms by class sums across ranks)."""
+    """SupCon and PaCo / GPaCo (the positive terms by class sums across ranks); SupCon's
+    cached-gradient step under DDP gives the plain DDP step's gradients."""
     world, per_rank, _ = ranks
+    for r in range(world):
+        plain, cached = per_rank[r]["ddp_cached"]
+        for a, b in zip(plain, cached):
+            torch.testing.assert_close(b, a, rtol=1e-11, atol=1e-13, msg=f"ddp cached rank {r}")
     for name, with_labels, contrast in SUPCON:
         _check_supcon_case(world, per_rank, name, with_labels, contrast)
     for name, gpaco in PACO:
