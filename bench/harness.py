@@ -217,10 +217,13 @@ def make_row(subject: str, contender: str, device, dtype: torch.dtype, direction
     return row
 
 
-def timing_from_benchmark(benchmark) -> Timing:
-    """The spread pytest-benchmark measured (``time.perf_counter`` per round): no second run."""
-    data = list(benchmark.stats.stats.data)
-    return Timing.of(data, "pytest-benchmark")
+def timing_from_benchmark(benchmark) -> Optional[Timing]:
+    """The spread pytest-benchmark measured (``time.perf_counter`` per round): no second run.
+    None under ``--benchmark-disable`` (the function ran once, untimed: a smoke run)."""
+    stats = getattr(benchmark, "stats", None)
+    if stats is None:
+        return None
+    return Timing.of(list(stats.stats.data), "pytest-benchmark")
 
 
 def write_rows(path, rows, **meta) -> pathlib.Path:

@@ -2,7 +2,8 @@
 Triton interpreter at tiny sizes (the cuda sections through the CUDA emulation layer), so
 that the script a GPU machine runs cannot rot: what comes back is at most 8 files, a
 budget too small for every section still returns the finished ones packed, and a run
-killed by its ``timeout`` is packed all the same."""
+killed by its ``timeout`` is packed all the same. The benchmark suite itself runs with
+``--benchmark-disable`` (pytest-benchmark's smoke run)."""
 
 import json
 import os
@@ -69,6 +70,13 @@ def test_dry_run_returns_every_section_packed(tmp_path):
     assert tests["rc"] == 0 and tests["counts"].get("skipped"), tests  # GPU-only: all skip
     assert "correctness_triton: 3 ok (" in summary
     assert "FAIL" not in summary.split("## Sections")[0]
+    # and the benchmark suite's usual smoke run: every case once, timing disabled
+    env = {k: v for k, v in os.environ.items() if k != "MAKEFLAGS"}
+    smoke = subprocess.run([sys.executable, "-m", "pytest", "bench", "-q", "-p", "no:cacheprovider",
+                            "-o", "python_files=bench_*.py", "--benchmark-disable",
+                            "--bench-sizes=256x32"], cwd=ROOT, env=env, capture_output=True,
+                           text=True, timeout=600)
+    assert smoke.returncode == 0 and " passed" in smoke.stdout, smoke.stdout[-3000:]
 
 
 def test_small_budget_cuts_sections_and_packs_the_rest(tmp_path):
