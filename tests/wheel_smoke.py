@@ -25,6 +25,10 @@ def main(wheel: str) -> int:
     here = pathlib.Path(ck.__file__).resolve()
     site = pathlib.Path(sysconfig.get_paths()["purelib"]).resolve()
     assert site in here.parents, f"imported from {here}, not from the wheel's install in {site}"
+    # one version, as pip reports it: the wheel's file name, its metadata, ck.__version__
+    from importlib import metadata
+    assert ck.__version__ == metadata.version("contrastive_kernels"), ck.__version__
+    assert f"-{ck.__version__}-" in pathlib.Path(wheel).name, (ck.__version__, wheel)
     print(info.report())
     assert ck.available_backends()["cpu"] is None, ck.available_backends()["cpu"]
 

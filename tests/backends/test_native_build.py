@@ -88,6 +88,11 @@ def test_build_info_is_consistent():
     else:
         assert info["no_cuda_reason"] and not info["cuda_arches"]
     assert "-std=c++20" in info["cxx_flags"]
+    # the version reads as pip reports it: with the build's torch / CUDA label
+    from importlib import metadata
+
+    import contrastive_kernels as ck
+    assert ck.__version__ == metadata.version("contrastive_kernels"), ck.__version__
 
 
 def test_fake_and_autograd_exist_right_after_import():
