@@ -37,6 +37,16 @@ def test_no_other_prefix():
 
 
 def test_readme_lists_every_variable():
+    """... and the paths the README and docs/ name exist (docs that point at moved files)."""
     readme = (ROOT / "README.md").read_text()
     missing = [env.name(k) for k in env.VARIABLES if env.name(k) not in readme]
     assert not missing, missing
+    # and every file of the repository that the README and docs/ name by path exists
+    import re
+    named = set()
+    for doc in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        named |= {(doc.name, p) for p in re.findall(
+            r"(?<![\w/.])((?:tests|examples|bench|contrastive_kernels|csrc)/[\w/]+\.(?:cuh|cu|cpp|py|h))\b",
+            doc.read_text())}
+    gone = sorted((doc, p) for doc, p in named if not (ROOT / p).exists())
+    assert named and not gone, gone
