@@ -92,6 +92,18 @@ class MemoryBank(ResizableBuffers):
         if len(dims) == 2 and self.size > 0:
             self.bank = torch.nn.functional.normalize(torch.randn(dims), dim=-1)
 
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs):
+        absent = [prefix + name for name in self._resizable if prefix + name not in state_dict]
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
+        if len(absent) == len(self._resizable):
+            # a checkpoint of lightly's NTXentLoss: lightly does not save its bank (nor
+            # pointer), so ours keeps its own, as lightly's does when it loads
+            for key in absent:
+                if key in missing_keys:
+                    missing_keys.remove(key)
+
     @torch.no_grad()
     def _init_memory_bank(self, like: torch.Tensor):
         bank = torch.randn(like.shape[1], self.size, dtype=like.dtype)

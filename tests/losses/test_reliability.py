@@ -123,6 +123,15 @@ def test_ntxent_bank_state_dict_round_trip():
     a, b = torch.randn(8, 5, requires_grad=True), torch.randn(8, 5)
     assert torch.equal(loss_fn(a, b), restored(a, b))
     assert torch.equal(loss_fn.memory_bank.bank, restored.memory_bank.bank)
+    # a checkpoint of lightly's NTXentLoss holds no bank: it loads strictly, the bank stays
+    from lightly.loss import NTXentLoss as LightlyNTXent
+    for size in (0, (32, 5)):
+        ours = ck.NTXentLoss(memory_bank_size=size, backend="torch")
+        kept = ours.memory_bank.bank.clone()
+        ours.load_state_dict(LightlyNTXent(memory_bank_size=size).state_dict())
+        assert torch.equal(ours.memory_bank.bank, kept)
+    with pytest.raises(RuntimeError, match="Missing key"):  # half a bank is still an error
+        restored.load_state_dict({"memory_bank.bank": state["memory_bank.bank"]})
 
 
 def test_paco_prior_state_dict_round_trip():
