@@ -38,3 +38,73 @@ def test_ntxent_equals_pml(backend, temperature, dtype):
     torch.testing.assert_close(ours, theirs, **tol)
     for g, h in zip(g_ours, g_theirs):
         torch.testing.assert_close(g, h, **tol)
+
+
+# --------------------------------------------------------------------------- drop-ins
+
+def _pml_cases():
+    """(id, embeddings, labels, keywords of the call), float64: all pairs, a reference set
+    (with its labels; without: the labels, and PML drops the pairs (i, i)), a miner's pairs
+    and triplets, and the degenerate batches PML answers with its zero loss."""
+    from pytorch_metric_learning import miners
+
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(30, 7, generator=gen, dtype=torch.float64)
+    y = torch.randint(0, 4, (30,), generator=gen)
+    ref = torch.randn(12, 7, generator=gen, dtype=torch.float64)
+    ref_y = torch.randint(0, 4, (12,), generator=gen)
+    return (
+        ("all_pairs", x, y, {}),
+        ("ref_emb", x, y, dict(ref_emb=ref, ref_labels=ref_y)),
+        ("ref_emb_own_labels", x, y, dict(ref_emb=1.5 * x)),
+        ("miner_pairs", x, y, dict(indices_tuple=miners.MultiSimilarityMiner(0.1)(x, y))),
+        ("miner_triplets", x, y, dict(indices_tuple=miners.TripletMarginMiner(
+            0.2, type_of_triplets="all")(x, y))),
+        ("no_positive", x[:4], torch.arange(4), {}),
+        ("no_negative", x[:5], torch.zeros(5, dtype=torch.long), {}),
+    )
+
+
+def test_pml_dropins_equal_pml():
+    """contrastive_kernels.pml.SupConLoss / NTXentLoss against PML's own, float64, loss and
+    gradients (of the embeddings and the reference), on the torch and cpu backends; no
+    allocation of N x M / 2 elements at N = M = 2048; unsupported options raise by name."""
+    from pytorch_metric_learning import distances, reducers
+
+    from contrastive_kernels import pml
+    from contrastive_kernels.testing.measure import record_cpu_allocations
+
+    pairs = ((pml.SupConLoss, pml_losses.SupConLoss, 0.2), (pml.NTXentLoss, pml_losses.NTXentLoss, 0.3))
+    for ours_cls, theirs_cls, t in pairs:
+        for backend in [b for b in ("torch", "cpu") if b in LOSS_BACKENDS]:
+            for name, x, y, kw in _pml_cases():
+                got, want = (_pml_run(fn, x, y, kw) for fn in (
+                    ours_cls(t, backend=backend), theirs_cls(t)))
+                where = f"{ours_cls.__name__} {name} {backend}"
+                for a, b in zip(got, want):
+                    torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14, msg=where)
+        # memory: N = M = 2048 in two classes, where PML holds 2048 x 2048 matrices
+        x = torch.randn(2048, 16)
+        y = torch.arange(2048) % 2
+        with record_cpu_allocations() as record:
+            ours_cls(t, backend="torch")(x.clone().requires_grad_(), y).backward()
+        assert 0 < record.largest < 4 * 2048 * 2048 // 2, (ours_cls.__name__, record.largest)
+        theirs_cls(t, distance=distances.CosineSimilarity())  # a default: accepted
+        ours_cls(t, distance=distances.CosineSimilarity())
+        with pytest.raises(ValueError, match="option distance="):
+            ours_cls(t, distance=distances.LpDistance())
+        with pytest.raises(ValueError, match="option reducer="):
+            ours_cls(t, reducer=reducers.SumReducer())
+        with pytest.raises(ValueError, match="labels and indices_tuple cannot both be None"):
+            ours_cls(t)(x)
+
+
+def _pml_run(loss_fn, x, y, kw):
+    a = x.clone().requires_grad_()
+    kw = dict(kw)
+    if kw.get("ref_emb") is not None:
+        kw["ref_emb"] = (1.5 * a) if "ref_labels" not in kw else kw["ref_emb"].clone().requires_grad_()
+    loss = loss_fn(a, y, **kw)
+    inputs = [a] + ([kw["ref_emb"]] if kw.get("ref_emb") is not None and kw["ref_emb"].is_leaf else [])
+    return (loss.detach(),) + torch.autograd.grad(loss, inputs, allow_unused=True,
+                                                  materialize_grads=True)

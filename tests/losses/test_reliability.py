@@ -111,7 +111,8 @@ def test_autocast_return_o_path(backend):
 # --------------------------------------------------------------------------- checkpoints
 
 
-def test_ntxent_bank_state_dict_round_trip():
+def test_checkpoints_round_trip():
+    """The NT-Xent memory bank (and lightly's bankless checkpoints) and PaCo's prior."""
     torch.manual_seed(0)
     loss_fn = ck.NTXentLoss(memory_bank_size=32, backend="torch")
     for _ in range(3):
@@ -132,9 +133,7 @@ def test_ntxent_bank_state_dict_round_trip():
         assert torch.equal(ours.memory_bank.bank, kept)
     with pytest.raises(RuntimeError, match="Missing key"):  # half a bank is still an error
         restored.load_state_dict({"memory_bank.bank": state["memory_bank.bank"]})
-
-
-def test_paco_prior_state_dict_round_trip():
+    # PaCo's class prior
     loss_fn = ck.PaCoLoss(alpha=0.05, K=4, num_classes=3, backend="torch")
     loss_fn.cal_weight_for_classes([3, 2, 1])
     restored = ck.PaCoLoss(alpha=0.05, K=4, num_classes=3, backend="torch")
