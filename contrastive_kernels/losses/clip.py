@@ -185,11 +185,49 @@ class ClipLoss(nn.Module):
         self.distributed_mode = distributed_mode
         self.local_loss = local_loss
         self.gather_with_grad = gather_with_grad
-        self.cache_labels = cache_labels  # labels are implicit (the diagonal): nothing to cache
+        self.cache_labels = cache_labels  # the fused loss needs no labels: only for get_ground_truth
         self.rank = rank
         self.world_size = world_size
         self.use_horovod = use_horovod
         self.backend = backend
+        self.prev_num_logits = 0
+        self.labels = {}
+
+    def get_ground_truth(self, device, num_logits) -> torch.Tensor:
+        """open_clip's targets: arange(num_logits), offset by rank * num_logits with
+        local_loss over ranks; cached per device with cache_labels. The fused path never
+        calls it (its targets are the pairs' positions), so open_clip's subclasses that do
+        keep working."""
+        if self.prev_num_logits != num_logits or device not in self.labels:
+            labels = torch.arange(num_logits, device=device, dtype=torch.long)
+            if self.world_size > 1 and self.local_loss:
+                labels = labels + num_logits * self.rank
+            if self.cache_labels:
+                self.labels[device] = labels
+                self.prev_num_logits = num_logits
+            return labels
+        return self.labels[device]
+
+    def get_logits(self, image_features, text_features, logit_scale, logit_bias=None):
+        """open_clip's (logits_per_image, logits_per_text), materialized: B x B (or
+        B x B_global over ranks, gathered as open_clip gathers). The fused forward never
+        calls it; it is here for open_clip's subclasses (CoCa's and the distillation
+        losses build on it)."""
+        if self.world_size > 1:
+            all_img, all_txt = _open_clip_gather(image_features, text_features,
+                                                 self.local_loss, self.gather_with_grad)
+            if self.local_loss:
+                per_image = logit_scale * image_features @ all_txt.T
+                per_text = logit_scale * text_features @ all_img.T
+            else:
+                per_image = logit_scale * all_img @ all_txt.T
+                per_text = per_image.T
+        else:
+            per_image = logit_scale * image_features @ text_features.T
+            per_text = logit_scale * text_features @ image_features.T
+        if logit_bias is not None:
+            per_image, per_text = per_image + logit_bias, per_text + logit_bias
+        return per_image, per_text
 
     def forward(self, image_features, text_features, logit_scale, logit_bias=None,
                 output_dict: bool = False):
@@ -198,6 +236,114 @@ class ClipLoss(nn.Module):
             gather_with_grad=self.gather_with_grad, rank=self.rank, world_size=self.world_size,
             distributed_mode=self.distributed_mode, backend=self.backend)
         return {"contrastive_loss": loss} if output_dict else loss
+
+
+def _open_clip_gather(image, text, local_loss, with_grad):
+    """open_clip's gather_features: every rank's rows, with gradient, or without it but
+    with this rank's own rows live unless local_loss."""
+    counts = distributed.row_counts(image.shape[0], image.device)
+    start = sum(counts[:distributed.world()[1]])
+    out = []
+    for x in (image, text):
+        every = distributed.gather_rows(x if with_grad else x.detach(), counts,
+                                        with_grad=with_grad)
+        if not with_grad and not local_loss:
+            every = torch.cat([every[:start], x, every[start + x.shape[0]:]])
+        out.append(every)
+    return out
+
+
+class _SoftTargetDot(torch.autograd.Function):
+    """sum_i w_i sum_j p_ij <x_i, y_j>, p = softmax_j(a <u_i, v_j>) a constant (the
+    teacher's), without the N x M matrix. Forward: o_i = sum_j p_ij y_j is the core op's
+    o over keys [v_j, y_j] with queries [a u_i, 0] (the zero half leaves the teacher's
+    logits). Backward: d/dy_j = sum_i w_i p_ij x_i is the core op's dk over queries
+    [a u_i, x_i] and keys [v_j, 0], at the zero half; d/dx_i = w_i o_i."""
+
+    @staticmethod
+    def forward(ctx, x, y, u, v, a, w, backend):
+        _, o = ops.lse(torch.cat([a * u, torch.zeros_like(x)], 1), torch.cat([v, y], 1), 1.0,
+                       return_o=True, backend=backend)
+        o = o[:, u.shape[1]:].to(x.dtype)
+        ctx.save_for_backward(x, o, u, v, a, w)
+        ctx.backend = backend
+        return (w * rowdot(x, o)).sum()
+
+    @staticmethod
+    def backward(ctx, g):
+        x, o, u, v, a, w = ctx.saved_tensors
+        dx = dy = None
+        if ctx.needs_input_grad[0]:
+            dx = (g * w)[:, None] * o
+        if ctx.needs_input_grad[1]:
+            with torch.enable_grad():
+                zero = torch.zeros((v.shape[0], x.shape[1]), dtype=x.dtype, device=x.device,
+                                   requires_grad=True)
+                lse, _ = ops.lse(torch.cat([a * u, x.detach()], 1), torch.cat([v, zero], 1),
+                                 1.0, backend=ctx.backend)
+                (dy,) = torch.autograd.grad(lse, zero, g * w)
+        return dx, dy, None, None, None, None, None
+
+
+@keep_input_layout("image_features", "text_features", "logit_scale", "dist_image_features",
+                   "dist_text_features", "dist_logit_scale")
+def distill_clip_loss(image_features, text_features, logit_scale, dist_image_features,
+                      dist_text_features, dist_logit_scale, *, backend: Optional[str] = "auto"):
+    """open_clip ``DistillClipLoss``: (contrastive_loss, distill_loss). The distillation is
+    the cross-entropy of the student's logits s <image_i, text_j> against the teacher's
+    softmax (rows, then columns, averaged):
+
+        distill = (mean_i [lse_i - sum_j p_ij S_ij] + mean_j [lse_j - sum_i p'_ij S_ij]) / 2
+
+    with p (p') the teacher's row (column) softmax, from one sweep for the student's both
+    lse and two soft-target sums (:class:`_SoftTargetDot`). The teacher (``dist_*``) is a
+    constant, as open_clip's training computes it under ``torch.no_grad``: a teacher
+    feature that requires grad raises. One process (world_size 1).
+    """
+    for name, t in (("dist_image_features", dist_image_features),
+                    ("dist_text_features", dist_text_features),
+                    ("dist_logit_scale", dist_logit_scale)):
+        if isinstance(t, torch.Tensor) and t.requires_grad:
+            raise ValueError(f"{name} requires grad: the teacher's gradient is not supported "
+                             "(compute the teacher under torch.no_grad(), as open_clip does, "
+                             "or pass it .detach()ed)")
+    check_matrix("dist_image_features", dist_image_features, rows=image_features.shape[0])
+    check_matrix("dist_text_features", dist_text_features, rows=text_features.shape[0],
+                 dim=dist_image_features.shape[1])
+    check_real_scalar("dist_logit_scale", dist_logit_scale, image_features.device)
+    contrastive = clip_loss(image_features, text_features, logit_scale, backend=backend)
+    acc = ops.accumulate_dtype(image_features.dtype)
+    scale = logit_scale.reshape(()).to(acc) if isinstance(logit_scale, torch.Tensor) else logit_scale
+    t_scale = torch.as_tensor(dist_logit_scale, dtype=acc, device=image_features.device).reshape(())
+    img, txt = image_features.to(acc), text_features.to(acc)
+    t_img, t_txt = dist_image_features.to(acc), dist_text_features.to(acc)
+    lse_i, lse_t = ops.two_sided_lse(image_features, text_features, scale, backend=backend)
+    w_i = torch.full((img.shape[0],), 1.0 / img.shape[0], dtype=acc, device=img.device)
+    w_t = torch.full((txt.shape[0],), 1.0 / txt.shape[0], dtype=acc, device=img.device)
+    rows = lse_i.mean() - scale * _SoftTargetDot.apply(img, txt, t_img, t_txt, t_scale, w_i,
+                                                       backend)
+    cols = lse_t.mean() - scale * _SoftTargetDot.apply(txt, img, t_txt, t_img, t_scale, w_t,
+                                                       backend)
+    return contrastive, ((rows + cols) / 2).to(result_dtype(image_features))
+
+
+class DistillClipLoss(ClipLoss):
+    """Drop-in for open_clip's ``DistillClipLoss``: ``forward(image_features,
+    text_features, logit_scale, dist_image_features, dist_text_features, dist_logit_scale,
+    output_dict=False)`` -> (contrastive_loss, distill_loss), fused
+    (:func:`distill_clip_loss`). One process; the teacher is a constant."""
+
+    def forward(self, image_features, text_features, logit_scale, dist_image_features,
+                dist_text_features, dist_logit_scale, output_dict: bool = False):
+        if self.world_size > 1:
+            raise NotImplementedError("DistillClipLoss with world_size > 1 is not supported "
+                                      "yet (ClipLoss is)")
+        contrastive, distill = distill_clip_loss(
+            image_features, text_features, logit_scale, dist_image_features,
+            dist_text_features, dist_logit_scale, backend=self.backend)
+        if output_dict:
+            return {"contrastive_loss": contrastive, "distill_loss": distill}
+        return contrastive, distill
 
 
 class InfoNCE(nn.Module):
@@ -263,6 +409,7 @@ def _info_nce_case(id, negatives, symmetric=False, reduction="mean"):
 SPECS = (
     LossSpec(
         name="InfoNCE / CLIP", family="CLIP", module=ClipLoss, functional=(clip_loss,),
+        helpers=(DistillClipLoss, distill_clip_loss),
         source="mlfoundations/open_clip `src/open_clip/loss.py` `ClipLoss`",
         cases=(_clip_case("clip", with_bias=False), _clip_case("clip_bias", with_bias=True)),
         accuracy=(Accuracy(

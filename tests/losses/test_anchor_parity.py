@@ -1,6 +1,6 @@
 """Our modules against the installed anchor libraries themselves: lightly (NT-Xent with
-and without a memory bank, DCL, DCLW) and open_clip (ClipLoss, SigLipLoss), float64, loss
-and grads.
+and without a memory bank, DCL, DCLW) and open_clip (ClipLoss with its get_logits /
+get_ground_truth, DistillClipLoss, SigLipLoss), float64, loss and grads.
 pytorch-metric-learning parity is in test_pml_parity.py and test_supcon.py."""
 
 import pytest
@@ -64,6 +64,25 @@ def test_open_clip(backend):
     theirs = _loss_and_grads(open_clip_loss.ClipLoss(), img, txt, scale)
     ours = _loss_and_grads(ck.ClipLoss(backend=backend), img, txt, scale)
     _assert_same(ours, theirs)
+    # open_clip's materialized helpers, for the subclasses built on them
+    for flags in (dict(), dict(cache_labels=True)):
+        o, t = ck.ClipLoss(**flags), open_clip_loss.ClipLoss(**flags)
+        for _ in range(2):
+            assert torch.equal(o.get_ground_truth("cpu", 5), t.get_ground_truth("cpu", 5))
+        for a, b in zip(o.get_logits(img, txt, scale, 0.5), t.get_logits(img, txt, scale, 0.5)):
+            assert torch.equal(a, b)
+    # DistillClipLoss: both losses, each with its gradients (teacher: 9 features, its scale)
+    t_img, t_txt = _pair(dim=9, seed=6)
+    teacher = (t_img, t_txt, torch.tensor(3.0, dtype=torch.float64))
+    from contrastive_kernels.losses import DistillClipLoss
+    for part in (0, 1):
+        def pick(loss_fn, part=part):
+            return lambda *x: loss_fn(*x, *teacher)[part]
+        theirs = _loss_and_grads(pick(open_clip_loss.DistillClipLoss()), img, txt, scale)
+        ours = _loss_and_grads(pick(DistillClipLoss(backend=backend)), img, txt, scale)
+        _assert_same(ours, theirs)
+    with pytest.raises(ValueError, match="dist_image_features requires grad"):
+        DistillClipLoss()(img, txt, scale, t_img.requires_grad_(), t_txt, 3.0)
 
 
 @pytest.mark.parametrize("backend", fused_backends() + emulated_backends())
