@@ -53,8 +53,11 @@ test-fast: install
 bench: BENCH_OUT = $(if $(BENCH_SIZES),bench/results/quick.tmp,bench/results)
 bench: install
 	mkdir -p $(BENCH_OUT)
-	$(PY) -m pytest bench -o python_files="bench_*.py" -q --benchmark-json=$(BENCH_OUT)/supcon_cpu.json $(if $(BENCH_SIZES),--bench-sizes=$(BENCH_SIZES))
+	$(PY) -m pytest bench --ignore=bench/bench_losses.py -o python_files="bench_*.py" -q --benchmark-json=$(BENCH_OUT)/supcon_cpu.json $(if $(BENCH_SIZES),--bench-sizes=$(BENCH_SIZES))
 	$(PY) bench/report.py $(BENCH_OUT)/supcon_cpu.json
+	# every loss against its reference and anchor library (a line per case as it finishes)
+	$(PY) -m pytest bench/bench_losses.py -o python_files="bench_*.py" -q --benchmark-json=$(BENCH_OUT)/losses.json $(if $(BENCH_SIZES),--bench-sizes=$(BENCH_SIZES))
+	$(PY) bench/report_losses.py $(BENCH_OUT)/losses.json
 
 # A wheel of this build (CPU + CUDA kernels for sm_80 / sm_90 + PTX), named for its torch:
 # contrastive_kernels-<version>+cu130torch2.14-<python>-<platform>.whl, requiring torch==2.14.*.

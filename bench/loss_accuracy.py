@@ -2,7 +2,8 @@
 
 For each loss, each backend and a few seeds: the relative error of the loss,
 |fused - ref| / |ref|, and of its gradients, max|g_fused - g_ref| / max|g_ref|, over all
-differentiable inputs. The configurations are the registry's (each loss's
+differentiable inputs; the same against the installed anchor library's own module where
+the row names one (``Accuracy.anchor``: README's "matches <library>" column). The configurations are the registry's (each loss's
 ``LossSpec.accuracy``); the figure X of docs/losses.md ("matches its reference to X in
 float64", the larger of the two over all seeds and backends, rounded up to a power of ten)
 is each row's ``Accuracy.error``, which this script prints beside what it measured.
@@ -44,6 +45,31 @@ def _loss_and_grads(fn_, inputs, grads):
     return loss.detach(), [torch.zeros_like(t) if g is None else g for g, t in zip(out, tensors)]
 
 
+def anchor_errors(acc, backends, seeds, sizes):
+    """{backend: {loss, grad}}: ours (``Anchor.call_ours``) against the anchor library's own
+    module, relative errors as for the reference; None when the library is missing."""
+    import importlib.util
+
+    if acc.anchor is None or importlib.util.find_spec(acc.anchor.library) is None:
+        return None
+    theirs = acc.anchor.theirs()
+    errors = {}
+    for be in backends:
+        worst_loss = worst_grad = 0.0
+        for seed in range(seeds):
+            inputs = acc.make(torch.Generator().manual_seed(seed), sizes)
+            l_ref, g_ref = _loss_and_grads(theirs, inputs, acc.grads)
+            l_ours, g_ours = _loss_and_grads(lambda x: acc.anchor.call_ours(acc, x, be),
+                                             inputs, acc.grads)
+            worst_loss = max(worst_loss, float((l_ours - l_ref).abs() / l_ref.abs()))
+            for a, b in zip(g_ours, g_ref):
+                scale = float(b.abs().max())
+                if scale > 0:
+                    worst_grad = max(worst_grad, float((a - b).abs().max()) / scale)
+        errors[be] = dict(loss=worst_loss, grad=worst_grad)
+    return errors
+
+
 def measure(backends, seeds):
     rows = []
     for spec, acc in losses():
@@ -63,6 +89,10 @@ def measure(backends, seeds):
                     if scale > 0:
                         worst_grad = max(worst_grad, float((a - b).abs().max()) / scale)
             row["errors"][be] = dict(loss=worst_loss, grad=worst_grad)
+        errors = anchor_errors(acc, backends, seeds, SIZES)
+        if errors is not None:
+            row["anchor"] = dict(library=acc.anchor.library, version=acc.anchor.version,
+                                 documented=acc.anchor.error, errors=errors)
         rows.append(row)
     return rows
 
@@ -121,6 +151,10 @@ def main(argv=None):
     for r in rows:
         for be, e in r["errors"].items():
             print(f"{r['loss']:28s} {be:7s} loss {e['loss']:.2e}  grads {e['grad']:.2e}")
+        if "anchor" in r:
+            a = r["anchor"]
+            print(f"{r['loss']:28s} against {a['library']} {a['version']}: measured "
+                  f"{measured(a)}, documented {a['documented']}")
     if args.json:
         harness.write_rows(args.json, json_rows(rows, args.seeds), script="loss_accuracy.py")
     return rows

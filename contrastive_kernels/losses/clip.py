@@ -376,7 +376,7 @@ class InfoNCE(nn.Module):
 
 # --------------------------------------------------------------------------- registry
 
-from .spec import Accuracy, LossCase, LossSpec, randn, unit  # noqa: E402
+from .spec import Accuracy, Anchor, LossCase, LossSpec, library_loss, randn, unit  # noqa: E402
 
 
 def _clip_case(id, with_bias):
@@ -417,7 +417,10 @@ SPECS = (
             lambda gen, s: {"image": unit(gen, 2 * s.b, s.d), "text": unit(gen, 2 * s.b, s.d),
                             "logit_scale": torch.tensor(1 / 0.07, dtype=torch.float64)},
             lambda f, x, **be: f(x["image"], x["text"], x["logit_scale"], **be),
-            ("image", "text", "logit_scale"), error="1e-14"),),
+            ("image", "text", "logit_scale"), error="1e-14",
+            anchor=Anchor("open_clip", "3.3", library_loss(
+                "open_clip.loss", "ClipLoss", ("image", "text", "logit_scale")),
+                error="1e-14")),),
         published_signature=dict(local_loss=False, gather_with_grad=False, cache_labels=False,
                                  rank=0, world_size=1, use_horovod=False),
         published_forward=("image_features", "text_features", "logit_scale", "logit_bias",

@@ -15,7 +15,7 @@ from .. import distributed
 from ..core.layout import keep_input_layout
 from .algebra import (check_gather_available, check_pair, check_positive, lse_over_ranks,
                       mean_over_ranks, result_dtype, rowdot, unit_rows)
-from .spec import Accuracy, LossCase, LossSpec, pair_inputs, two_views
+from .spec import Accuracy, Anchor, LossCase, LossSpec, library_loss, pair_inputs, two_views
 
 
 def negative_mises_fisher_weights(out0: torch.Tensor, out1: torch.Tensor,
@@ -135,11 +135,13 @@ class DCLWLoss(DCLLoss):
 # --------------------------------------------------------------------------- registry
 
 
-def _accuracy(function, *args):
+def _accuracy(function, name, *args):
     return Accuracy(function,
                     lambda gen, s: two_views(gen, 2 * s.b, s.d),
                     lambda f, x, **be: f(x["out0"], x["out1"], *args, **be), ("out0", "out1"),
-                    error="1e-14")
+                    error="1e-14",
+                    anchor=Anchor("lightly", "1.6", library_loss(
+                        "lightly.loss", name, ("out0", "out1"), *args), error="1e-14"))
 
 
 SPECS = (
@@ -149,7 +151,7 @@ SPECS = (
                 "all negatives)"),
         cases=(LossCase("dcl", dcl_loss, pair_inputs(),
                         lambda f, x, **be: f(x["out0"], x["out1"], 0.1, **be), ("out0", "out1")),),
-        accuracy=(_accuracy(dcl_loss, 0.1),),
+        accuracy=(_accuracy(dcl_loss, "DCLLoss", 0.1),),
         published_signature=dict(temperature=0.1, weight_fn=None, gather_distributed=False),
         published_forward=("out0", "out1")),
     LossSpec(
@@ -159,7 +161,7 @@ SPECS = (
         cases=(LossCase("dclw", dclw_loss, pair_inputs(),
                         lambda f, x, **be: f(x["out0"], x["out1"], 0.1, 0.5, **be),
                         ("out0", "out1"), gradcheck=()),),
-        accuracy=(_accuracy(dclw_loss, 0.1, 0.5),),
+        accuracy=(_accuracy(dclw_loss, "DCLWLoss", 0.1, 0.5),),
         published_signature=dict(temperature=0.1, sigma=0.5, gather_distributed=False),
         published_forward=("out0", "out1")),
 )

@@ -17,7 +17,7 @@ from .. import distributed, ops
 from ..core.layout import keep_input_layout
 from .algebra import (check_gather_available, check_matrix, check_pair, lse_over_ranks,
                       mean_over_ranks, result_dtype, rowdot, unit_rows)
-from .spec import Accuracy, LossCase, LossSpec, pair_inputs, two_views, unit
+from .spec import Accuracy, Anchor, LossCase, LossSpec, library_loss, pair_inputs, two_views, unit
 from .state import ResizableBuffers
 
 
@@ -198,7 +198,9 @@ SPECS = (
             Accuracy(ntxent_loss,
                      lambda gen, s: two_views(gen, 2 * s.b, s.d),
                      lambda f, x, **be: f(x["out0"], x["out1"], 0.5, **be), ("out0", "out1"),
-                     error="1e-14"),
+                     error="1e-14",
+                     anchor=Anchor("lightly", "1.6", library_loss(
+                         "lightly.loss", "NTXentLoss", ("out0", "out1"), 0.5), error="1e-14")),
             Accuracy(ntxent_loss,
                      lambda gen, s: {**two_views(gen, s.b, s.d), "bank": unit(gen, s.k, s.d)},
                      lambda f, x, **be: f(x["out0"], x["out1"], 0.2, x["bank"], **be),

@@ -137,7 +137,7 @@ class SigLipLoss(nn.Module):
 
 # --------------------------------------------------------------------------- registry
 
-from .spec import Accuracy, LossCase, LossSpec, unit  # noqa: E402
+from .spec import Accuracy, Anchor, LossCase, LossSpec, library_loss, unit  # noqa: E402
 
 
 def _siglip_case(id, groups=0):
@@ -168,7 +168,10 @@ SPECS = (
                             "logit_bias": torch.tensor(-10.0, dtype=torch.float64)},
             lambda f, x, **be: f(x["image"], x["text"], x["logit_scale"], x["logit_bias"],
                                  **be),
-            ("image", "text", "logit_scale", "logit_bias"), error="1e-14"),),
+            ("image", "text", "logit_scale", "logit_bias"), error="1e-14",
+            anchor=Anchor("open_clip", "3.3", library_loss(
+                "open_clip.loss", "SigLipLoss", ("image", "text", "logit_scale", "logit_bias")),
+                error="1e-14")),),
         published_signature=dict(cache_labels=False, rank=0, world_size=1, dist_impl=None,
                                  chunk_size=0),
         published_forward=("image_features", "text_features", "logit_scale", "logit_bias",

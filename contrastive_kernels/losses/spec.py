@@ -128,6 +128,38 @@ class Sizes(NamedTuple):
 
 
 @dataclasses.dataclass(frozen=True)
+class Anchor:
+    """The installed anchor library's own module for an :class:`Accuracy` row: what the
+    README's column "matches <library> <version>" compares, in float64.
+
+    ``theirs()`` builds the library's loss as a function of the row's inputs; ``ours(x,
+    backend)`` the call of ours that equals it (default: the row's own fused call).
+    ``error``: the measured figure, as :class:`Accuracy`'s (``bench/loss_accuracy.py``;
+    tests/losses/test_anchor_parity.py checks it on small inputs).
+    """
+
+    library: str        # the import name (pytorch_metric_learning, lightly, open_clip)
+    version: str        # the release the figure was measured with (its major.minor)
+    theirs: Callable    # () -> (inputs -> 0-dim loss)
+    error: str
+    ours: Optional[Callable] = None   # (inputs, backend) -> 0-dim loss
+
+    def call_ours(self, row, inputs: dict, backend: str):
+        return self.ours(inputs, backend) if self.ours else row.fused(inputs, backend)
+
+
+def library_loss(module: str, name: str, inputs: tuple, *args) -> Callable:
+    """``theirs`` for an :class:`Anchor`: ``module.name(*args)`` called on the inputs named
+    by ``inputs`` (imported on use: the anchor libraries are test dependencies)."""
+    def make():
+        import importlib
+
+        loss = getattr(importlib.import_module(module), name)(*args)
+        return lambda x: loss(*(x[key] for key in inputs))
+    return make
+
+
+@dataclasses.dataclass(frozen=True)
 class Accuracy(_CallsBoth):
     """A row of docs/losses.md's table: a realistic float64 configuration whose agreement
     with the oracle ``bench/loss_accuracy.py`` measures, and the figure it measured.
@@ -149,6 +181,7 @@ class Accuracy(_CallsBoth):
     module: Optional[str] = None
     functional: Optional[str] = None
     source: Optional[str] = None
+    anchor: Optional[Anchor] = None
 
 
 @dataclasses.dataclass(frozen=True)

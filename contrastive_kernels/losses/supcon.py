@@ -19,7 +19,7 @@ from ..core.layout import keep_input_layout
 from .algebra import (check_gather_available, check_labels, check_on, check_positive,
                       gather_rows, label_segments, lse_over_ranks, mean_over_ranks,
                       result_dtype, segment_sums, unit_rows)
-from .spec import Accuracy, LossCase, LossSpec, unit
+from .spec import Accuracy, Anchor, LossCase, LossSpec, unit
 
 CONTRAST_MODES = ("all", "one")
 
@@ -182,6 +182,20 @@ class SupConLoss(nn.Module):
 # positives x modes x normalization) is testing/supcon_cases.py, run by tests/losses/test_supcon.py.
 
 
+def _pml_rows(module, backend):
+    """``module``'s SupConLoss(0.1) (PML's, or our drop-in for it) on the row's features as
+    PML takes them: [bsz * views, d] view-major, labels repeated."""
+    import importlib
+
+    kw = {} if backend is None else dict(backend=backend)
+    loss = importlib.import_module(module).SupConLoss(0.1, **kw)
+
+    def call(x):
+        f = x["features"]
+        return loss(f.transpose(0, 1).reshape(-1, f.shape[-1]), x["labels"].repeat(f.shape[1]))
+    return call
+
+
 def _case(id, positives, contrast_mode):
     def make(gen, small):
         b, views, d = (3, 2, 4) if small else (19, 2, 13)
@@ -210,7 +224,11 @@ SPECS = (
             lambda gen, s: {"features": unit(gen, 2 * s.b, 2, s.d),
                             "labels": torch.randint(0, s.c, (2 * s.b,), generator=gen)},
             lambda f, x, **be: f(x["features"], x["labels"], temperature=0.1, **be),
-            ("features",), error="1e-14"),),
+            ("features",), error="1e-14",
+            # PML's SupConLoss takes [N, d] rows and labels; its drop-in is ck.pml.SupConLoss
+            anchor=Anchor("pytorch_metric_learning", "2.9", lambda: _pml_rows(
+                "pytorch_metric_learning.losses", None), error="1e-14",
+                ours=lambda x, backend: _pml_rows("contrastive_kernels.pml", backend)(x))),),
         published_signature=dict(temperature=0.07, contrast_mode="all", base_temperature=0.07),
         published_forward=("features", "labels", "mask")),
 )

@@ -15,7 +15,8 @@ import pathlib
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 DOCS_HEADER = ("| loss | source (read, re-implemented, nothing copied) | module | functional "
                "| accuracy |")
-README_HEADER = "| loss | module | published source | matches its reference in float64 to |"
+README_HEADER = ("| loss | module | published source | matches its reference in float64 to | "
+                 "matches the anchor library in float64 to |")
 
 
 def _specs() -> tuple:
@@ -42,12 +43,19 @@ def docs_table() -> str:
 
 def readme_table() -> str:
     """README.md: one row per loss, the largest error of its measured configurations."""
-    lines = [README_HEADER, "|---|---|---|---|"]
+    lines = [README_HEADER, "|---|---|---|---|---|"]
     for spec in _specs():
         error = max((row.error for row in spec.accuracy), key=float)
-        lines.append(f"| {spec.family} | `{spec.module.__name__}` | {spec.source} | {error} |")
+        anchors = sorted({(row.anchor.library, row.anchor.version, row.anchor.error)
+                          for row in spec.accuracy if row.anchor})
+        library = "; ".join(f"{_LIBRARY_NAMES.get(lib, lib)} {version}: {err}"
+                            for lib, version, err in anchors) or "-"
+        lines.append(f"| {spec.family} | `{spec.module.__name__}` | {spec.source} | {error} | "
+                     f"{library} |")
     return "\n".join(lines) + "\n"
 
+
+_LIBRARY_NAMES = {"pytorch_metric_learning": "pytorch-metric-learning"}
 
 TABLES = {"docs/losses.md": docs_table, "README.md": readme_table}
 

@@ -3,11 +3,16 @@ and without a memory bank, DCL, DCLW) and open_clip (ClipLoss with its get_logit
 get_ground_truth, DistillClipLoss, SigLipLoss), float64, loss and grads.
 pytorch-metric-learning parity is in test_pml_parity.py and test_supcon.py."""
 
+import pathlib
+import sys
+
 import pytest
 import torch
 
 import contrastive_kernels as ck
 from contrastive_kernels.testing import emulated_backends, fused_backends
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2] / "bench"))
 
 BACKENDS = [b for b in fused_backends() if b != "triton"]
 TOL = dict(rtol=1e-10, atol=1e-12)
@@ -31,13 +36,24 @@ def _assert_same(ours, theirs):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("name", ["DCLLoss", "DCLWLoss", "NTXentLoss"])
-def test_lightly(name, backend):
-    lightly_loss = pytest.importorskip("lightly.loss")
-    out0, out1 = _pair()
-    theirs = _loss_and_grads(getattr(lightly_loss, name)(temperature=0.2), out0, out1)
-    ours = _loss_and_grads(getattr(ck, name)(temperature=0.2, backend=backend), out0, out1)
-    _assert_same(ours, theirs)
+def test_registry_rows_match_their_anchor_library(backend):
+    """Every registry row that names an anchor library (``Accuracy.anchor``: lightly's
+    NTXentLoss / DCLLoss / DCLWLoss, open_clip's ClipLoss / SigLipLoss, PML's SupConLoss)
+    agrees with the library's own module within its documented figure (README's column),
+    at the figure's own sizes (one of its seeds), float64, loss and gradients."""
+    import loss_accuracy
+
+    from contrastive_kernels.losses.spec import Sizes
+
+    rows = [(spec, acc) for spec, acc in loss_accuracy.losses() if acc.anchor]
+    assert {spec.family for spec, _ in rows} >= {"NT-Xent", "DCL", "DCLW", "CLIP", "SigLIP",
+                                                  "SupCon"}
+    for spec, acc in rows:
+        errors = loss_accuracy.anchor_errors(acc, [backend], 1, Sizes())
+        if errors is None:
+            pytest.skip(f"{acc.anchor.library} is not installed")
+        worst = max(errors[backend].values())
+        assert worst <= float(acc.anchor.error), (spec.family, acc.anchor.library, errors)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
