@@ -27,7 +27,6 @@ the grid when one is present; nothing changes to run there.
 from __future__ import annotations
 
 import importlib.util
-import sys
 import time
 
 import pytest
@@ -41,7 +40,7 @@ from contrastive_kernels.testing.measure import peak_memory_bytes
 import harness
 
 # (B, d): B is the registry's batch size (2B rows for the pair losses, K = 1024 queue rows)
-SIZES = [(256, 128), (1024, 128), (4096, 128)]
+SIZES = [(256, 128), (1024, 128)]  # B = 4096 (16384 SupCon rows): minutes per naive case
 NAIVE_LARGEST_B = 4096  # the naive contenders' N x N matrices beyond it: GiBs per case
 DIRECTIONS = ("forward", "forward+backward")
 
@@ -107,13 +106,18 @@ def _inputs(acc, b, d, device, with_grad):
     return out
 
 
-def _progress(text: str) -> None:
-    # past pytest's capture: one line per finished case on long runs
-    sys.__stderr__.write(text + "\n")
-    sys.__stderr__.flush()
+def _progress(config, text: str) -> None:
+    """One line per finished case on the terminal, past pytest's output capture."""
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    capture = config.pluginmanager.get_plugin("capturemanager")
+    if reporter is None or capture is None:
+        return
+    with capture.global_and_fixture_disabled():
+        reporter.ensure_newline()
+        reporter.write_line(text)
 
 
-def test_loss(benchmark, case):
+def test_loss(benchmark, case, request):
     device, label, spec, acc, contender, direction, b, d = case
     if _naive(acc, contender) and b > NAIVE_LARGEST_B:
         pytest.skip(f"{contender} holds N x N matrices: skipped above B = {NAIVE_LARGEST_B}")
@@ -143,6 +147,6 @@ def test_loss(benchmark, case):
                            device_kind=device)
     benchmark.extra_info.update(row.as_dict())
     median = f"{timing.median * 1e3:9.1f} ms" if timing else "  (timing disabled)"
-    _progress(f"[bench_losses] {device} {label:10s} {contender:24s} {direction:16s} B={b:<6d} "
+    _progress(request.config, f"[bench_losses] {device} {label:10s} {contender:24s} {direction:16s} B={b:<6d} "
               f"d={d:<4d} {median}  peak {peak / 2 ** 20:8.1f} MiB  "
               f"({time.perf_counter() - t:.1f} s)")
