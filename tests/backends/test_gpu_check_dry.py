@@ -74,7 +74,7 @@ def test_dry_run_returns_every_section_packed(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "MAKEFLAGS"}
     smoke = subprocess.run([sys.executable, "-m", "pytest", "bench", "-q", "-p", "no:cacheprovider",
                             "-o", "python_files=bench_*.py", "--benchmark-disable",
-                            "--bench-sizes=256x32"], cwd=ROOT, env=env, capture_output=True,
+                            "--bench-sizes=64x16"], cwd=ROOT, env=env, capture_output=True,
                            text=True, timeout=600)
     assert smoke.returncode == 0 and " passed" in smoke.stdout, smoke.stdout[-3000:]
 
