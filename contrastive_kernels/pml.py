@@ -37,7 +37,7 @@ from torch.utils.checkpoint import checkpoint
 
 from . import ops
 from .core.contract import check_rows_tensor
-from .losses.algebra import (check_labels, check_positive, gather_rows, label_segments,
+from .losses.algebra import (check_labels, check_positive, gather_rows,
                              segment_sums, unit_rows)
 
 _TILE = 2 ** 20  # logits per tile of the positive-pair sums
@@ -173,11 +173,10 @@ class SupConLoss(_PMLLoss):
         super().__init__(temperature, backend=backend, **kwargs)
 
     def _dense(self, embeddings, ref_emb, q, k, labels, ref_labels, same, lam):
-        space = torch.unique(torch.cat([labels, ref_labels]))
-        seg_q, seg_k = torch.searchsorted(space, labels), torch.searchsorted(space, ref_labels)
-        sums, sizes = segment_sums(seg_k, k, space.numel())
+        seg_q, seg_k, classes = _shared_segments(labels, ref_labels)
+        sums, sizes = segment_sums(seg_k, k, classes)
         positives = sizes[seg_q] - (1.0 if same else 0.0)
-        if _no_pairs(positives, k.shape[0] - sizes[seg_q]):
+        if _no_pairs(int(positives.sum()), int((k.shape[0] - sizes[seg_q]).sum())):
             return None
         lse, _ = ops.lse(embeddings, ref_emb, lam, self_offset=0 if same else None,
                          normalize=True, backend=self.backend)
@@ -205,11 +204,18 @@ class SupConLoss(_PMLLoss):
         return _avg_non_zero(-(pos_sum - count * safe) / torch.clamp(count, min=1.0))
 
 
-def _no_pairs(positives, negatives) -> bool:
-    """PML's zero loss: no positive or no negative pair, or at most one of each (its
-    all-pairs tuple then holds at most one index per tensor). One host read."""
-    p, n = int(positives.sum()), int(negatives.sum())
+def _no_pairs(p: int, n: int) -> bool:
+    """PML's zero loss for ``p`` positive and ``n`` negative pairs: none of either, or at
+    most one of each (its all-pairs tuple then holds at most one index per tensor)."""
     return p == 0 or n == 0 or (p <= 1 and n <= 1)
+
+
+def _shared_segments(labels, ref_labels):
+    """(segment of each label, of each reference label, number of segments) in the sorted
+    union of both label sets."""
+    space = torch.unique(torch.cat([labels, ref_labels]))
+    return (torch.searchsorted(space, labels), torch.searchsorted(space, ref_labels),
+            space.numel())
 
 
 def _avg_non_zero(losses):
@@ -232,7 +238,7 @@ class NTXentLoss(_PMLLoss):
         neg, _ = ops.lse(embeddings, ref_emb, lam, q_labels=labels, k_labels=ref_labels,
                          exclude_positives=True, normalize=True, backend=self.backend)
         total, count, negatives = _positive_softplus(q, k, labels, ref_labels, neg, lam, same)
-        if _no_pairs(torch.tensor(float(count)), torch.tensor(float(negatives))):
+        if _no_pairs(count, negatives):
             return None
         return total / count
 
@@ -249,11 +255,10 @@ def _positive_softplus(q, k, labels, ref_labels, neg, lam, same):
     """(sum over the positive pairs (a, p) of softplus(neg_a - lam <q_a, k_p>), their
     count, the number of negative pairs): class by class, row tiles recomputed in the
     backward. One host read of the class sizes."""
-    space = torch.unique(torch.cat([labels, ref_labels]))
-    seg_q, seg_k = torch.searchsorted(space, labels), torch.searchsorted(space, ref_labels)
+    seg_q, seg_k, classes = _shared_segments(labels, ref_labels)
     order_q, order_k = torch.argsort(seg_q, stable=True), torch.argsort(seg_k, stable=True)
-    n_q = torch.bincount(seg_q, minlength=space.numel()).tolist()
-    n_k = torch.bincount(seg_k, minlength=space.numel()).tolist()
+    n_q = torch.bincount(seg_q, minlength=classes).tolist()
+    n_k = torch.bincount(seg_k, minlength=classes).tolist()
     negatives = sum(a * (k.shape[0] - b) for a, b in zip(n_q, n_k))
     total, count = q.new_zeros(()), 0
     start_q = start_k = 0
